@@ -1,0 +1,20 @@
+"""harmonic-tf: exact, memory-efficient and sampled harmonic loss for TensorFlow and Keras."""
+
+from harmonic_tf.approx import harmonic_loss_approx
+from harmonic_tf.distances import harmonic_logits
+from harmonic_tf.exact import harmonic_loss
+from harmonic_tf.sampled import sampled_harmonic_loss
+from harmonic_tf.sampling import LogUniformSampler, Sampler, UniformSampler, UnigramSampler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LogUniformSampler",
+    "Sampler",
+    "UniformSampler",
+    "UnigramSampler",
+    "harmonic_logits",
+    "harmonic_loss",
+    "harmonic_loss_approx",
+    "sampled_harmonic_loss",
+]

@@ -1,0 +1,147 @@
+"""Argument checks, input flattening and loss reduction shared by every loss.
+
+Static problems (ranks, shapes, enums, ranges) raise ``ValueError``/``TypeError`` at trace time,
+before any computation. Label range is data: it is asserted at run time (eager and graph), and
+because XLA drops asserts, invalid rows also carry a NaN loss and NaN gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+
+
+def check_positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a positive number, got {value!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+
+
+def check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {value!r}.")
+    if value < low or (high is not None and value > high):
+        upper = "" if high is None else f" and <= {high}"
+        raise ValueError(f"`{name}` must be >= {low}{upper}, got {value}.")
+
+
+def resolve_eta(eta: float | None, dim: int) -> float:
+    """``eta=None`` means ``sqrt(D)``, the paper's suggestion."""
+    if eta is None:
+        return math.sqrt(dim)
+    check_positive("eta", eta)
+    return float(eta)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Flattened float32 inputs plus what is needed to reduce per-token losses."""
+
+    x: tf.Tensor  # [N, D] float32
+    w: tf.Tensor  # [V, D] float32
+    labels: tf.Tensor  # [N] int32, ignored/invalid rows replaced by 0 (safe to gather)
+    raw_labels: tf.Tensor  # [N] int32 as given
+    ignored: tf.Tensor  # [N] bool
+    invalid: tf.Tensor  # [N] bool: outside [0, V) and not ignore_index
+    labels_shape: tf.Tensor
+    num_tokens: int | None
+    vocab_size: int
+    dim: int
+
+
+def _static_dim(t: tf.Tensor, axis: int, name: str) -> int:
+    d = t.shape[axis]
+    if d is None:
+        raise ValueError(f"`{name}` needs a static size on axis {axis}, got shape {t.shape}.")
+    return int(d)
+
+
+def prepare(hidden_states, class_centers, labels, ignore_index: int | None) -> Prepared:
+    """Checks shapes/dtypes, flattens ``[B, S, D]`` to ``[N, D]`` and casts math to float32."""
+    x = tf.convert_to_tensor(hidden_states)
+    w = tf.convert_to_tensor(class_centers)
+    y = tf.convert_to_tensor(labels)
+    if not x.dtype.is_floating:
+        raise TypeError(f"`hidden_states` must be a float tensor, got dtype {x.dtype.name}.")
+    if not w.dtype.is_floating:
+        raise TypeError(f"`class_centers` must be a float tensor, got dtype {w.dtype.name}.")
+    if not y.dtype.is_integer:
+        raise TypeError(
+            f"`labels` must be an integer tensor (class ids), got dtype {y.dtype.name}; "
+            "cast float labels with tf.cast(labels, tf.int32) after checking they are whole."
+        )
+    if x.shape.rank not in (2, 3):
+        raise ValueError(f"`hidden_states` must be [N, D] or [B, S, D], got shape {x.shape}.")
+    if w.shape.rank != 2:
+        raise ValueError(f"`class_centers` must be [V, D], got shape {w.shape}.")
+    dim = _static_dim(x, -1, "hidden_states")
+    vocab_size = _static_dim(w, 0, "class_centers")
+    if _static_dim(w, 1, "class_centers") != dim:
+        raise ValueError(
+            f"`class_centers` must be [V, D] with D = {dim} (the last axis of `hidden_states`), "
+            f"got shape {w.shape}."
+        )
+    if vocab_size < 2:
+        raise ValueError(f"`class_centers` needs at least 2 classes, got shape {w.shape}.")
+    if y.shape.rank != x.shape.rank - 1 or not y.shape.is_compatible_with(x.shape[:-1]):
+        raise ValueError(
+            f"`labels` must have shape {x.shape[:-1]} (the leading axes of `hidden_states` "
+            f"{x.shape}), got {y.shape}."
+        )
+    labels_shape = tf.shape(y)
+    x = tf.reshape(tf.cast(x, tf.float32), [-1, dim])
+    w = tf.cast(w, tf.float32)
+    y = tf.reshape(tf.cast(y, tf.int32), [-1])
+    n = x.shape[0]
+    if ignore_index is None:
+        ignored = tf.zeros_like(y, dtype=tf.bool)
+    else:
+        ignored = tf.equal(y, ignore_index)
+    invalid = tf.logical_and(
+        tf.logical_not(ignored), tf.logical_or(tf.less(y, 0), tf.greater_equal(y, vocab_size))
+    )
+    if not _inside_xla():
+        # Eager and graph mode: fail with a message. XLA drops asserts; the NaN below remains.
+        tf.debugging.assert_equal(
+            tf.reduce_any(invalid),
+            False,
+            message=(f"`labels` must be in [0, {vocab_size}) or equal ignore_index={ignore_index}"),
+        )
+    safe = tf.where(tf.logical_or(ignored, invalid), tf.zeros_like(y), y)
+    return Prepared(x, w, safe, y, ignored, invalid, labels_shape, n, vocab_size, dim)
+
+
+def _inside_xla() -> bool:
+    """True while tracing a function compiled with ``jit_compile=True``."""
+    from tensorflow.python.framework import ops
+    from tensorflow.python.ops import control_flow_util
+
+    graph = ops.get_default_graph()
+    if not isinstance(graph, ops.Graph) or tf.executing_eagerly():
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+
+
+def finish(losses: tf.Tensor, p: Prepared, reduction: str) -> tf.Tensor:
+    """Zeroes ignored rows, poisons invalid rows with NaN (loss and gradient), then reduces."""
+    poison = tf.where(p.invalid, tf.fill(tf.shape(losses), float("nan")), tf.ones_like(losses))
+    losses = tf.where(p.ignored, tf.zeros_like(losses), losses * poison)
+    if reduction == "none":
+        return tf.reshape(losses, p.labels_shape)
+    total = tf.reduce_sum(losses)
+    if reduction == "sum":
+        return total
+    count = tf.reduce_sum(tf.cast(tf.logical_not(p.ignored), tf.float32))
+    return tf.math.divide_no_nan(total, count)

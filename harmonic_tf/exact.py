@@ -1,0 +1,200 @@
+"""Exact full-vocabulary harmonic loss, dense or vocabulary-chunked, with hand-written gradients.
+
+Per token: ``loss = logsumexp_i(z_i) - z_y`` with ``z_i = -(eta/2) log(d_i^2 + eps)``.
+With ``c_i = dL/d(d_i^2) = (p_i - [i=y]) * (-(eta/2)) / (d_i^2 + eps)``:
+``dL/dx = 2 sum_i c_i (x - w_i)`` and ``dL/dw_i = -2 sum_n c_ni (x_n - w_i)``.
+The true-class term uses the explicit difference ``x - w_y``; the rest uses
+``2 (sum_i c_i) x - 2 c W`` (two matmuls), so no ``[N, V, D]`` tensor exists.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from harmonic_tf import _inputs
+from harmonic_tf.distances import expanded_sq_distances, logits_from_sq, true_sq_distances
+
+
+def harmonic_loss(
+    hidden_states: tf.Tensor,
+    class_centers: tf.Tensor,
+    labels: tf.Tensor,
+    eta: float | None = None,
+    eps: float = 1e-9,
+    reduction: str = "mean",
+    ignore_index: int | None = -100,
+    chunk_size: int | None = None,
+) -> tf.Tensor:
+    """Exact harmonic (HarMax) cross-entropy over all ``V`` classes.
+
+    Args:
+      hidden_states: ``[N, D]`` or ``[B, S, D]`` float.
+      class_centers: ``[V, D]`` float, one center per class.
+      labels: ``[N]`` or ``[B, S]`` int class ids in ``[0, V)`` or ``ignore_index``.
+      eta: harmonic exponent on the plain L2 distance; ``None`` means ``sqrt(D)``.
+      eps: added to squared distances before the log.
+      reduction: ``"mean"`` (over non-ignored tokens), ``"sum"`` or ``"none"`` (labels' shape).
+      ignore_index: label value whose tokens contribute nothing (``None``: no label is ignored).
+      chunk_size: ``None`` builds ``[N, V]`` logits once; an int never holds more than
+        ``[N, chunk_size]`` of them (running log-sum-exp forward, chunk-wise recompute backward).
+
+    Returns:
+      float32 loss: a scalar, or per-token losses in the labels' shape for ``reduction="none"``.
+
+    Example:
+    >>> x = tf.random.normal([8, 16]); w = tf.random.normal([100, 16])
+    >>> y = tf.random.uniform([8], 0, 100, tf.int32)
+    >>> loss = harmonic_loss(x, w, y, chunk_size=32)  # same value as chunk_size=None
+    """
+    _inputs.check_choice("reduction", reduction, _inputs.REDUCTIONS)
+    _inputs.check_positive("eps", eps)
+    if chunk_size is not None:
+        _inputs.check_int("chunk_size", chunk_size, 1)
+    p = _inputs.prepare(hidden_states, class_centers, labels, ignore_index)
+    eta = _inputs.resolve_eta(eta, p.dim)
+    losses = exact_token_losses(p.x, p.w, p.labels, eta, eps, chunk_size)
+    return _inputs.finish(losses, p, reduction)
+
+
+def exact_token_losses(
+    x: tf.Tensor, w: tf.Tensor, labels: tf.Tensor, eta: float, eps: float, chunk_size: int | None
+) -> tf.Tensor:
+    """Per-token exact loss ``[N]`` for float32 ``x [N, D]``, ``w [V, D]`` and valid ``labels [N]``."""
+    vocab_size = int(w.shape[0])
+    if chunk_size is not None and chunk_size >= vocab_size:
+        chunk_size = None
+    half_eta = 0.5 * eta
+
+    @tf.custom_gradient
+    def _loss(x, w):
+        d2_true, diff_true = true_sq_distances(x, w, labels)
+        z_true = logits_from_sq(d2_true, eta, eps)
+        if chunk_size is None:
+            z = _dense_logits(x, w, labels, z_true, eta, eps)
+            lse = tf.reduce_logsumexp(z, axis=-1)
+        else:
+            z = None
+            lse = _chunked_lse(x, w, labels, z_true, eta, eps, chunk_size)
+
+        def grad(upstream):
+            g = tf.cast(upstream, tf.float32)
+            # True-class coefficient (p_y - 1) * -(eta/2) / (d2_y + eps), from the explicit diff.
+            c_true = tf.math.expm1(z_true - lse) * (-half_eta) / (d2_true + eps) * g
+            pull = 2.0 * c_true[:, None] * diff_true
+            if chunk_size is None:
+                c = _dense_coefficients(z, lse, labels, g, eta)
+                row_sum = tf.reduce_sum(c, axis=1)
+                cw = tf.matmul(c, w)
+                dw = 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w - 2.0 * tf.matmul(
+                    c, x, transpose_a=True
+                )
+            else:
+                row_sum, cw, dw = _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size)
+            dx = pull + 2.0 * row_sum[:, None] * x - 2.0 * cw
+            dw = tf.tensor_scatter_nd_add(dw, labels[:, None], -pull)
+            return dx, dw
+
+        return lse - z_true, grad
+
+    return _loss(x, w)
+
+
+def _true_column(labels: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+    return tf.equal(ids[None, :], labels[:, None])
+
+
+def _dense_logits(x, w, labels, z_true, eta, eps):
+    z = logits_from_sq(expanded_sq_distances(x, w), eta, eps)
+    ids = tf.range(tf.shape(w)[0])
+    return tf.where(_true_column(labels, ids), z_true[:, None], z)
+
+
+def _dense_coefficients(z, lse, labels, g, eta):
+    # 1 / (d2 + eps) = exp(-2 z / eta), so the stored logits are all the backward pass needs.
+    c = -0.5 * eta * tf.exp(z * (1.0 + 2.0 / eta) - lse[:, None]) * g[:, None]
+    ids = tf.range(tf.shape(z)[1])
+    return tf.where(_true_column(labels, ids), tf.zeros_like(c), c)
+
+
+def _chunks(w: tf.Tensor, chunk_size: int):
+    """Pads ``w`` to whole chunks: ``[num_chunks, C, D]`` centers and ``[num_chunks, C]`` norms."""
+    vocab_size, dim = int(w.shape[0]), int(w.shape[1])
+    num_chunks = -(-vocab_size // chunk_size)
+    padded = tf.pad(w, [[0, num_chunks * chunk_size - vocab_size], [0, 0]])
+    w_chunks = tf.reshape(padded, [num_chunks, chunk_size, dim])
+    return num_chunks, w_chunks, tf.reduce_sum(tf.square(w_chunks), axis=-1)
+
+
+def _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size):
+    """Squared distances ``[N, C]`` to chunk ``i`` and that chunk's class ids ``[C]``."""
+    d2 = expanded_sq_distances(x, w_chunks[i], x_sq, w_sq[i])
+    return d2, i * chunk_size + tf.range(chunk_size)
+
+
+def _chunked_lse(x, w, labels, z_true, eta, eps, chunk_size):
+    vocab_size = int(w.shape[0])
+    num_chunks, w_chunks, w_sq = _chunks(w, chunk_size)
+    x_sq = tf.reduce_sum(tf.square(x), axis=-1)
+
+    def body(i, running_max, running_sum):
+        d2, ids = _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size)
+        z = tf.where(_true_column(labels, ids), z_true[:, None], logits_from_sq(d2, eta, eps))
+        z = tf.where(ids[None, :] < vocab_size, z, -float("inf"))
+        new_max = tf.maximum(running_max, tf.reduce_max(z, axis=-1))
+        running_sum = running_sum * tf.exp(running_max - new_max) + tf.reduce_sum(
+            tf.exp(z - new_max[:, None]), axis=-1
+        )
+        return i + 1, new_max, running_sum
+
+    # Starting the max at z_true (a member of the set) keeps it finite: no inf - inf.
+    _, m, s = tf.while_loop(
+        lambda i, *_: i < num_chunks,
+        body,
+        (tf.constant(0), z_true, tf.zeros_like(z_true)),
+        maximum_iterations=num_chunks,
+    )
+    return m + tf.math.log(s)
+
+
+def _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size):
+    """Recomputes each chunk's distances (a loop of its own, so XLA cannot merge it with the
+    forward one) and accumulates ``sum_i c_i``, ``c @ W`` and the chunk's center gradient."""
+    vocab_size, dim = int(w.shape[0]), int(w.shape[1])
+    num_chunks, w_chunks, w_sq = _chunks(w, chunk_size)
+    x_sq = tf.reduce_sum(tf.square(x), axis=-1)
+    half_eta = 0.5 * eta
+
+    def body(i, row_sum, cw, dw_chunks):
+        w_c = w_chunks[i]
+        d2, ids = _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size)
+        c = (
+            -half_eta
+            * tf.exp(logits_from_sq(d2, eta, eps) - lse[:, None])
+            / (d2 + eps)
+            * g[:, None]
+        )
+        keep = tf.logical_and(tf.logical_not(_true_column(labels, ids)), ids[None, :] < vocab_size)
+        c = tf.where(keep, c, tf.zeros_like(c))
+        dw_c = 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w_c - 2.0 * tf.matmul(
+            c, x, transpose_a=True
+        )
+        return (
+            i + 1,
+            row_sum + tf.reduce_sum(c, axis=1),
+            cw + tf.matmul(c, w_c),
+            dw_chunks.write(i, dw_c),
+        )
+
+    _, row_sum, cw, dw_chunks = tf.while_loop(
+        lambda i, *_: i < num_chunks,
+        body,
+        (
+            tf.constant(0),
+            tf.zeros_like(lse),
+            tf.zeros_like(x),
+            tf.TensorArray(tf.float32, size=num_chunks, element_shape=[chunk_size, dim]),
+        ),
+        maximum_iterations=num_chunks,
+    )
+    dw = tf.reshape(dw_chunks.stack(), [num_chunks * chunk_size, dim])[:vocab_size]
+    return row_sum, cw, dw

@@ -1,0 +1,290 @@
+"""Sampled harmonic loss: the true class plus sampled negatives, with a hand-written gradient.
+
+Per token, over candidates ``C_n = {y_n} ∪ negatives``:
+``loss = logsumexp_{j in C_n}(z_j - logQ_j) - (z_y - [all] logQ_y)``, where
+``logQ_j = log(expected count of j among the draws)``. Negatives come in two fixed-shape blocks:
+per-example ``[N, k]`` (gathered centers ``[N, k, D]``) and shared ``[K]`` (one ``[N, D] x [D, K]``
+matmul), the shared block holding sampled ids and/or the batch's own labels.
+The centers' gradient touches only the label and candidate rows, returned as ``tf.IndexedSlices``
+or scattered into a dense ``[V, D]`` tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from harmonic_tf import _inputs
+from harmonic_tf.distances import expanded_sq_distances, logits_from_sq, true_sq_distances
+from harmonic_tf.sampling import RandomStream, Sampler, get_sampler
+
+NEGATIVES = ("shared", "per_example")
+LOG_Q_CORRECTIONS = ("negatives", "all", "none")
+CENTER_GRADIENTS = ("indexed_slices", "dense")
+
+
+def sampled_harmonic_loss(
+    hidden_states: tf.Tensor,
+    class_centers: tf.Tensor,
+    labels: tf.Tensor,
+    k: int = 100,
+    eta: float | None = None,
+    eps: float = 1e-9,
+    reduction: str = "mean",
+    negatives: str = "shared",
+    sampler: str | Sampler = "uniform",
+    remove_accidental_hits: bool = True,
+    log_q_correction: str = "negatives",
+    in_batch_negatives: bool | int = False,
+    center_gradient: str = "indexed_slices",
+    sampled_ids: tf.Tensor | None = None,
+    seed: int | tf.Tensor | None = None,
+    ignore_index: int | None = -100,
+) -> tf.Tensor:
+    """Harmonic loss over the true class and ``k`` sampled negatives (training only).
+
+    Args:
+      hidden_states: ``[N, D]`` or ``[B, S, D]`` float.
+      class_centers: ``[V, D]`` float.
+      labels: ``[N]`` or ``[B, S]`` int in ``[0, V)`` or ``ignore_index``.
+      k: negatives per step (``"shared"``) or per token (``"per_example"``, ``1 <= k <= V-1``).
+        ``k=0`` is allowed with shared in-batch negatives only.
+      eta, eps: as in :func:`harmonic_loss`.
+      reduction: ``"mean"`` over non-ignored tokens, ``"sum"`` or ``"none"``.
+      negatives: ``"shared"``: one set of ``k`` ids for the whole batch (fast path);
+        ``"per_example"``: ``k`` ids per token, none equal to that token's label.
+      sampler: ``"uniform"``, ``"log_uniform"`` (ids sorted by frequency), a
+        :class:`~harmonic_tf.Sampler`, or a 1-D array of token counts (unigram).
+      remove_accidental_hits: mask negatives equal to the token's own label.
+      log_q_correction: ``"negatives"`` subtracts ``log(expected count)`` from the negatives'
+        logits so the sampled denominator estimates the full one; ``"all"`` also from the true
+        logit (``tf.nn.sampled_softmax_loss``'s convention, biased); ``"none"`` corrects nothing.
+      in_batch_negatives: ``True`` adds every label of the batch as a shared negative, an int
+        ``m`` adds ``m`` labels drawn from the batch; treated as draws from ``sampler``; ignored
+        positions are never used.
+      center_gradient: ``"indexed_slices"`` (rows touched only) or ``"dense"`` (``[V, D]``).
+      sampled_ids: caller-given negatives, ``[k]`` (shared) or ``[N, k]`` (per example).
+      seed: an int or an int ``[2]`` tensor: the same seed gives the same negatives; ``None``
+        draws fresh negatives on every call.
+      ignore_index: label value whose tokens contribute nothing.
+
+    Returns:
+      float32 scalar, or per-token losses in the labels' shape for ``reduction="none"``.
+
+    Example:
+    >>> x = tf.random.normal([64, 32]); w = tf.Variable(tf.random.normal([1000, 32]))
+    >>> y = tf.random.uniform([64], 0, 1000, tf.int32)
+    >>> with tf.GradientTape() as tape:
+    ...     loss = sampled_harmonic_loss(x, w, y, k=128, seed=0)
+    >>> grad = tape.gradient(loss, w)  # tf.IndexedSlices over label and sampled rows
+    """
+    _inputs.check_choice("reduction", reduction, _inputs.REDUCTIONS)
+    _inputs.check_choice("negatives", negatives, NEGATIVES)
+    _inputs.check_choice("log_q_correction", log_q_correction, LOG_Q_CORRECTIONS)
+    _inputs.check_choice("center_gradient", center_gradient, CENTER_GRADIENTS)
+    _inputs.check_positive("eps", eps)
+    if not isinstance(remove_accidental_hits, bool):
+        raise TypeError(f"`remove_accidental_hits` must be a bool, got {remove_accidental_hits!r}.")
+    p = _inputs.prepare(hidden_states, class_centers, labels, ignore_index)
+    eta = _inputs.resolve_eta(eta, p.dim)
+    sampler = get_sampler(sampler, p.vocab_size)
+    num_in_batch = _check_in_batch(in_batch_negatives, p.num_tokens)
+    if negatives == "per_example":
+        _inputs.check_int("k", k, 1, p.vocab_size - 1)
+    else:
+        _inputs.check_int("k", k, 0 if num_in_batch else 1)
+    rng = RandomStream(seed)
+    valid_token = tf.logical_not(tf.logical_or(p.ignored, p.invalid))
+
+    blocks = Candidates(p.labels, remove_accidental_hits)
+    if negatives == "per_example":
+        ids = _given_ids(sampled_ids, [p.num_tokens, k], p, "[N, k]")
+        if ids is None:
+            ids = sampler.sample_excluding(p.labels, k, rng)
+        else:
+            ids = blocks.mark_bad_ids(ids, p.vocab_size)
+        blocks.per_example = ids
+    elif k > 0:
+        ids = _given_ids(sampled_ids, [k], p, "[k]")
+        ids = sampler.sample([k], rng) if ids is None else blocks.mark_bad_ids(ids, p.vocab_size)
+        blocks.add_shared(ids, tf.ones([k], tf.bool))
+    if num_in_batch is not None:
+        if num_in_batch == "all":
+            in_batch, in_batch_valid = p.labels, valid_token
+        else:
+            positions = rng.integers([num_in_batch], tf.shape(p.labels)[0])
+            in_batch = tf.gather(p.labels, positions)
+            in_batch_valid = tf.gather(valid_token, positions)
+        blocks.add_shared(in_batch, in_batch_valid)
+
+    blocks.set_log_expected_counts(sampler, log_q_correction)
+    losses = sampled_token_losses(p.x, p.w, blocks, eta, eps, center_gradient)
+    if blocks.bad_ids is not None:
+        p.invalid = tf.logical_or(
+            p.invalid, tf.logical_and(blocks.bad_ids, tf.logical_not(p.ignored))
+        )
+    return _inputs.finish(losses, p, reduction)
+
+
+def _check_in_batch(in_batch_negatives, num_tokens):
+    """Returns None (off), "all", or the number m of labels to draw."""
+    if in_batch_negatives is False:
+        return None
+    if in_batch_negatives is True:
+        return "all"
+    _inputs.check_int("in_batch_negatives", in_batch_negatives, 0, num_tokens)
+    return in_batch_negatives or None
+
+
+def _given_ids(sampled_ids, shape, p, shape_name):
+    if sampled_ids is None:
+        return None
+    ids = tf.convert_to_tensor(sampled_ids)
+    if not ids.dtype.is_integer:
+        raise TypeError(f"`sampled_ids` must be integer ids, got dtype {ids.dtype.name}.")
+    if not ids.shape.is_compatible_with(shape):
+        raise ValueError(f"`sampled_ids` must have shape {shape_name} = {shape}, got {ids.shape}.")
+    ids = tf.cast(ids, tf.int32)
+    if not _inputs._inside_xla():
+        tf.debugging.assert_equal(
+            tf.reduce_any(tf.logical_or(ids < 0, ids >= p.vocab_size)),
+            False,
+            message=f"`sampled_ids` must be in [0, {p.vocab_size})",
+        )
+    return ids
+
+
+@dataclasses.dataclass
+class Candidates:
+    """The candidate set of one loss call (ids, masks and logQ terms; no gradient flows here)."""
+
+    labels: tf.Tensor
+    remove_accidental_hits: bool
+    per_example: tf.Tensor | None = None  # [N, k] ids
+    shared: tf.Tensor | None = None  # [K] ids
+    shared_valid: tf.Tensor | None = None  # [K] bool: in-batch columns of ignored tokens are off
+    bad_ids: tf.Tensor | None = None  # [N] bool: rows that saw an out-of-range given id
+    log_q_true: tf.Tensor | float = 0.0  # [N] subtracted from the true logit
+    log_q_per_example: tf.Tensor | float = 0.0  # [N, k]
+    log_q_shared: tf.Tensor | float = 0.0  # [N, K] or [K]
+
+    def add_shared(self, ids: tf.Tensor, valid: tf.Tensor) -> None:
+        if self.shared is None:
+            self.shared, self.shared_valid = ids, valid
+        else:
+            self.shared = tf.concat([self.shared, ids], 0)
+            self.shared_valid = tf.concat([self.shared_valid, valid], 0)
+
+    def set_log_expected_counts(self, sampler: Sampler, correction: str) -> None:
+        """Expected count of id j among the draws for token n:
+        ``q_j * (k_pe / (1 - q_{y_n}) + K_shared)``: per-example draws exclude the label, so
+        their probabilities are renormalised; shared draws (sampled or in-batch) are not."""
+        if correction == "none":
+            return
+        shared_draws = 0.0
+        if self.shared is not None:
+            shared_draws = tf.reduce_sum(tf.cast(self.shared_valid, tf.float32))
+        log_q_label = sampler.log_prob(self.labels)
+        draws = shared_draws
+        if self.per_example is not None:
+            k = float(self.per_example.shape[1])
+            draws = k / -tf.math.expm1(log_q_label) + shared_draws
+        log_draws = tf.math.log(tf.cast(draws, tf.float32) * tf.ones_like(log_q_label))
+        if self.per_example is not None:
+            self.log_q_per_example = sampler.log_prob(self.per_example) + log_draws[:, None]
+        if self.shared is not None:
+            self.log_q_shared = sampler.log_prob(self.shared)[None, :] + log_draws[:, None]
+        if correction == "all":
+            self.log_q_true = log_q_label + log_draws
+
+    def keep(self, ids: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
+        """Mask of usable candidate columns for ``ids`` ([N, k] or [K]) as ``[N, cols]``."""
+        ids2 = ids if ids.shape.rank == 2 else ids[None, :]
+        keep = tf.ones(tf.shape(ids2), tf.bool)
+        if self.remove_accidental_hits:
+            keep = tf.not_equal(ids2, self.labels[:, None])
+        if valid is not None:
+            keep = tf.logical_and(keep, valid[None, :])
+        return tf.broadcast_to(keep, [tf.shape(self.labels)[0], tf.shape(ids2)[1]])
+
+    def mark_bad_ids(self, ids: tf.Tensor, vocab_size: int) -> tf.Tensor:
+        """Clamps given ids into range and remembers which rows saw a bad one (their loss is NaN:
+        under XLA no assert runs, and a clamped row must not pass for a real one)."""
+        bad = tf.logical_or(ids < 0, ids >= vocab_size)
+        rows = (
+            tf.reduce_any(bad, axis=1)
+            if ids.shape.rank == 2
+            else tf.fill(tf.shape(self.labels), tf.reduce_any(bad))
+        )
+        self.bad_ids = rows if self.bad_ids is None else tf.logical_or(self.bad_ids, rows)
+        return tf.where(bad, tf.zeros_like(ids), ids)
+
+
+def sampled_token_losses(
+    x: tf.Tensor, w: tf.Tensor, cand: Candidates, eta: float, eps: float, center_gradient: str
+) -> tf.Tensor:
+    """Per-token sampled loss ``[N]`` for float32 ``x [N, D]``, ``w [V, D]``."""
+    labels = cand.labels
+    half_eta = 0.5 * eta
+    neg_inf = -float("inf")
+
+    @tf.custom_gradient
+    def _loss(x, w):
+        d2_true, diff_true = true_sq_distances(x, w, labels)
+        z_true = logits_from_sq(d2_true, eta, eps) - cand.log_q_true
+        x_sq = tf.reduce_sum(tf.square(x), axis=-1)
+        columns = [z_true[:, None]]
+        if cand.per_example is not None:
+            w_pe = tf.gather(w, cand.per_example)  # [N, k, D]
+            cross = tf.einsum("nd,nkd->nk", x, w_pe)
+            d2_pe = tf.maximum(
+                x_sq[:, None] - 2.0 * cross + tf.reduce_sum(tf.square(w_pe), -1), 0.0
+            )
+            z_pe = logits_from_sq(d2_pe, eta, eps) - cand.log_q_per_example
+            keep_pe = cand.keep(cand.per_example, None)
+            columns.append(tf.where(keep_pe, z_pe, neg_inf))
+        if cand.shared is not None:
+            w_sh = tf.gather(w, cand.shared)  # [K, D]
+            d2_sh = expanded_sq_distances(x, w_sh, x_sq)
+            z_sh = logits_from_sq(d2_sh, eta, eps) - cand.log_q_shared
+            keep_sh = cand.keep(cand.shared, cand.shared_valid)
+            columns.append(tf.where(keep_sh, z_sh, neg_inf))
+        lse = tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1)
+
+        def coefficients(z, d2, keep, g):
+            c = -half_eta * tf.exp(z - lse[:, None]) / (d2 + eps) * g[:, None]
+            return tf.where(keep, c, tf.zeros_like(c))
+
+        def grad(upstream):
+            g = tf.cast(upstream, tf.float32)
+            c_true = tf.math.expm1(z_true - lse) * (-half_eta) / (d2_true + eps) * g
+            pull = 2.0 * c_true[:, None] * diff_true
+            dx = pull
+            values, indices = [-pull], [labels]
+            if cand.per_example is not None:
+                c = coefficients(z_pe, d2_pe, keep_pe, g)
+                dx += 2.0 * tf.reduce_sum(c, 1)[:, None] * x - 2.0 * tf.einsum(
+                    "nk,nkd->nd", c, w_pe
+                )
+                dw_pe = 2.0 * c[:, :, None] * (w_pe - x[:, None, :])
+                values.append(tf.reshape(dw_pe, [-1, x.shape[1]]))
+                indices.append(tf.reshape(cand.per_example, [-1]))
+            if cand.shared is not None:
+                c = coefficients(z_sh, d2_sh, keep_sh, g)
+                dx += 2.0 * tf.reduce_sum(c, 1)[:, None] * x - 2.0 * tf.matmul(c, w_sh)
+                values.append(
+                    2.0 * tf.reduce_sum(c, 0)[:, None] * w_sh
+                    - 2.0 * tf.matmul(c, x, transpose_a=True)
+                )
+                indices.append(cand.shared)
+            values, indices = tf.concat(values, 0), tf.concat(indices, 0)
+            if center_gradient == "dense":
+                dw = tf.tensor_scatter_nd_add(tf.zeros_like(w), indices[:, None], values)
+            else:
+                dw = tf.IndexedSlices(values, indices, tf.shape(w))
+            return dx, dw
+
+        return lse - z_true, grad
+
+    return _loss(x, w)

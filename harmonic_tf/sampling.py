@@ -1,0 +1,235 @@
+"""Negative samplers: fixed-shape, XLA-compatible draws with known probabilities ``q``.
+
+Every sampler draws *with replacement*, so the expected count of id ``j`` in ``K`` draws is
+``K * q_j``; that is what the logQ correction subtracts. Each one has ``sample(shape, rng)``
+and ``log_prob(ids)``, plus ``sample_excluding(labels, k, rng)`` for per-example negatives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from harmonic_tf import _inputs
+
+# Per-example collision resampling rounds for non-uniform samplers; a collision left after
+# them (probability q_y^64) is masked like an accidental hit.
+MAX_RESAMPLE_ROUNDS = 64
+# Pinned so a seed gives the same draws eagerly, in graph mode and under XLA ("auto_select"
+# picks a different algorithm inside XLA).
+ALG = "philox"
+
+
+class RandomStream:
+    """Random draws for one loss call: stateful when ``seed`` is None, otherwise stateless and
+    reproducible, each draw with its own sub-seed folded from ``seed``."""
+
+    def __init__(self, seed=None):
+        if seed is None:
+            self._seed = None
+        elif isinstance(seed, int) and not isinstance(seed, bool):
+            self._seed = tf.constant([seed, 0], tf.int64)
+        else:
+            seed = tf.convert_to_tensor(seed)
+            if not seed.dtype.is_integer or seed.shape != (2,):
+                raise ValueError(
+                    f"`seed` must be None, an int, or an int tensor of shape [2], got {seed!r}."
+                )
+            self._seed = tf.cast(seed, tf.int64)
+        self._count = 0
+
+    @property
+    def seeded(self) -> bool:
+        return self._seed is not None
+
+    def _next_seed(self) -> tf.Tensor:
+        self._count += 1
+        return tf.random.experimental.stateless_fold_in(self._seed, self._count, alg=ALG)
+
+    def forks(self):
+        """``index -> RandomStream`` for loop iterations (``index`` may be a tensor). The parent
+        seed is drawn once here: an eager ``tf.while_loop`` runs its body many times."""
+        if self._seed is None:
+            return lambda index: self
+        parent = self._next_seed()
+        return lambda index: RandomStream(
+            tf.random.experimental.stateless_fold_in(parent, index, alg=ALG)
+        )
+
+    def uniform(self, shape) -> tf.Tensor:
+        """Floats in ``[0, 1)``."""
+        if self._seed is None:
+            return tf.random.uniform(shape)
+        # XLA turns stateless random bits into floats differently from the TF kernels; integer
+        # draws agree everywhere, so build the floats from them.
+        bits = tf.random.stateless_uniform(
+            shape, seed=self._next_seed(), minval=0, maxval=1 << 24, dtype=tf.int32, alg=ALG
+        )
+        return tf.cast(bits, tf.float32) * (1.0 / (1 << 24))
+
+    def integers(self, shape, maxval) -> tf.Tensor:
+        """int32 in ``[0, maxval)``; ``maxval`` may be a tensor broadcastable to ``shape``."""
+        if isinstance(maxval, int):
+            if self._seed is None:
+                return tf.random.uniform(shape, 0, maxval, dtype=tf.int32)
+            return tf.random.stateless_uniform(
+                shape, seed=self._next_seed(), minval=0, maxval=maxval, dtype=tf.int32, alg=ALG
+            )
+        u = self.uniform(shape)
+        maxval = tf.cast(maxval, tf.float32)
+        return tf.minimum(tf.cast(tf.floor(u * maxval), tf.int32), tf.cast(maxval, tf.int32) - 1)
+
+
+class Sampler:
+    """Base class: a distribution ``q`` over ``[0, vocab_size)``."""
+
+    name = "sampler"
+
+    def __init__(self, vocab_size: int):
+        _inputs.check_int("vocab_size", vocab_size, 2)
+        self.vocab_size = vocab_size
+
+    def sample(self, shape, rng: RandomStream) -> tf.Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, ids: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def sample_excluding(self, labels: tf.Tensor, k: int, rng: RandomStream) -> tf.Tensor:
+        """``[N, k]`` draws from ``q`` restricted to ids != ``labels[n]`` (collision resampling)."""
+        n = tf.shape(labels)[0]
+        draws = self.sample(tf.stack([n, k]), rng)
+
+        stream_for_round = rng.forks()
+
+        def cond(i, d):
+            return tf.logical_and(
+                i < MAX_RESAMPLE_ROUNDS, tf.reduce_any(tf.equal(d, labels[:, None]))
+            )
+
+        def body(i, d):
+            fresh = self.sample(tf.stack([n, k]), stream_for_round(i))
+            return i + 1, tf.where(tf.equal(d, labels[:, None]), fresh, d)
+
+        _, draws = tf.while_loop(
+            cond,
+            body,
+            (tf.constant(0), draws),
+            maximum_iterations=MAX_RESAMPLE_ROUNDS,
+        )
+        return draws
+
+    def get_config(self) -> dict:
+        return {"vocab_size": self.vocab_size}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class UniformSampler(Sampler):
+    """``q_j = 1 / V``."""
+
+    name = "uniform"
+
+    def sample(self, shape, rng: RandomStream) -> tf.Tensor:
+        return rng.integers(shape, self.vocab_size)
+
+    def log_prob(self, ids: tf.Tensor) -> tf.Tensor:
+        return tf.fill(tf.shape(ids), -math.log(self.vocab_size))
+
+    def sample_excluding(self, labels: tf.Tensor, k: int, rng: RandomStream) -> tf.Tensor:
+        # Collision resampling in closed form: a draw from [0, V-1) shifted past the label is
+        # uniform over the V-1 other ids, exactly what resampling collisions until none remain
+        # gives, in one fixed-shape step.
+        r = rng.integers(tf.stack([tf.shape(labels)[0], k]), self.vocab_size - 1)
+        return r + tf.cast(r >= labels[:, None], tf.int32)
+
+
+class LogUniformSampler(Sampler):
+    """Zipfian ``q_j = log((j + 2) / (j + 1)) / log(V + 1)``; ids must be sorted by frequency
+    (the distribution of ``tf.random.log_uniform_candidate_sampler``)."""
+
+    name = "log_uniform"
+
+    def sample(self, shape, rng: RandomStream) -> tf.Tensor:
+        u = rng.uniform(shape)
+        ids = tf.cast(tf.floor(tf.exp(u * math.log(self.vocab_size + 1.0))), tf.int32) - 1
+        return tf.clip_by_value(ids, 0, self.vocab_size - 1)
+
+    def log_prob(self, ids: tf.Tensor) -> tf.Tensor:
+        j = tf.cast(ids, tf.float32)
+        return tf.math.log(tf.math.log1p(1.0 / (j + 1.0))) - math.log(
+            math.log(self.vocab_size + 1.0)
+        )
+
+
+class UnigramSampler(Sampler):
+    """``q_j ∝ counts_j ** distortion`` from user-given token counts (``distortion=0.75`` is
+    word2vec's). Draws by inverse CDF (``tf.searchsorted``), which XLA compiles."""
+
+    name = "unigram"
+
+    def __init__(self, counts, distortion: float = 1.0):
+        counts = np.asarray(counts, dtype=np.float64)
+        if counts.ndim != 1 or counts.size < 2:
+            raise ValueError(
+                f"`counts` must be a 1-D list of >= 2 token counts, got {counts.shape}."
+            )
+        if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+            raise ValueError("`counts` must be finite and >= 0 (token counts per id).")
+        if counts.sum() <= 0:
+            raise ValueError("`counts` must not be all zero.")
+        _inputs.check_positive("distortion", distortion)
+        super().__init__(int(counts.size))
+        self.counts = counts
+        self.distortion = float(distortion)
+        q = counts**self.distortion
+        q /= q.sum()
+        # Ids never seen are never sampled; when one shows up as an in-batch negative its
+        # correction uses the smallest seen probability instead of log(0).
+        floor = q[q > 0].min()
+        self._log_q = tf.constant(np.log(np.maximum(q, floor)), tf.float32)
+        cdf = np.cumsum(q)
+        self._cdf = tf.constant(cdf / cdf[-1], tf.float32)
+
+    def sample(self, shape, rng: RandomStream) -> tf.Tensor:
+        u = rng.uniform(shape)
+        flat = tf.reshape(u, [1, -1])
+        ids = tf.searchsorted(self._cdf[None, :], flat, side="right", out_type=tf.int32)
+        return tf.reshape(tf.minimum(ids, self.vocab_size - 1), tf.shape(u))
+
+    def log_prob(self, ids: tf.Tensor) -> tf.Tensor:
+        return tf.gather(self._log_q, ids)
+
+    def get_config(self) -> dict:
+        return {"counts": self.counts.tolist(), "distortion": self.distortion}
+
+    def __repr__(self) -> str:
+        return f"UnigramSampler(vocab_size={self.vocab_size}, distortion={self.distortion})"
+
+
+SAMPLERS = {"uniform": UniformSampler, "log_uniform": LogUniformSampler}
+
+
+def get_sampler(sampler, vocab_size: int) -> Sampler:
+    """``"uniform"``, ``"log_uniform"``, a :class:`Sampler`, or a 1-D array of token counts
+    (a :class:`UnigramSampler`)."""
+    if isinstance(sampler, str):
+        _inputs.check_choice("sampler", sampler, [*SAMPLERS, "<Sampler>", "<token counts>"])
+        return SAMPLERS[sampler](vocab_size)
+    if isinstance(sampler, Sampler):
+        result = sampler
+    elif isinstance(sampler, (list, tuple, np.ndarray)):
+        result = UnigramSampler(sampler)
+    else:
+        raise ValueError(
+            "`sampler` must be 'uniform', 'log_uniform', a harmonic_tf.Sampler or a 1-D array "
+            f"of token counts, got {sampler!r}."
+        )
+    if result.vocab_size != vocab_size:
+        raise ValueError(
+            f"`sampler` covers {result.vocab_size} ids but `class_centers` has V = {vocab_size} rows."
+        )
+    return result
