@@ -70,16 +70,12 @@ class RandomStream:
         return tf.cast(bits, tf.float32) * (1.0 / (1 << 24))
 
     def integers(self, shape, maxval) -> tf.Tensor:
-        """int32 in ``[0, maxval)``; ``maxval`` may be a tensor broadcastable to ``shape``."""
-        if isinstance(maxval, int):
-            if self._seed is None:
-                return tf.random.uniform(shape, 0, maxval, dtype=tf.int32)
-            return tf.random.stateless_uniform(
-                shape, seed=self._next_seed(), minval=0, maxval=maxval, dtype=tf.int32, alg=ALG
-            )
-        u = self.uniform(shape)
-        maxval = tf.cast(maxval, tf.float32)
-        return tf.minimum(tf.cast(tf.floor(u * maxval), tf.int32), tf.cast(maxval, tf.int32) - 1)
+        """int32 in ``[0, maxval)``; ``maxval`` is an int or a scalar int32 tensor."""
+        if self._seed is None:
+            return tf.random.uniform(shape, 0, maxval, dtype=tf.int32)
+        return tf.random.stateless_uniform(
+            shape, seed=self._next_seed(), minval=0, maxval=maxval, dtype=tf.int32, alg=ALG
+        )
 
 
 class Sampler:

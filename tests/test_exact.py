@@ -1,0 +1,149 @@
+"""Exact loss and logits against the float64 NumPy HarMax, dense and chunked, eager/graph/XLA."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import harmax_numpy, maybe_jit
+
+import harmonic_tf as ht
+
+MODES = ["eager", "graph", "xla"]
+
+
+def _problem(rng, n=24, d=8, v=37, scale=1.0, ignore_some=True):
+    x = rng.normal(size=(n, d)) * scale
+    w = rng.normal(size=(v, d)) * scale
+    y = rng.integers(0, v, n)
+    if ignore_some:
+        y[::7] = -100
+    return x, w, y
+
+
+def _loss_and_grads(fn, x, w, y, mode, **kwargs):
+    def run(xt, wt, yt):
+        with tf.GradientTape() as tape:
+            tape.watch([xt, wt])
+            loss = fn(xt, wt, yt, **kwargs)
+            target = tf.reduce_sum(loss)
+        gx, gw = tape.gradient(target, [xt, wt])
+        return loss, gx, tf.convert_to_tensor(gw)
+
+    out = maybe_jit(run, mode)(
+        tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y, tf.int32)
+    )
+    return [t.numpy() for t in out]
+
+
+def test_numpy_reference_gradient_matches_finite_differences(rng):
+    # The reference's analytic gradient is itself checked, so it can be trusted below.
+    x, w, y = _problem(rng, n=3, d=4, v=5, ignore_some=False)
+    _, gx, gw = harmax_numpy(x, w, y, eta=3.0)
+    h = 1e-6
+    for arr, grad in ((x, gx), (w, gw)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            orig = arr[idx]
+            arr[idx] = orig + h
+            up = harmax_numpy(x, w, y, eta=3.0)[0]
+            arr[idx] = orig - h
+            down = harmax_numpy(x, w, y, eta=3.0)[0]
+            arr[idx] = orig
+            num[idx] = (up - down) / (2 * h)
+        np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("chunk_size", [None, 1, 5, 16, 37, 64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_exact_loss_matches_numpy_harmax(rng, mode, chunk_size, reduction):
+    x, w, y = _problem(rng)
+    eta = 3.5
+    ref, ref_gx, ref_gw = harmax_numpy(x, w, y, eta, reduction=reduction)
+    loss, gx, gw = _loss_and_grads(
+        ht.harmonic_loss, x, w, y, mode, eta=eta, reduction=reduction, chunk_size=chunk_size
+    )
+    np.testing.assert_allclose(loss, ref, rtol=2e-5, atol=1e-6)
+    if reduction == "none":
+        # Gradient of sum(losses) == the "sum" reference.
+        _, ref_gx, ref_gw = harmax_numpy(x, w, y, eta, reduction="sum")
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(gw, ref_gw, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exact_3d_inputs_and_default_eta(rng, mode):
+    x, w, y = _problem(rng, n=24, d=9)
+    ref, ref_gx, ref_gw = harmax_numpy(x, w, y, eta=3.0, reduction="none")  # sqrt(9) = 3
+    loss, gx, gw = _loss_and_grads(
+        ht.harmonic_loss,
+        x.reshape(4, 6, 9),
+        w,
+        y.reshape(4, 6),
+        mode,
+        reduction="none",
+        chunk_size=8,
+    )
+    assert loss.shape == (4, 6)
+    np.testing.assert_allclose(loss.reshape(-1), ref, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(gx.reshape(24, 9), ref_gx * 1, rtol=1e-4, atol=2e-6)
+    _, _, ref_gw_sum = harmax_numpy(x, w, y, eta=3.0, reduction="sum")
+    np.testing.assert_allclose(gw, ref_gw_sum, rtol=1e-4, atol=2e-6)
+
+
+def test_chunked_equals_dense_bitwise_close(rng):
+    x, w, y = _problem(rng, n=64, d=16, v=301)
+    a = _loss_and_grads(ht.harmonic_loss, x, w, y, "xla", chunk_size=None)
+    b = _loss_and_grads(ht.harmonic_loss, x, w, y, "xla", chunk_size=64)
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_harmonic_logits_match_numpy(rng, mode):
+    x = rng.normal(size=(2, 3, 5))
+    w = rng.normal(size=(7, 5))
+    z = maybe_jit(lambda a, b: ht.harmonic_logits(a, b, eta=4.0), mode)(
+        tf.constant(x, tf.float32), tf.constant(w, tf.float32)
+    ).numpy()
+    d2 = ((x[..., None, :] - w) ** 2).sum(-1)
+    np.testing.assert_allclose(z, -2.0 * np.log(d2 + 1e-9), rtol=1e-5, atol=1e-5)
+    assert z.shape == (2, 3, 7) and z.dtype == np.float32
+
+
+def test_softmax_of_logits_is_paper_harmax():
+    x = tf.constant([[0.0, 0.0]])
+    w = tf.constant([[1.0, 0.0], [3.0, 0.0]])
+    p = tf.nn.softmax(ht.harmonic_logits(x, w, eta=2.0)).numpy()
+    np.testing.assert_allclose(p, [[0.9, 0.1]], rtol=1e-6)  # d^-2: 1 and 1/9, normalised
+
+
+def test_true_distance_is_exact_when_hidden_equals_center():
+    # Expanded |x|^2 - 2xw + |w|^2 cancels to rounding noise at large norms; the true class
+    # uses the explicit difference, so the loss is exactly that of d_y = 0.
+    w = tf.constant([[1000.0, 1000.0, 1000.0], [1010.0, 1000.0, 1000.0]])
+    x = w[:1]
+    loss = ht.harmonic_loss(x, w, tf.constant([0]), eta=2.0, reduction="none")
+    expected = np.log1p((1e-9) / (100 + 1e-9))  # p_y = (1/eps) / (1/eps + 1/100)
+    np.testing.assert_allclose(loss.numpy(), [expected], atol=1e-7)
+
+
+def test_all_ignored_mean_is_zero():
+    x = tf.random.normal([4, 3])
+    w = tf.random.normal([5, 3])
+    loss = ht.harmonic_loss(x, w, tf.fill([4], -100))
+    assert float(loss) == 0.0
+
+
+def test_half_precision_inputs_give_matching_dtypes(rng):
+    x, w, y = _problem(rng, ignore_some=False)
+    ref, ref_gx, ref_gw = harmax_numpy(x, w, y, 3.0)
+    for dtype in (tf.float16, tf.bfloat16):
+        xt, wt = tf.constant(x, dtype), tf.constant(w, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch([xt, wt])
+            loss = ht.harmonic_loss(xt, wt, tf.constant(y), eta=3.0, chunk_size=8)
+        gx, gw = tape.gradient(loss, [xt, wt])
+        assert loss.dtype == tf.float32 and gx.dtype == dtype and gw.dtype == dtype
+        tol = 2e-2 if dtype == tf.bfloat16 else 3e-3
+        np.testing.assert_allclose(float(loss), ref, rtol=tol * 3)
+        np.testing.assert_allclose(tf.cast(gx, tf.float32), ref_gx, rtol=0.1, atol=tol)

@@ -1,0 +1,239 @@
+"""Sampled loss with pinned candidates against float64 TF autodiff of the plain formula."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import log_q_numpy, maybe_jit, sampled_reference
+
+import harmonic_tf as ht
+from harmonic_tf.sampling import RandomStream
+
+N, D, V, K = 12, 6, 29, 7
+NEGATIVES = ["shared", "per_example"]
+CORRECTIONS = ["negatives", "all", "none"]
+IN_BATCH = [False, True, 5]
+CENTER_GRADIENTS = ["indexed_slices", "dense"]
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _data(seed, ignore):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N, D))
+    w = rng.normal(size=(V, D))
+    y = rng.integers(0, V, N)
+    if ignore:
+        y[[2, 7]] = -100
+    return x, w, y
+
+
+def _ids(seed, negatives, y):
+    rng = np.random.default_rng(seed + 1)
+    if negatives == "shared":
+        ids = rng.integers(0, V, K)
+        ids[0] = y[y >= 0][0]  # force an accidental hit
+        return ids
+    return rng.integers(0, V, (N, K))  # hits possible: remove_accidental_hits masks them
+
+
+def _run_ours(x, w, y, ids, mode, rank3, **kw):
+    def run(xt, wt, yt, idt):
+        with tf.GradientTape() as tape:
+            tape.watch([xt, wt])
+            loss = ht.sampled_harmonic_loss(xt, wt, yt, sampled_ids=idt, **kw)
+            target = tf.reduce_sum(loss)
+        gx, gw = tape.gradient(target, [xt, wt])
+        return loss, gx, gw
+
+    xs, ys = (x.reshape(3, 4, D), y.reshape(3, 4)) if rank3 else (x, y)
+    loss, gx, gw = maybe_jit(run, mode)(
+        tf.constant(xs, tf.float32), tf.constant(w, tf.float32), tf.constant(ys), tf.constant(ids)
+    )
+    return loss, gx, gw
+
+
+def _reference(x, w, y, ids, negatives, in_batch, correction, reduction, seed, sampler="uniform"):
+    valid = y != -100
+    shared_ids = ids if negatives == "shared" else None
+    shared_valid = None if shared_ids is None else np.ones(K, bool)
+    if in_batch is True:
+        extra, extra_valid = np.where(valid, y, 0), valid
+    elif in_batch:
+        # With sampled_ids given, the in-batch positions are the stream's first draw.
+        pos = RandomStream(seed).integers([in_batch], N).numpy()
+        extra, extra_valid = np.where(valid, y, 0)[pos], valid[pos]
+    if in_batch is not False:
+        shared_ids = extra if shared_ids is None else np.concatenate([shared_ids, extra])
+        shared_valid = (
+            extra_valid if shared_valid is None else np.concatenate([shared_valid, extra_valid])
+        )
+    return sampled_reference(
+        x,
+        w,
+        y,
+        eta=2.5,
+        per_example_ids=ids if negatives == "per_example" else None,
+        shared_ids=shared_ids,
+        shared_valid=shared_valid,
+        log_q=log_q_numpy(sampler, V, counts=np.arange(1, V + 1)),
+        correction=correction,
+        reduction=reduction,
+    )
+
+
+def _check(case, mode):
+    negatives, correction, in_batch, center_gradient, reduction, ignore, rank3 = case
+    seed = 11
+    x, w, y = _data(seed, ignore)
+    ids = _ids(seed, negatives, y)
+    loss, gx, gw = _run_ours(
+        x,
+        w,
+        y,
+        ids,
+        mode,
+        rank3,
+        eta=2.5,
+        k=K,
+        negatives=negatives,
+        log_q_correction=correction,
+        in_batch_negatives=in_batch,
+        center_gradient=center_gradient,
+        reduction=reduction,
+        seed=seed,
+    )
+    ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, in_batch, correction, reduction, seed)
+    if center_gradient == "indexed_slices":
+        assert isinstance(gw, tf.IndexedSlices)
+    else:
+        assert isinstance(gw, tf.Tensor)
+    np.testing.assert_allclose(np.reshape(loss, np.shape(ref)), ref, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(gx.numpy().reshape(N, D), ref_gx, rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(tf.convert_to_tensor(gw).numpy(), ref_gw, rtol=2e-4, atol=2e-6)
+    if reduction == "none":
+        assert loss.shape == ((3, 4) if rank3 else (N,))
+
+
+ALL_CASES = list(
+    itertools.product(
+        NEGATIVES, CORRECTIONS, IN_BATCH, CENTER_GRADIENTS, REDUCTIONS, [False, True], [False, True]
+    )
+)
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_sampled_matches_autodiff_reference_eager(case):
+    _check(case, "eager")
+
+
+# Under XLA every structural path (negatives x correction x in-batch x gradient form) is compiled;
+# reduction, ignore and rank cycle through their values across those cases.
+XLA_CASES = [
+    (*struct, REDUCTIONS[i % 3], bool(i % 2), bool((i // 2) % 2))
+    for i, struct in enumerate(
+        itertools.product(NEGATIVES, CORRECTIONS, IN_BATCH, CENTER_GRADIENTS)
+    )
+]
+
+
+@pytest.mark.parametrize("case", XLA_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_sampled_matches_autodiff_reference_xla(case):
+    _check(case, "xla")
+
+
+@pytest.mark.parametrize("sampler", ["log_uniform", "unigram"])
+@pytest.mark.parametrize("negatives", NEGATIVES)
+def test_log_q_of_nonuniform_samplers(sampler, negatives):
+    x, w, y = _data(5, ignore=True)
+    ids = _ids(5, negatives, y)
+    spec = np.arange(1, V + 1) if sampler == "unigram" else sampler
+    loss, gx, gw = _run_ours(
+        x,
+        w,
+        y,
+        ids,
+        "graph",
+        False,
+        eta=2.5,
+        k=K,
+        negatives=negatives,
+        sampler=spec,
+        in_batch_negatives=True,
+    )
+    ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, True, "negatives", "mean", 0, sampler)
+    np.testing.assert_allclose(float(loss), ref, rtol=2e-5)
+    np.testing.assert_allclose(gx.numpy(), ref_gx, rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(tf.convert_to_tensor(gw).numpy(), ref_gw, rtol=2e-4, atol=2e-6)
+
+
+def test_accidental_hits_kept_when_asked():
+    x, w, y = _data(3, ignore=False)
+    ids = _ids(3, "shared", y)
+    loss, _, _ = _run_ours(x, w, y, ids, "eager", False, eta=2.5, k=K, remove_accidental_hits=False)
+    ref = sampled_reference(
+        x, w, y, 2.5, shared_ids=ids, log_q=log_q_numpy("uniform", V), remove_hits=False
+    )[0]
+    np.testing.assert_allclose(float(loss), ref, rtol=2e-5)
+
+
+def test_indexed_slices_touch_only_label_and_sampled_rows():
+    x, w, y = _data(4, ignore=True)
+    ids = np.array([3, 3, 9, 20, 21, 22, 23])
+    _, _, gw = _run_ours(x, w, y, ids, "xla", False, eta=2.5, k=K)
+    assert isinstance(gw, tf.IndexedSlices)
+    touched = set(np.unique(gw.indices.numpy()))
+    assert touched <= set(ids) | set(y[y >= 0]) | {0}  # 0: ignored rows' safe index, zero values
+    dense = tf.convert_to_tensor(gw).numpy()
+    nonzero_rows = set(np.flatnonzero(np.abs(dense).sum(1)))
+    assert nonzero_rows == set(ids) | set(y[y >= 0])
+    assert tuple(gw.dense_shape.numpy()) == (V, D)
+
+
+def test_seed_reproducible_and_unseeded_fresh():
+    x = tf.random.normal([32, 8])
+    w = tf.random.normal([500, 8])
+    y = tf.random.uniform([32], 0, 500, tf.int32)
+    for negatives in NEGATIVES:
+        a = ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives, seed=7)
+        b = ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives, seed=7)
+        c = ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives, seed=8)
+        assert float(a) == float(b) and float(a) != float(c)
+        f = tf.function(lambda: ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives))
+        assert float(f()) != float(f())
+
+
+def test_seeded_negatives_identical_eager_graph_xla():
+    x = tf.random.normal([16, 8])
+    w = tf.random.normal([200, 8])
+    y = tf.random.uniform([16], 0, 200, tf.int32)
+    for negatives, sampler in itertools.product(NEGATIVES, ["uniform", "log_uniform", [1.0] * 200]):
+
+        def f(negatives=negatives, sampler=sampler):
+            return ht.sampled_harmonic_loss(
+                x, w, y, k=8, negatives=negatives, sampler=sampler, seed=3, in_batch_negatives=4
+            )
+
+        vals = {float(f()), float(tf.function(f)()), float(tf.function(f, jit_compile=True)())}
+        assert len(vals) == 1 or np.ptp(list(vals)) < 1e-5, (negatives, sampler, vals)
+
+
+def test_approx_matches_reference_with_its_own_negatives(monkeypatch, rng):
+    import harmonic_tf.sampling as sampling
+
+    x = rng.normal(size=(10, 4))
+    w = rng.normal(size=(8, 4))
+    y = rng.integers(0, 8, 10)
+    drawn = {}
+    original = sampling.UniformSampler.sample_excluding
+
+    def spy(self, labels, k, stream):
+        drawn["ids"] = original(self, labels, k, stream)
+        return drawn["ids"]
+
+    monkeypatch.setattr(sampling.UniformSampler, "sample_excluding", spy)
+    ours = ht.harmonic_loss_approx(
+        tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y), eta=16.0, k=5
+    )
+    ref = sampled_reference(x, w, y, 16.0, per_example_ids=drawn["ids"].numpy(), correction="none")
+    np.testing.assert_allclose(float(ours), ref[0], rtol=2e-5)

@@ -1,0 +1,118 @@
+"""Bad input fails loudly, naming the argument; out-of-range labels never pass silently."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import harmonic_tf as ht
+
+X = tf.random.normal([6, 4])
+W = tf.random.normal([10, 4])
+Y = tf.constant([0, 1, 2, 3, 4, 5])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        (dict(hidden_states=tf.random.normal([6])), ValueError, "hidden_states"),
+        (dict(hidden_states=tf.random.normal([6, 5])), ValueError, "class_centers"),
+        (dict(class_centers=tf.random.normal([10, 4, 1])), ValueError, "class_centers"),
+        (dict(labels=tf.constant([0, 1, 2])), ValueError, "labels"),
+        (dict(labels=tf.constant([0.0, 1, 2, 3, 4, 5])), TypeError, "labels"),
+        (dict(hidden_states=tf.zeros([6, 4], tf.int32)), TypeError, "hidden_states"),
+        (dict(eta=0.0), ValueError, "eta"),
+        (dict(eta=-1.0), ValueError, "eta"),
+        (dict(eps=0.0), ValueError, "eps"),
+        (dict(reduction="avg"), ValueError, "reduction"),
+        (dict(chunk_size=0), ValueError, "chunk_size"),
+    ],
+)
+def test_exact_loss_argument_errors(kwargs, error, pattern):
+    args = dict(hidden_states=X, class_centers=W, labels=Y) | kwargs
+    with pytest.raises(error, match=pattern):
+        ht.harmonic_loss(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        (dict(k=0), ValueError, "`k`"),
+        (dict(k=10, negatives="per_example"), ValueError, r"`k` must be >= 1 and <= 9"),
+        (dict(negatives="some"), ValueError, "negatives"),
+        (dict(sampler="zipf"), ValueError, "sampler"),
+        (dict(sampler=ht.UniformSampler(11)), ValueError, "sampler"),
+        (dict(reduction="avg"), ValueError, "reduction"),
+        (dict(center_gradient="sparse"), ValueError, "center_gradient"),
+        (dict(log_q_correction="true"), ValueError, "log_q_correction"),
+        (dict(in_batch_negatives=-1), ValueError, "in_batch_negatives"),
+        (dict(in_batch_negatives=7), ValueError, "in_batch_negatives"),
+        (dict(sampled_ids=tf.constant([[1, 2]])), ValueError, "sampled_ids"),
+        (dict(sampled_ids=tf.constant([1.0, 2.0, 3.0])), TypeError, "sampled_ids"),
+        (dict(seed=tf.constant([1.0, 2.0])), ValueError, "seed"),
+        (dict(eta=0.0), ValueError, "eta"),
+    ],
+)
+def test_sampled_loss_argument_errors(kwargs, error, pattern):
+    args = dict(k=3) | kwargs
+    with pytest.raises(error, match=pattern):
+        ht.sampled_harmonic_loss(X, W, Y, **args)
+
+
+@pytest.mark.parametrize(
+    "counts, pattern",
+    [([1.0], "counts"), ([1.0, -1.0, 2.0], "counts"), ([[1.0, 2.0]], "counts"), ([0, 0], "zero")],
+)
+def test_unigram_counts_errors(counts, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        ht.UnigramSampler(counts)
+
+
+def test_unigram_counts_of_wrong_length():
+    with pytest.raises(ValueError, match="sampler"):
+        ht.sampled_harmonic_loss(X, W, Y, k=3, sampler=np.ones(9))
+
+
+BAD_LABELS = tf.constant([0, 1, 2, 3, 10, 5])
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        lambda y: ht.harmonic_loss(X, W, y),
+        lambda y: ht.harmonic_loss(X, W, y, chunk_size=3),
+        lambda y: ht.sampled_harmonic_loss(X, W, y, k=3),
+        lambda y: ht.sampled_harmonic_loss(X, W, y, k=3, negatives="per_example"),
+    ],
+)
+def test_out_of_range_labels(loss_fn):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels. must be in \[0, 10\)"):
+        loss_fn(BAD_LABELS)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels"):
+        tf.function(loss_fn)(BAD_LABELS)
+    # XLA drops asserts: the loss turns NaN instead of a clamped garbage row.
+    step = tf.function(loss_fn, jit_compile=True)
+    assert np.isnan(float(step(BAD_LABELS)))
+    assert np.isfinite(float(step(tf.constant([0, 1, 2, 3, -100, 5]))))
+
+
+def test_out_of_range_labels_poison_gradients_under_xla():
+    w = tf.Variable(W)
+
+    @tf.function(jit_compile=True)
+    def grads(y):
+        with tf.GradientTape() as tape:
+            loss = ht.sampled_harmonic_loss(X, w, y, k=3, center_gradient="dense")
+        return tape.gradient(loss, w)
+
+    assert np.isnan(grads(BAD_LABELS).numpy()).any()
+    assert np.isfinite(grads(Y).numpy()).all()
+
+
+def test_out_of_range_sampled_ids():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sampled_ids"):
+        ht.sampled_harmonic_loss(X, W, Y, k=3, sampled_ids=tf.constant([1, 2, 10]))
+    f = tf.function(
+        lambda ids: ht.sampled_harmonic_loss(X, W, Y, k=3, sampled_ids=ids), jit_compile=True
+    )
+    assert np.isnan(float(f(tf.constant([1, 2, 10]))))
+    assert np.isfinite(float(f(tf.constant([1, 2, 9]))))
