@@ -199,7 +199,7 @@ def test_seed_reproducible_and_unseeded_fresh():
         b = ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives, seed=7)
         c = ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives, seed=8)
         assert float(a) == float(b) and float(a) != float(c)
-        f = tf.function(lambda: ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives))
+        f = tf.function(lambda n=negatives: ht.sampled_harmonic_loss(x, w, y, k=16, negatives=n))
         assert float(f()) != float(f())
 
 
