@@ -3,12 +3,19 @@
 from harmonic_tf.approx import harmonic_loss_approx
 from harmonic_tf.distances import harmonic_logits
 from harmonic_tf.exact import harmonic_loss
+from harmonic_tf.layers import HarmonicLMHead
+from harmonic_tf.losses import HarmonicLoss
+from harmonic_tf.metrics import HarmonicAccuracy, HarmonicPerplexity
 from harmonic_tf.sampled import sampled_harmonic_loss
 from harmonic_tf.sampling import LogUniformSampler, Sampler, UniformSampler, UnigramSampler
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HarmonicAccuracy",
+    "HarmonicPerplexity",
+    "HarmonicLMHead",
+    "HarmonicLoss",
     "LogUniformSampler",
     "Sampler",
     "UniformSampler",

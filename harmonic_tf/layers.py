@@ -1,0 +1,208 @@
+"""``HarmonicLMHead``: a Keras layer that owns (or ties) the class centers."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from harmonic_tf import _inputs, _trace
+from harmonic_tf.distances import harmonic_logits
+
+OUTPUTS = ("logits", "probabilities")
+TRAINING_OUTPUTS = ("logits", "hidden_states")
+
+
+@keras.saving.register_keras_serializable(package="harmonic_tf")
+class HarmonicLMHead(keras.layers.Layer):
+    """Harmonic output layer: ``[..., D]`` hidden states -> ``[..., V]`` harmonic logits.
+
+    The centers are a ``[V, D]`` matrix, one row per class, either owned by this layer or tied
+    to a ``keras.layers.Embedding`` / ``keras.layers.ReversibleEmbedding`` (its ``embeddings``
+    matrix, so an LM shares its token embedding). Serves any classifier: a CIFAR-10 model ends in
+    ``HarmonicLMHead(10)``.
+
+    Bound to a :class:`~harmonic_tf.HarmonicLoss`, the head returns its *inputs* (hidden states)
+    when ``training=True``, so the loss can compute the exact chunked or the sampled loss without
+    ``[tokens, V]`` logits; at inference (``evaluate``/``predict``) it returns logits.
+
+    Args:
+      units: number of classes ``V`` (alias: ``vocab_size``); taken from the embedding if tied.
+      eta: harmonic exponent on the plain L2 distance; ``None`` means ``sqrt(D)``.
+      eps: added to squared distances before the log.
+      tied_embedding: an ``Embedding``/``ReversibleEmbedding`` layer whose matrix is the
+        centers, or its name (resolved among the layers feeding this head, as after a reload).
+      centers_initializer, centers_regularizer, centers_constraint: for owned centers.
+      output_mode: ``"logits"`` or ``"probabilities"`` (softmax of the logits) at inference.
+      training_output: ``"logits"`` or ``"hidden_states"`` with ``training=True``;
+        :class:`~harmonic_tf.HarmonicLoss` sets ``"hidden_states"`` when bound.
+
+    Example:
+    >>> inputs = keras.Input([32])
+    >>> head = HarmonicLMHead(10)
+    >>> model = keras.Model(inputs, head(keras.layers.Dense(16)(inputs)))
+    >>> model.compile("adam", loss=HarmonicLoss(head))
+    """
+
+    def __init__(
+        self,
+        units: int | None = None,
+        eta: float | None = None,
+        eps: float = 1e-9,
+        tied_embedding: keras.layers.Layer | str | None = None,
+        centers_initializer="random_normal",
+        centers_regularizer=None,
+        centers_constraint=None,
+        output_mode: str = "logits",
+        training_output: str = "logits",
+        vocab_size: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if units is not None and vocab_size is not None and units != vocab_size:
+            raise ValueError(f"`units` ({units}) and `vocab_size` ({vocab_size}) disagree.")
+        units = units if units is not None else vocab_size
+        if units is not None:
+            _inputs.check_int("units", units, 2)
+        if units is None and tied_embedding is None:
+            raise ValueError("HarmonicLMHead needs `units` (or `vocab_size`) or `tied_embedding`.")
+        if eta is not None:
+            _inputs.check_positive("eta", eta)
+        _inputs.check_positive("eps", eps)
+        _inputs.check_choice("output_mode", output_mode, OUTPUTS)
+        _inputs.check_choice("training_output", training_output, TRAINING_OUTPUTS)
+        self._tied_name = None
+        self._tied_layer = None
+        if isinstance(tied_embedding, str):
+            self._tied_name = tied_embedding
+        elif tied_embedding is not None:
+            if not hasattr(tied_embedding, "input_dim") or not hasattr(
+                tied_embedding, "output_dim"
+            ):
+                raise TypeError(
+                    "`tied_embedding` must be a keras.layers.Embedding or ReversibleEmbedding, "
+                    f"got {tied_embedding!r}."
+                )
+            self._tie(tied_embedding)
+            if units is not None and units != tied_embedding.input_dim:
+                raise ValueError(
+                    f"`units` ({units}) must equal the tied embedding's input_dim "
+                    f"({tied_embedding.input_dim})."
+                )
+            units = tied_embedding.input_dim
+        self.units = units
+        self.eta = eta
+        self.eps = eps
+        self.output_mode = output_mode
+        self.training_output = training_output
+        self.centers_initializer = keras.initializers.get(centers_initializer)
+        self.centers_regularizer = keras.regularizers.get(centers_regularizer)
+        self.centers_constraint = keras.constraints.get(centers_constraint)
+        self._centers = None
+
+    def _tie(self, layer) -> None:
+        # Held outside Keras tracking: the embedding's variable belongs to the embedding layer.
+        object.__setattr__(self, "_tied_layer", layer)
+        self._tied_name = layer.name
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.units
+
+    @property
+    def tied_embedding(self):
+        return self._tied_layer
+
+    @property
+    def centers(self):
+        """The ``[V, D]`` centers variable (the embedding's matrix when tied)."""
+        if self._tied_layer is not None:
+            return self._tied_layer.embeddings
+        if self._centers is None:
+            raise ValueError(f"Layer {self.name!r} is not built yet: call it on hidden states.")
+        return self._centers
+
+    def resolved_eta(self) -> float:
+        return _inputs.resolve_eta(self.eta, int(self.centers.shape[-1]))
+
+    def __call__(self, inputs, *args, **kwargs):
+        if self._tied_name is not None and self._tied_layer is None:
+            self._tie(_find_ancestor(inputs, self._tied_name, self.name))
+        return super().__call__(inputs, *args, **kwargs)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(
+                f"{self.name}: the last axis of the inputs must be known, got {input_shape}."
+            )
+        if self._tied_layer is not None:
+            if not self._tied_layer.built:
+                self._tied_layer.build((None,))
+            if self._tied_layer.output_dim != dim:
+                raise ValueError(
+                    f"{self.name}: hidden size {dim} differs from the tied embedding's "
+                    f"output_dim {self._tied_layer.output_dim}."
+                )
+        else:
+            self._centers = self.add_weight(
+                name="centers",
+                shape=(self.units, dim),
+                initializer=self.centers_initializer,
+                regularizer=self.centers_regularizer,
+                constraint=self.centers_constraint,
+                autocast=False,
+            )
+
+    def call(self, inputs, training=None):
+        if training and self.training_output == "hidden_states":
+            _trace.record(self, "hidden_states")
+            return inputs
+        _trace.record(self, self.output_mode)
+        centers = tf.cast(self.centers.value, tf.float32)
+        logits = harmonic_logits(inputs, centers, self.eta, self.eps)
+        return tf.nn.softmax(logits) if self.output_mode == "probabilities" else logits
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def compute_output_spec(self, inputs, training=None):
+        if training and self.training_output == "hidden_states":
+            return keras.KerasTensor(inputs.shape, inputs.dtype)
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), "float32")
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            units=self.units,
+            eta=self.eta,
+            eps=self.eps,
+            tied_embedding=self._tied_name,
+            centers_initializer=keras.initializers.serialize(self.centers_initializer),
+            centers_regularizer=keras.regularizers.serialize(self.centers_regularizer),
+            centers_constraint=keras.constraints.serialize(self.centers_constraint),
+            output_mode=self.output_mode,
+            training_output=self.training_output,
+        )
+        return config
+
+
+def _find_ancestor(tensor, name: str, head_name: str):
+    """The layer called ``name`` among the functional-graph ancestors of ``tensor``."""
+    seen, stack = set(), [tensor]
+    while stack:
+        t = stack.pop()
+        history = getattr(t, "_keras_history", None)
+        if history is None:
+            continue
+        op = history.operation
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        if op.name == name:
+            return op
+        node = op._inbound_nodes[history.node_index]
+        stack.extend(node.input_tensors)
+    raise ValueError(
+        f"{head_name}: tied embedding {name!r} was not found among the layers that feed this head. "
+        "Pass the layer object as `tied_embedding=` when building the model."
+    )

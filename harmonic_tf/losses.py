@@ -1,0 +1,268 @@
+"""``HarmonicLoss``: the Keras loss for a model ending in a :class:`HarmonicLMHead`."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from harmonic_tf import _inputs, _trace
+from harmonic_tf.exact import harmonic_loss
+from harmonic_tf.sampled import sampled_harmonic_loss
+from harmonic_tf.sampling import Sampler, UnigramSampler
+
+REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "none", None)
+
+
+def labels_from_keras(y_true, num_classes: int | None = None) -> tf.Tensor:
+    """Keras hands labels over as float32 (exact below 2**24): round them back to int32.
+    A trailing axis of size 1 (``[B, 1]`` labels for ``[B, V]`` outputs) is squeezed."""
+    y = tf.convert_to_tensor(y_true)
+    if num_classes is not None and num_classes >= 2**24 and y.dtype == tf.float32:
+        raise ValueError(
+            f"float32 labels cannot represent class ids >= 2**24 exactly (V = {num_classes}); "
+            "feed int32 labels."
+        )
+    if y.dtype.is_floating:
+        y = tf.cast(tf.round(y), tf.int32)
+    return tf.cast(y, tf.int32)
+
+
+def exact_loss_from_logits(logits, labels, ignore_index):
+    """Per-token ``logsumexp(z) - z_y`` from full logits (evaluation path), 0 where ignored."""
+    logits = tf.cast(logits, tf.float32)
+    ignored = (
+        tf.equal(labels, ignore_index)
+        if ignore_index is not None
+        else tf.zeros_like(labels, tf.bool)
+    )
+    safe = tf.where(ignored, tf.zeros_like(labels), labels)
+    vocab = tf.shape(logits)[-1]
+    invalid = tf.logical_and(tf.logical_not(ignored), tf.logical_or(safe < 0, safe >= vocab))
+    true = tf.gather(logits, tf.clip_by_value(safe, 0, vocab - 1), batch_dims=labels.shape.rank)
+    losses = tf.reduce_logsumexp(logits, axis=-1) - true
+    losses = tf.where(invalid, float("nan"), losses)
+    return tf.where(ignored, tf.zeros_like(losses), losses), ignored
+
+
+@keras.saving.register_keras_serializable(package="harmonic_tf")
+class HarmonicLoss(keras.losses.Loss):
+    """Harmonic loss for ``model.compile(loss=...)``: exact when ``k=None``, sampled otherwise.
+
+    Bound to a :class:`HarmonicLMHead` (the layer, or its name after a reload). In training the
+    head hands over hidden states and this loss runs :func:`harmonic_loss` (exact, optionally
+    chunked) or :func:`sampled_harmonic_loss` on the head's centers; in ``evaluate`` the head
+    returns full logits and this loss is always the **exact** harmonic loss, comparable across
+    ``k`` and with cross-entropy.
+
+    Shapes: ``y_true`` ``[B]`` or ``[B, S]`` class ids (Keras passes them as float32; they are
+    rounded back), ``y_pred`` the head's output. Reduction ``"sum_over_batch_size"`` (= ``"mean"``)
+    is the (sample-weighted) sum over the count of non-ignored tokens.
+
+    Args:
+      head: the ``HarmonicLMHead`` layer (or its name). ``None``: the only head in the model.
+      k: ``None`` for the exact loss, else the number of negatives (see
+        :func:`sampled_harmonic_loss` for ``negatives``, ``sampler``, ``log_q_correction``,
+        ``in_batch_negatives``, ``remove_accidental_hits``, ``center_gradient``).
+      chunk_size: for the exact training loss: vocabulary chunk (``None``: dense logits).
+      seed: ``None`` draws fresh negatives each step; an int gives a reproducible sequence.
+      ignore_index: label value of tokens that contribute nothing.
+      require_trainable_centers: raise if the centers would not be trained (frozen head, or a
+        head the model never called); set ``False`` to train against frozen centers on purpose.
+
+    Example:
+    >>> model.compile(optimizer="adam", loss=HarmonicLoss(head, k=256, in_batch_negatives=True))
+    """
+
+    def __init__(
+        self,
+        head=None,
+        k: int | None = None,
+        negatives: str = "shared",
+        sampler="uniform",
+        log_q_correction: str = "negatives",
+        in_batch_negatives: bool | int = False,
+        remove_accidental_hits: bool = True,
+        center_gradient: str = "indexed_slices",
+        chunk_size: int | None = None,
+        seed: int | None = None,
+        ignore_index: int | None = -100,
+        require_trainable_centers: bool = True,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "harmonic_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        _inputs.check_choice("reduction", reduction, REDUCTIONS)
+        if k is not None:
+            _inputs.check_int("k", k, 0)
+        if chunk_size is not None:
+            _inputs.check_int("chunk_size", chunk_size, 1)
+        if isinstance(sampler, dict):
+            sampler = UnigramSampler(**sampler)
+        self.k = k
+        self.negatives = negatives
+        self.sampler = sampler
+        self.log_q_correction = log_q_correction
+        self.in_batch_negatives = in_batch_negatives
+        self.remove_accidental_hits = remove_accidental_hits
+        self.center_gradient = center_gradient
+        self.chunk_size = chunk_size
+        self.seed = seed
+        self.ignore_index = ignore_index
+        self.require_trainable_centers = require_trainable_centers
+        self._seed_generator = keras.random.SeedGenerator(seed) if seed is not None else None
+        self._head = None
+        self.head_name = head
+        if head is None:
+            raise ValueError("HarmonicLoss needs `head`: the HarmonicLMHead layer, or its name.")
+        if not isinstance(head, str):
+            self.bind(head)
+
+    def bind(self, head) -> HarmonicLoss:
+        """Uses ``head``'s centers; the head switches to handing over hidden states in training."""
+        from harmonic_tf.layers import HarmonicLMHead
+
+        if not isinstance(head, HarmonicLMHead):
+            raise TypeError(f"`head` must be a HarmonicLMHead (or its name), got {head!r}.")
+        head.training_output = "hidden_states"
+        self._head = head
+        self.head_name = head.name
+        return self
+
+    def _resolve_head(self):
+        """The bound head as called in this step: after a reload only its name is known."""
+        head, kind = _trace.lookup(self.head_name)
+        if head is None:
+            raise ValueError(
+                f"HarmonicLoss: the head {self.head_name!r} was not called in this step. The "
+                "loss must be used with the model whose output is that HarmonicLMHead."
+            )
+        if head.training_output != "hidden_states":
+            raise ValueError(
+                f"HarmonicLoss: head {head.name!r} returns logits in training; bind the loss to "
+                "the layer object (HarmonicLoss(head, ...)) so the head hands over hidden states."
+            )
+        self._head = head
+        return head, kind
+
+    def _check_trainable(self, head) -> None:
+        centers = head.centers
+        owner = head.tied_embedding or head
+        if self.require_trainable_centers and not (
+            centers.trainable and owner.trainable and head.trainable
+        ):
+            raise ValueError(
+                f"The centers of {head.name!r} ({centers.path}) are not trainable, so training "
+                "with HarmonicLoss would silently leave them unchanged. Unfreeze the head (or the "
+                "tied embedding), or pass require_trainable_centers=False to train against "
+                "frozen centers on purpose."
+            )
+
+    def _next_seed(self):
+        if self._seed_generator is None:
+            return None
+        seed = tf.cast(self._seed_generator.next(), tf.int64)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            # Replicas must draw different negatives from one seed.
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, ctx.replica_id_in_sync_group, alg="philox"
+            )
+        return seed
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with tf.name_scope(self.name):
+            head, kind = self._resolve_head()
+            labels = labels_from_keras(y_true, head.units)
+            if kind == "hidden_states":
+                self._check_trainable(head)
+                losses = self._training_losses(head, labels, y_pred)
+                ignored = (
+                    tf.equal(labels, self.ignore_index)
+                    if self.ignore_index is not None
+                    else tf.zeros_like(labels, tf.bool)
+                )
+            else:
+                logits = y_pred
+                if head.output_mode == "probabilities":
+                    logits = tf.math.log(tf.maximum(tf.cast(y_pred, tf.float32), 1e-38))
+                if labels.shape.rank == logits.shape.rank and labels.shape[-1] == 1:
+                    labels = tf.squeeze(labels, -1)
+                losses, ignored = exact_loss_from_logits(logits, labels, self.ignore_index)
+            return self._reduce(losses, ignored, sample_weight)
+
+    def _training_losses(self, head, labels, hidden):
+        centers = head.centers
+        if labels.shape.rank == hidden.shape.rank and labels.shape[-1] == 1:
+            labels = tf.squeeze(labels, -1)
+        eta = head.resolved_eta()
+        if self.k is None:
+            return harmonic_loss(
+                hidden,
+                centers,
+                labels,
+                eta=eta,
+                eps=head.eps,
+                reduction="none",
+                ignore_index=self.ignore_index,
+                chunk_size=self.chunk_size,
+            )
+        return sampled_harmonic_loss(
+            hidden,
+            centers,
+            labels,
+            k=self.k,
+            eta=eta,
+            eps=head.eps,
+            reduction="none",
+            negatives=self.negatives,
+            sampler=self.sampler,
+            remove_accidental_hits=self.remove_accidental_hits,
+            log_q_correction=self.log_q_correction,
+            in_batch_negatives=self.in_batch_negatives,
+            center_gradient=self.center_gradient,
+            seed=self._next_seed(),
+            ignore_index=self.ignore_index,
+        )
+
+    def _reduce(self, losses, ignored, sample_weight):
+        losses = tf.cast(losses, tf.float32)
+        if sample_weight is not None:
+            sw = tf.cast(sample_weight, tf.float32)
+            if sw.shape.rank is not None and sw.shape.rank > losses.shape.rank:
+                sw = tf.reshape(sw, tf.shape(losses))
+            losses = losses * sw
+        if self.reduction in ("none", None):
+            return losses
+        total = tf.reduce_sum(losses)
+        if self.reduction == "sum":
+            return total
+        count = tf.reduce_sum(tf.cast(tf.logical_not(ignored), tf.float32))
+        return tf.math.divide_no_nan(total, count)
+
+    def get_config(self) -> dict:
+        sampler = self.sampler
+        if isinstance(sampler, Sampler):
+            if not isinstance(sampler, UnigramSampler):
+                sampler = sampler.name
+            else:
+                sampler = sampler.get_config()
+        elif isinstance(sampler, np.ndarray):
+            sampler = sampler.tolist()
+        return {
+            "name": self.name,
+            "reduction": self.reduction,
+            "head": self.head_name,
+            "k": self.k,
+            "negatives": self.negatives,
+            "sampler": sampler,
+            "log_q_correction": self.log_q_correction,
+            "in_batch_negatives": self.in_batch_negatives,
+            "remove_accidental_hits": self.remove_accidental_hits,
+            "center_gradient": self.center_gradient,
+            "chunk_size": self.chunk_size,
+            "seed": self.seed,
+            "ignore_index": self.ignore_index,
+            "require_trainable_centers": self.require_trainable_centers,
+        }
