@@ -20,9 +20,14 @@ _eager_calls: dict = {}
 
 
 def _graph_key():
+    """The outermost graph being traced: a distribution strategy may call the model and the loss
+    in different nested graphs of one step function."""
     if tf.executing_eagerly():
         return _EAGER
-    return tf.compat.v1.get_default_graph()
+    graph = tf.compat.v1.get_default_graph()
+    while getattr(graph, "outer_graph", None) is not None:
+        graph = graph.outer_graph
+    return graph
 
 
 def record(head, output_kind: str) -> None:

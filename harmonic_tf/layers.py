@@ -135,6 +135,8 @@ class HarmonicLMHead(keras.layers.Layer):
             raise ValueError(
                 f"{self.name}: the last axis of the inputs must be known, got {input_shape}."
             )
+        if self._tied_name is not None and self._tied_layer is None:
+            return  # tied by name (a reload): resolved on the first call, never owns a matrix
         if self._tied_layer is not None:
             if not self._tied_layer.built:
                 self._tied_layer.build((None,))

@@ -236,10 +236,12 @@ class HarmonicLoss(keras.losses.Loss):
         if self.reduction in ("none", None):
             return losses
         total = tf.reduce_sum(losses)
-        if self.reduction == "sum":
-            return total
-        count = tf.reduce_sum(tf.cast(tf.logical_not(ignored), tf.float32))
-        return tf.math.divide_no_nan(total, count)
+        if self.reduction != "sum":
+            count = tf.reduce_sum(tf.cast(tf.logical_not(ignored), tf.float32))
+            total = tf.math.divide_no_nan(total, count)
+        # As Keras's own losses do: replicas' gradients are summed, and the reported loss is
+        # multiplied back by the replica count.
+        return total / tf.distribute.get_strategy().num_replicas_in_sync
 
     def get_config(self) -> dict:
         sampler = self.sampler
