@@ -134,6 +134,15 @@ def _inside_xla() -> bool:
     return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
 
 
+def token_weights(p: Prepared, reduction: str) -> tf.Tensor:
+    """Per-token weights ``[N]`` that turn ``sum(w * loss)`` into the reduction: 0 where ignored,
+    NaN where the label is invalid, ``1/count`` (mean) or 1 (sum) elsewhere."""
+    keep = tf.cast(tf.logical_not(p.ignored), tf.float32)
+    if reduction == "mean":
+        keep = tf.math.divide_no_nan(keep, tf.reduce_sum(keep))
+    return tf.where(p.invalid, float("nan"), keep)
+
+
 def finish(losses: tf.Tensor, p: Prepared, reduction: str) -> tf.Tensor:
     """Zeroes ignored rows, poisons invalid rows with NaN (loss and gradient), then reduces."""
     poison = tf.where(p.invalid, tf.fill(tf.shape(losses), float("nan")), tf.ones_like(losses))

@@ -36,7 +36,11 @@ def harmonic_loss(
       reduction: ``"mean"`` (over non-ignored tokens), ``"sum"`` or ``"none"`` (labels' shape).
       ignore_index: label value whose tokens contribute nothing (``None``: no label is ignored).
       chunk_size: ``None`` builds ``[N, V]`` logits once; an int never holds more than
-        ``[N, chunk_size]`` of them (running log-sum-exp forward, chunk-wise recompute backward).
+        ``[N, chunk_size]`` of them. Per-token losses (and any call without a gradient tape)
+        use a running log-sum-exp over vocabulary chunks, recomputed chunk by chunk in the
+        backward pass; a reduced loss under a tape is fused instead: full rows for
+        ``N * chunk_size // V`` tokens at a time, gradients computed in the forward pass
+        (3 matmuls instead of 4, as fused linear cross-entropy kernels do).
 
     Returns:
       float32 loss: a scalar, or per-token losses in the labels' shape for ``reduction="none"``.
@@ -52,8 +56,107 @@ def harmonic_loss(
         _inputs.check_int("chunk_size", chunk_size, 1)
     p = _inputs.prepare(hidden_states, class_centers, labels, ignore_index)
     eta = _inputs.resolve_eta(eta, p.dim)
+    if reduction != "none" and _use_fused(p.num_tokens, p.vocab_size, chunk_size):
+        weights = _inputs.token_weights(p, reduction)
+        return fused_weighted_loss(p.x, p.w, p.labels, weights, eta, eps, chunk_size)
     losses = exact_token_losses(p.x, p.w, p.labels, eta, eps, chunk_size)
     return _inputs.finish(losses, p, reduction)
+
+
+def _use_fused(num_tokens: int | None, vocab_size: int, chunk_size: int | None) -> bool:
+    """Fused when chunked, the token count is static and a gradient tape is recording (at trace
+    time for tf.function): without a tape the forward-only pass is 1 matmul, not 3."""
+    from tensorflow.python.eager import record
+
+    return (
+        chunk_size is not None
+        and chunk_size < vocab_size
+        and num_tokens is not None
+        and record.could_possibly_record()
+    )
+
+
+def fused_weighted_loss(
+    x: tf.Tensor,
+    w: tf.Tensor,
+    labels: tf.Tensor,
+    weights: tf.Tensor,
+    eta: float,
+    eps: float,
+    chunk_size: int,
+) -> tf.Tensor:
+    """``sum_n weights_n * loss_n`` with gradients computed during the forward pass.
+
+    Token chunks of ``rows = N * chunk_size // V`` hold ``[rows, V]`` logits (never more than
+    ``[N, chunk_size]`` elements); each chunk's full rows give exact probabilities at once, so
+    ``dx`` and ``dW`` accumulate with one recomputation-free pass. The backward pass only scales
+    them by the upstream scalar."""
+    n, dim = int(x.shape[0]), int(x.shape[1])
+    vocab_size = int(w.shape[0])
+    rows = max(1, min(n, (n * chunk_size) // vocab_size))
+    num_chunks = -(-n // rows)
+    pad = num_chunks * rows - n
+    half_eta = 0.5 * eta
+
+    @tf.custom_gradient
+    def _loss(x, w):
+        x_chunks = tf.reshape(tf.pad(x, [[0, pad], [0, 0]]), [num_chunks, rows, dim])
+        y_chunks = tf.reshape(tf.pad(labels, [[0, pad]]), [num_chunks, rows])
+        g_chunks = tf.reshape(tf.pad(weights, [[0, pad]]), [num_chunks, rows])
+        w_sq = tf.reduce_sum(tf.square(w), axis=-1)
+        ids = tf.range(vocab_size)
+
+        def body(i, total, col_sum, ctx, dx_parts, pulls):
+            xc, yc, gc = x_chunks[i], y_chunks[i], g_chunks[i]
+            d2_true, diff_true = true_sq_distances(xc, w, yc)
+            z_true = logits_from_sq(d2_true, eta, eps)
+            true_col = _true_column(yc, ids)
+            z = tf.where(
+                true_col,
+                z_true[:, None],
+                logits_from_sq(expanded_sq_distances(xc, w, None, w_sq), eta, eps),
+            )
+            lse = tf.reduce_logsumexp(z, axis=-1)
+            # Zero-weight rows (ignored, padding) must not turn 0 * inf into NaN.
+            total += tf.reduce_sum(tf.where(gc == 0.0, 0.0, gc * (lse - z_true)))
+            c = _dense_coefficients(z, lse, yc, gc, eta)
+            c_true = tf.math.expm1(z_true - lse) * (-half_eta) / (d2_true + eps) * gc
+            pull = 2.0 * c_true[:, None] * diff_true
+            dxc = pull + 2.0 * tf.reduce_sum(c, axis=1)[:, None] * xc - 2.0 * tf.matmul(c, w)
+            return (
+                i + 1,
+                total,
+                col_sum + tf.reduce_sum(c, axis=0),
+                ctx + tf.matmul(c, xc, transpose_a=True),
+                dx_parts.write(i, dxc),
+                pulls.write(i, pull),
+            )
+
+        _, total, col_sum, ctx, dx_parts, pulls = tf.while_loop(
+            lambda i, *_: i < num_chunks,
+            body,
+            (
+                tf.constant(0),
+                tf.constant(0.0),
+                tf.zeros([vocab_size]),
+                tf.zeros([vocab_size, dim]),
+                tf.TensorArray(tf.float32, size=num_chunks, element_shape=[rows, dim]),
+                tf.TensorArray(tf.float32, size=num_chunks, element_shape=[rows, dim]),
+            ),
+            maximum_iterations=num_chunks,
+        )
+        dx = tf.reshape(dx_parts.stack(), [-1, dim])[:n]
+        pull = tf.reshape(pulls.stack(), [-1, dim])[:n]
+        dw = 2.0 * col_sum[:, None] * w - 2.0 * ctx
+        dw = tf.tensor_scatter_nd_add(dw, labels[:, None], -pull)
+
+        def grad(upstream):
+            scale = tf.cast(upstream, tf.float32)
+            return scale * dx, scale * dw
+
+        return total, grad
+
+    return _loss(x, w)
 
 
 def exact_token_losses(

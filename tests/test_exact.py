@@ -147,3 +147,34 @@ def test_half_precision_inputs_give_matching_dtypes(rng):
         tol = 2e-2 if dtype == tf.bfloat16 else 3e-3
         np.testing.assert_allclose(float(loss), ref, rtol=tol * 3)
         np.testing.assert_allclose(tf.cast(gx, tf.float32), ref_gx, rtol=0.1, atol=tol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_pass_and_fused_chunked_paths_agree(rng, mode):
+    # Under a tape a reduced chunked loss takes the fused path; per-token losses and tape-less
+    # calls take the two-pass (running log-sum-exp + recompute) path. Same numbers both ways.
+    x, w, y = _problem(rng, n=40, d=8, v=97)
+    xt, wt, yt = (tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y))
+
+    def both(xt, wt):
+        no_tape = ht.harmonic_loss(xt, wt, yt, chunk_size=8)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([xt, wt])
+            fused = ht.harmonic_loss(xt, wt, yt, chunk_size=8)
+            per_token = ht.harmonic_loss(xt, wt, yt, chunk_size=8, reduction="none")
+            two_pass = tf.reduce_sum(per_token) / tf.reduce_sum(tf.cast(yt != -100, tf.float32))
+        return (
+            no_tape,
+            fused,
+            two_pass,
+            tape.gradient(fused, [xt, wt]),
+            tape.gradient(two_pass, [xt, wt]),
+        )
+
+    no_tape, fused, two_pass, g_fused, g_two = maybe_jit(both, mode)(xt, wt)
+    np.testing.assert_allclose(float(no_tape), float(fused), rtol=1e-6)
+    np.testing.assert_allclose(float(two_pass), float(fused), rtol=1e-6)
+    for a, b in zip(g_fused, g_two, strict=True):
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(a), tf.convert_to_tensor(b), rtol=1e-5, atol=1e-7
+        )
