@@ -56,11 +56,20 @@ def harmonic_loss(
         _inputs.check_int("chunk_size", chunk_size, 1)
     p = _inputs.prepare(hidden_states, class_centers, labels, ignore_index)
     eta = _inputs.resolve_eta(eta, p.dim)
-    if reduction != "none" and _use_fused(p.num_tokens, p.vocab_size, chunk_size):
-        weights = _inputs.token_weights(p, reduction)
+    if reduction == "none":
+        losses = exact_token_losses(p.x, p.w, p.labels, eta, eps, chunk_size)
+        return _inputs.finish(losses, p, reduction)
+    return weighted_exact_loss(p, _inputs.token_weights(p, reduction), eta, eps, chunk_size)
+
+
+def weighted_exact_loss(
+    p: _inputs.Prepared, weights: tf.Tensor, eta: float, eps: float, chunk_size: int | None
+) -> tf.Tensor:
+    """``sum_n weights_n * loss_n`` (weights 0 where ignored), fused where that is cheaper."""
+    if _use_fused(p.num_tokens, p.vocab_size, chunk_size):
         return fused_weighted_loss(p.x, p.w, p.labels, weights, eta, eps, chunk_size)
     losses = exact_token_losses(p.x, p.w, p.labels, eta, eps, chunk_size)
-    return _inputs.finish(losses, p, reduction)
+    return tf.reduce_sum(tf.where(weights == 0.0, 0.0, weights * losses))
 
 
 def _use_fused(num_tokens: int | None, vocab_size: int, chunk_size: int | None) -> bool:

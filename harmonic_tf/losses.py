@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from harmonic_tf import _inputs, _trace
-from harmonic_tf.exact import harmonic_loss
+from harmonic_tf.exact import harmonic_loss, weighted_exact_loss
 from harmonic_tf.sampled import sampled_harmonic_loss
 from harmonic_tf.sampling import Sampler, UnigramSampler
 
@@ -43,6 +43,16 @@ def exact_loss_from_logits(logits, labels, ignore_index):
     losses = tf.reduce_logsumexp(logits, axis=-1) - true
     losses = tf.where(invalid, float("nan"), losses)
     return tf.where(ignored, tf.zeros_like(losses), losses), ignored
+
+
+def _expand_weights(sample_weight, rank: int) -> tf.Tensor:
+    """Keras sample weights: ``[B]`` per sequence or ``[B, S]`` per token (or ``[B, 1]``)."""
+    sw = tf.cast(sample_weight, tf.float32)
+    if sw.shape.rank == rank + 1 and sw.shape[-1] == 1:
+        sw = tf.squeeze(sw, -1)
+    while sw.shape.rank < rank:
+        sw = sw[..., None]
+    return sw
 
 
 @keras.saving.register_keras_serializable(package="harmonic_tf")
@@ -177,6 +187,8 @@ class HarmonicLoss(keras.losses.Loss):
             labels = labels_from_keras(y_true, head.units)
             if kind == "hidden_states":
                 self._check_trainable(head)
+                if self.k is None and self.reduction not in ("none", None):
+                    return self._exact_training_loss(head, labels, y_pred, sample_weight)
                 losses = self._training_losses(head, labels, y_pred)
                 ignored = (
                     tf.equal(labels, self.ignore_index)
@@ -191,6 +203,23 @@ class HarmonicLoss(keras.losses.Loss):
                     labels = tf.squeeze(labels, -1)
                 losses, ignored = exact_loss_from_logits(logits, labels, self.ignore_index)
             return self._reduce(losses, ignored, sample_weight)
+
+    def _exact_training_loss(self, head, labels, hidden, sample_weight):
+        """Exact loss with the sample weights folded into per-token weights, so a chunked loss
+        can take the fused path (gradients in the forward pass)."""
+        if labels.shape.rank == hidden.shape.rank and labels.shape[-1] == 1:
+            labels = tf.squeeze(labels, -1)
+        p = _inputs.prepare(hidden, head.centers, labels, self.ignore_index)
+        weights = _inputs.token_weights(p, "sum")
+        count = tf.reduce_sum(tf.cast(tf.logical_not(p.ignored), tf.float32))
+        if sample_weight is not None:
+            sw = _expand_weights(sample_weight, labels.shape.rank)
+            weights = weights * tf.reshape(tf.broadcast_to(sw, p.labels_shape), [-1])
+        if self.reduction != "sum":
+            weights = tf.math.divide_no_nan(weights, count)
+        eta = head.resolved_eta()
+        total = weighted_exact_loss(p, weights, eta, head.eps, self.chunk_size)
+        return total / tf.distribute.get_strategy().num_replicas_in_sync
 
     def _training_losses(self, head, labels, hidden):
         centers = head.centers
@@ -229,10 +258,7 @@ class HarmonicLoss(keras.losses.Loss):
     def _reduce(self, losses, ignored, sample_weight):
         losses = tf.cast(losses, tf.float32)
         if sample_weight is not None:
-            sw = tf.cast(sample_weight, tf.float32)
-            if sw.shape.rank is not None and sw.shape.rank > losses.shape.rank:
-                sw = tf.reshape(sw, tf.shape(losses))
-            losses = losses * sw
+            losses = losses * _expand_weights(sample_weight, losses.shape.rank)
         if self.reduction in ("none", None):
             return losses
         total = tf.reduce_sum(losses)

@@ -342,3 +342,25 @@ def test_mirrored_strategy_two_logical_cpus():
         [sys.executable, "-c", DISTRIBUTED], capture_output=True, text=True, env=env, timeout=600
     )
     assert "DISTRIBUTED_OK" in out.stdout, out.stdout[-3000:] + out.stderr[-5000:]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_training_loss_weights_sequences_and_tokens(chunk_size):
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, V, (4, 6)).astype("int32")
+    y = rng.integers(0, V, (4, 6))
+    y[0, :2] = -100
+    model, _, head = _tied_lm(keras.layers.Embedding)
+    loss = ht.HarmonicLoss(head, chunk_size=chunk_size)
+    hidden = model(tokens, training=True)  # the bound head hands over hidden states
+    assert hidden.shape == (4, 6, D)
+    per_token = ht.harmonic_loss(hidden, head.centers, y, reduction="none").numpy()
+    keep = y != -100
+    for sw in (None, rng.uniform(0, 2, 4), rng.uniform(0, 2, (4, 6))):
+        got = float(loss(y.astype("float32"), hidden, sample_weight=sw))
+        w = (
+            np.ones_like(per_token)
+            if sw is None
+            else np.broadcast_to(sw if np.ndim(sw) == 2 else sw[:, None], per_token.shape)
+        )
+        np.testing.assert_allclose(got, (per_token * w)[keep].sum() / keep.sum(), rtol=1e-5)
