@@ -1,0 +1,378 @@
+"""A small decoder-only transformer LM trained three ways at the same budget: cross-entropy
+(tied dot-product head), exact harmonic loss and sampled harmonic loss (shared negatives), all
+reporting the EXACT validation loss and perplexity.
+
+    python examples/transformer_lm.py                       # embedded corpus (CPython's pydoc text)
+    python examples/transformer_lm.py --text ../shared/data/tinyshakespeare.txt --vocab-size 8001 \
+        --steps 1800
+
+Writes results.json, curves.png and samples.txt to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import harmonic_tf as ht  # noqa: E402
+
+# Words (with inner apostrophes) and single non-space characters, lower-cased.
+TOKEN_PATTERN = r"[a-z]+(?:'[a-z]+)*|[^\sa-z]"
+
+
+def embedded_corpus() -> str:
+    """The Python documentation topics that ship with every CPython (``pydoc_data``)."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name] for name in sorted(topics))
+
+
+def tokenize(text: str) -> list[str]:
+    import re
+
+    return re.findall(TOKEN_PATTERN, text.lower())
+
+
+def _standardize(x):
+    # Space out every character that is not a letter, apostrophe or space, so that the
+    # whitespace split gives TOKEN_PATTERN's tokens.
+    x = tf.strings.lower(x)
+    return tf.strings.regex_replace(x, r"([^\sa-z'])", r" \1 ")
+
+
+def build_vocabulary(train_text: str, vocab_size: int) -> keras.layers.TextVectorization:
+    """Word-level ``TextVectorization``: id 0 padding, 1 out-of-vocabulary, then tokens by
+    decreasing training frequency (what the log-uniform sampler assumes)."""
+    vectorizer = keras.layers.TextVectorization(
+        max_tokens=vocab_size, standardize=_standardize, split="whitespace", output_mode="int"
+    )
+    lines = [line for line in train_text.split("\n") if line.strip()]
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(lines).batch(512))
+    return vectorizer
+
+
+def encode(vectorizer, text: str) -> np.ndarray:
+    """All token ids of ``text`` in order (lines vectorised in batches; padding dropped)."""
+    lines = [line for line in text.split("\n") if line.strip()]
+    out = []
+    for start in range(0, len(lines), 2048):
+        batch = vectorizer(tf.constant(lines[start : start + 2048])).numpy()
+        out.extend(row[row > 0] for row in batch)
+    return np.concatenate(out).astype(np.int32)
+
+
+@keras.saving.register_keras_serializable(package="examples")
+class AddPositions(keras.layers.Layer):
+    """Adds a learned ``[seq_len, D]`` position embedding."""
+
+    def build(self, input_shape):
+        self.positions = self.add_weight(
+            name="positions", shape=tuple(input_shape[1:]), initializer="random_normal"
+        )
+
+    def call(self, x):
+        return x + self.positions
+
+
+def build_lm(
+    vocab_size: int,
+    seq_len: int,
+    head: str,
+    d_model: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    mlp_dim: int = 512,
+    dropout: float = 0.1,
+    seed: int = 0,
+):
+    """Pre-LayerNorm decoder-only transformer; the output head is tied to the token embedding:
+    a dot product (``head="dot"``) or a :class:`HarmonicLMHead` (``head="harmonic"``).
+    The same ``seed`` gives the same initial weights for both heads."""
+    keras.utils.set_random_seed(seed)
+    tokens = keras.Input([seq_len], dtype="int32", name="tokens")
+    embedding = keras.layers.ReversibleEmbedding(vocab_size, d_model, name="token_embedding")
+    h = AddPositions(name="positions")(embedding(tokens))
+    h = keras.layers.Dropout(dropout)(h)
+    for i in range(num_layers):
+        x = keras.layers.LayerNormalization(name=f"block{i}_ln1")(h)
+        x = keras.layers.MultiHeadAttention(
+            num_heads, d_model // num_heads, dropout=dropout, name=f"block{i}_attention"
+        )(x, x, use_causal_mask=True)
+        h = h + keras.layers.Dropout(dropout)(x)
+        x = keras.layers.LayerNormalization(name=f"block{i}_ln2")(h)
+        x = keras.layers.Dense(mlp_dim, activation="gelu", name=f"block{i}_mlp_in")(x)
+        x = keras.layers.Dense(d_model, name=f"block{i}_mlp_out")(x)
+        h = h + keras.layers.Dropout(dropout)(x)
+    h = keras.layers.LayerNormalization(name="final_ln")(h)
+    if head == "dot":
+        return keras.Model(tokens, embedding(h, reverse=True), name="lm_dot"), None
+    lm_head = ht.HarmonicLMHead(tied_embedding=embedding, name="lm_head")
+    return keras.Model(tokens, lm_head(h), name="lm_harmonic"), lm_head
+
+
+def train_dataset(ids: np.ndarray, seq_len: int, batch: int, seed: int) -> tf.data.Dataset:
+    """Random windows of ``seq_len + 1`` tokens, labels shifted by one; same order every run."""
+    ids = tf.constant(ids)
+    span = int(ids.shape[0]) - seq_len - 1
+    offsets = tf.range(seq_len + 1, dtype=tf.int64)
+
+    def windows(starts):
+        w = tf.gather(ids, starts[:, None] % span + offsets)
+        return w[:, :-1], w[:, 1:]
+
+    return tf.data.Dataset.random(seed=seed).batch(batch).map(windows).prefetch(4)
+
+
+def val_dataset(ids: np.ndarray, seq_len: int, batch: int, max_tokens: int) -> tf.data.Dataset:
+    n = min((len(ids) - 1) // seq_len, max(1, max_tokens // seq_len))
+    x = ids[: n * seq_len].reshape(n, seq_len)
+    y = ids[1 : n * seq_len + 1].reshape(n, seq_len)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+class TrainTimer(keras.callbacks.Callback):
+    """Training seconds per epoch without validation, and the validation curve against them."""
+
+    def __init__(self, tokens_per_epoch: int):
+        super().__init__()
+        self.tokens_per_epoch = tokens_per_epoch
+        self.epoch_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        if hasattr(self, "_start"):
+            self.epoch_seconds.append(time.perf_counter() - self._start)
+            del self._start
+
+    def tokens_per_second(self) -> float:
+        steady = self.epoch_seconds[1:] or self.epoch_seconds  # epoch 0 includes compilation
+        return self.tokens_per_epoch / float(np.median(steady))
+
+
+def make_loss(kind: str, head, args, counts: np.ndarray):
+    if kind == "ce":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if kind == "exact":
+        return ht.HarmonicLoss(head, chunk_size=args.chunk_size)
+    sampler = counts if args.sampler == "unigram" else args.sampler
+    in_batch = args.in_batch_negatives
+    in_batch = {"all": True, "none": False}.get(in_batch, in_batch)
+    if isinstance(in_batch, str):
+        in_batch = int(in_batch)
+    return ht.HarmonicLoss(
+        head,
+        k=args.k,
+        sampler=sampler,
+        log_q_correction=args.log_q_correction,
+        in_batch_negatives=in_batch,
+        seed=args.seed + 1000,
+    )
+
+
+def generate(model, vectorizer, prompt_ids, seq_len, length, rng, temperature=0.8, top_k=40):
+    """Samples ``length`` tokens after each prompt (right-padded windows: causal attention never
+    sees the padding)."""
+    vocab = vectorizer.get_vocabulary()
+    step = tf.function(lambda t: model(t, training=False))
+    texts = []
+    for prompt in prompt_ids:
+        tokens = list(prompt)
+        for _ in range(length):
+            window = tokens[-seq_len:]
+            padded = np.zeros((1, seq_len), np.int32)
+            padded[0, : len(window)] = window
+            logits = step(tf.constant(padded))[0, len(window) - 1].numpy().astype(np.float64)
+            logits[:2] = -np.inf  # never emit padding or out-of-vocabulary
+            top = np.argpartition(logits, -top_k)[-top_k:]
+            p = np.exp((logits[top] - logits[top].max()) / temperature)
+            tokens.append(int(rng.choice(top, p=p / p.sum())))
+        words = [vocab[i] for i in tokens]
+        texts.append(" ".join(words[: len(prompt)]) + " >>> " + " ".join(words[len(prompt) :]))
+    return texts
+
+
+def run(kind, args, data, vectorizer, counts):
+    train_ids, val_ids = data
+    vocab_size = args.vocab_size
+    model, head = build_lm(
+        vocab_size,
+        args.seq_len,
+        "dot" if kind == "ce" else "harmonic",
+        args.d_model,
+        args.layers,
+        args.heads,
+        args.mlp_dim,
+        args.dropout,
+        seed=args.seed,
+    )
+    lr = args.lr_ce if kind == "ce" else args.lr_harmonic
+    warmup = min(args.warmup, args.steps // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, args.steps - warmup), alpha=0.1, warmup_target=lr, warmup_steps=warmup
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=make_loss(kind, head, args, counts),
+        jit_compile=True,
+    )
+    val = val_dataset(val_ids, args.seq_len, args.batch, args.val_tokens)
+    initial = model.evaluate(val, verbose=0)
+    epochs = max(1, args.steps // args.eval_every)
+    timer = TrainTimer(args.eval_every * args.batch * args.seq_len)
+    print(f"\n== {RUN_NAMES[kind]} ({model.count_params():,} parameters)", flush=True)
+    hist = model.fit(
+        train_dataset(train_ids, args.seq_len, args.batch, args.seed),
+        steps_per_epoch=args.eval_every,
+        epochs=epochs,
+        validation_data=val,
+        callbacks=[timer],
+        verbose=args.verbose,
+    )
+    val_losses = [float(initial)] + [float(v) for v in hist.history["val_loss"]]
+    seconds = np.concatenate([[0.0], np.cumsum(timer.epoch_seconds)]).tolist()
+    rng = np.random.default_rng(args.seed)
+    prompts = [val_ids[i : i + 8] for i in rng.integers(0, len(val_ids) - 8, args.samples)]
+    samples = generate(model, vectorizer, prompts, args.seq_len, 24, rng) if args.samples else []
+    return {
+        "name": RUN_NAMES[kind],
+        "kind": kind,
+        "steps": [i * args.eval_every for i in range(len(val_losses))],
+        "val_loss": val_losses,
+        "train_loss": [float(v) for v in hist.history["loss"]],
+        "train_seconds": seconds,
+        "final_val_loss": val_losses[-1],
+        "final_val_ppl": math.exp(val_losses[-1]),
+        "tokens_per_second": timer.tokens_per_second(),
+        "samples": samples,
+    }
+
+
+RUN_NAMES = {"ce": "cross-entropy", "exact": "exact harmonic", "sampled": "sampled harmonic"}
+
+
+def plot(results: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        axes[0].plot(r["steps"], r["val_loss"], marker="o", ms=3, label=r["name"])
+        axes[1].plot(r["train_seconds"], r["val_loss"], marker="o", ms=3, label=r["name"])
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel("training seconds (2 CPU cores)")
+    for ax in axes:
+        ax.set_ylabel("exact validation loss (nats)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        lows = [min(r["val_loss"]) for r in results]
+        ax.set_ylim(min(lows) - 0.2, min(lows) + 3.0)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| run | exact val loss | val perplexity | train tokens/s |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {r['final_val_loss']:.3f} | {r['final_val_ppl']:.1f} | "
+            f"{r['tokens_per_second']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--text", help="UTF-8 text file (default: the embedded pydoc corpus)")
+    p.add_argument("--vocab-size", type=int, default=3000, help="V, with padding and OOV ids")
+    p.add_argument("--runs", default="ce,exact,sampled", help="comma list of ce, exact, sampled")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--mlp-dim", type=int, default=512)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--lr-ce", type=float, default=1e-3)
+    p.add_argument("--lr-harmonic", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--k", type=int, default=256, help="negatives of the sampled run")
+    p.add_argument("--sampler", default="unigram", choices=["uniform", "log_uniform", "unigram"])
+    p.add_argument("--log-q-correction", default="negatives", choices=["negatives", "all", "none"])
+    p.add_argument("--in-batch-negatives", default="all", help="all, none, or a number m")
+    p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
+    p.add_argument("--val-tokens", type=int, default=24576)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--samples", type=int, default=3, help="generated continuations per run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, default=1, help="Keras progress bars (0, 1, 2)")
+    p.add_argument("--out", default="runs/transformer_lm")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.eval_every, args.val_tokens, args.warmup = 20, 10, 2048, 5
+        args.vocab_size, args.k, args.batch, args.samples = min(args.vocab_size, 500), 32, 8, 1
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    text = open(args.text, encoding="utf-8").read() if args.text else embedded_corpus()
+    cut = int(len(text) * (1 - args.val_fraction))
+    vectorizer = build_vocabulary(text[:cut], args.vocab_size)
+    args.vocab_size = len(vectorizer.get_vocabulary())
+    train_ids, val_ids = encode(vectorizer, text[:cut]), encode(vectorizer, text[cut:])
+    counts = np.bincount(train_ids, minlength=args.vocab_size).astype(np.float64)
+    source = args.text or "embedded pydoc corpus"
+    print(
+        f"{source}: {len(train_ids):,} train / {len(val_ids):,} validation tokens, "
+        f"V = {args.vocab_size:,}, {args.steps} steps of {args.batch}x{args.seq_len} tokens"
+    )
+    results = []
+    for kind in args.runs.split(","):
+        results.append(run(kind, args, (train_ids, val_ids), vectorizer, counts))
+    os.makedirs(args.out, exist_ok=True)
+    summary = {
+        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        "config": vars(args),
+        "runs": results,
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    plot(results, os.path.join(args.out, "curves.png"), f"{source}, V = {args.vocab_size:,}")
+    with open(os.path.join(args.out, "samples.txt"), "w") as f:
+        for r in results:
+            f.write(f"== {r['name']}\n" + "\n".join(r["samples"]) + "\n\n")
+    print("\nGenerated continuations (prompt >>> model):")
+    for r in results:
+        for s in r["samples"]:
+            print(f"  [{r['name']}] {s}")
+    print("\nExact validation loss after", args.steps, "steps:\n" + table(results))
+    print(f"\nwrote {args.out}/results.json, curves.png, samples.txt")
+    return results
+
+
+if __name__ == "__main__":
+    main()
