@@ -24,8 +24,11 @@ def _graph_key():
     in different nested graphs of one step function."""
     if tf.executing_eagerly():
         return _EAGER
+    from tensorflow.python.framework.func_graph import FuncGraph
+
     graph = tf.compat.v1.get_default_graph()
-    while getattr(graph, "outer_graph", None) is not None:
+    # Stop at the outermost FuncGraph: above it is the global graph every function shares.
+    while isinstance(getattr(graph, "outer_graph", None), FuncGraph):
         graph = graph.outer_graph
     return graph
 

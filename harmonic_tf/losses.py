@@ -45,6 +45,12 @@ def exact_loss_from_logits(logits, labels, ignore_index):
     return tf.where(ignored, tf.zeros_like(losses), losses), ignored
 
 
+def _in_keras_symbolic_build() -> bool:
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    return in_symbolic_scope()
+
+
 def _expand_weights(sample_weight, rank: int) -> tf.Tensor:
     """Keras sample weights: ``[B]`` per sequence or ``[B, S]`` per token (or ``[B, 1]``)."""
     sw = tf.cast(sample_weight, tf.float32)
@@ -182,6 +188,10 @@ class HarmonicLoss(keras.losses.Loss):
         return seed
 
     def __call__(self, y_true, y_pred, sample_weight=None):
+        if _in_keras_symbolic_build():
+            # Keras traces the loss alone in a scratch graph to build its state; only the
+            # output spec matters there, and the head ran in another scratch graph.
+            return tf.zeros([], tf.float32)
         with tf.name_scope(self.name):
             head, kind = self._resolve_head()
             labels = labels_from_keras(y_true, head.units)
