@@ -1,0 +1,383 @@
+"""Speed and memory of the output layer's forward+backward (gradients for hidden states and
+centers), ours against the baselines users would pick instead.
+
+Each configuration runs in its own subprocess, so its peak memory (resident set above the
+process baseline, taken after the inputs exist) is its own. Step time is the median over
+repeated steps after warm-up.
+
+    python benchmarks/bench_loss.py                 # reference point + V, N and k sweeps
+    python benchmarks/bench_loss.py --reference-only
+    python benchmarks/bench_loss.py --single sampled_shared_xla --n 4096 --d 512 --v 50257 --k 256
+
+Writes results.json, results.md, time_vs_v.png and memory_vs_v.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+REFERENCE = {"n": 4096, "d": 512, "v": 50257, "k": 256}
+CHUNK = 4096
+
+# name -> (description, needs torch)
+CONFIGS = {
+    "dense_ce_xla": "dense cross-entropy (matmul + sparse_softmax_cross_entropy_with_logits), XLA",
+    "dense_ce": "dense cross-entropy, graph mode",
+    "tf_sampled_softmax": "tf.nn.sampled_softmax_loss (log-uniform, graph mode; no XLA kernel)",
+    "torch_prototype": "user's PyTorch prototype harmonic_loss_approx (per-example, CPU)",
+    "harmonic_dense_xla": "ours: harmonic_loss, dense, XLA",
+    "harmonic_dense": "ours: harmonic_loss, dense, graph mode",
+    "harmonic_chunked_xla": f"ours: harmonic_loss, chunk_size={CHUNK}, XLA",
+    "harmonic_chunked": f"ours: harmonic_loss, chunk_size={CHUNK}, graph mode",
+    "sampled_shared_xla": "ours: sampled_harmonic_loss, shared negatives, XLA",
+    "sampled_shared": "ours: sampled_harmonic_loss, shared negatives, graph mode",
+    "sampled_per_example_xla": "ours: sampled_harmonic_loss, per-example negatives, XLA",
+    "sampled_per_example": "ours: sampled_harmonic_loss, per-example negatives, graph mode",
+}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time_steps(step, warmup: int, reps: int, max_seconds: float) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < reps and (len(times) < 2 or time.perf_counter() - start < max_seconds):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def run_single(
+    name: str, n: int, d: int, v: int, k: int, warmup: int, reps: int, max_seconds: float
+) -> dict:
+    """One configuration in this process; returns median step seconds and peak memory."""
+    if name == "torch_prototype":
+        return _run_torch(n, d, v, k, warmup, reps, max_seconds)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+
+    import harmonic_tf as ht
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(n, d)).astype(np.float32))
+    w = tf.constant((rng.normal(size=(v, d)) * 0.05).astype(np.float32))
+    y = tf.constant(rng.integers(0, v, n).astype(np.int32))
+    jit = name.endswith("_xla")
+    base = name.removesuffix("_xla")
+
+    def grads(loss_fn):
+        def f():
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                loss = loss_fn()
+            gx, gw = tape.gradient(loss, [x, w])
+            # Reduce to scalars so no output buffer is counted beyond what the step needs.
+            gw_sum = (
+                tf.reduce_sum(gw.values) if isinstance(gw, tf.IndexedSlices) else tf.reduce_sum(gw)
+            )
+            return loss, tf.reduce_sum(gx), gw_sum
+
+        return f
+
+    if base == "dense_ce":
+        fn = grads(
+            lambda: tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.matmul(x, w, transpose_b=True))
+            )
+        )
+    elif base == "tf_sampled_softmax":
+        bias = tf.zeros([v])
+        fn = grads(
+            lambda: tf.reduce_mean(
+                tf.nn.sampled_softmax_loss(w, bias, tf.cast(y[:, None], tf.int64), x, k, v)
+            )
+        )
+    elif base == "harmonic_dense":
+        fn = grads(lambda: ht.harmonic_loss(x, w, y))
+    elif base == "harmonic_chunked":
+        fn = grads(lambda: ht.harmonic_loss(x, w, y, chunk_size=CHUNK))
+    elif base == "sampled_shared":
+        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, k=k))
+    elif base == "sampled_per_example":
+        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, k=k, negatives="per_example"))
+    else:
+        raise ValueError(f"unknown configuration {name!r}")
+    step_fn = tf.function(fn, jit_compile=jit)
+    baseline = _rss_mb()
+    times = _time_steps(lambda: [t.numpy() for t in step_fn()], warmup, reps, max_seconds)
+    return {
+        "median_s": float(np.median(times)),
+        "steps": len(times),
+        "peak_mb": _peak_rss_mb() - baseline,
+    }
+
+
+def _run_torch(n, d, v, k, warmup, reps, max_seconds):
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "..", "..", "shared", "reference", "harmonic_loss_approx_torch.py")
+    spec = importlib.util.spec_from_file_location("harmonic_loss_approx_torch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    x = torch.randn(n, d, requires_grad=True)
+    w = (torch.randn(v, d) * 0.05).requires_grad_()
+    y = torch.randint(0, v, (n,))
+    baseline = _rss_mb()
+
+    def step():
+        x.grad = None
+        w.grad = None
+        loss = module.harmonic_loss_approx(x, w, y, eta=float(np.sqrt(d)), k=k)
+        loss.backward()
+        return float(loss)
+
+    times = _time_steps(step, warmup, reps, max_seconds)
+    return {
+        "median_s": float(np.median(times)),
+        "steps": len(times),
+        "peak_mb": _peak_rss_mb() - baseline,
+    }
+
+
+def _subprocess(name, n, d, v, k, args) -> dict:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--single",
+        name,
+        "--n",
+        str(n),
+        "--d",
+        str(d),
+        "--v",
+        str(v),
+        "--k",
+        str(k),
+        "--warmup",
+        str(args.warmup),
+        "--reps",
+        str(args.reps),
+        "--max-seconds",
+        str(args.max_seconds),
+    ]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {args.timeout}s"}
+    for line in out.stdout.splitlines()[::-1]:
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
+
+
+def machine() -> dict:
+    import tensorflow as tf
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _have_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def plan(args) -> list[tuple[str, dict]]:
+    ref = REFERENCE
+    names = [c for c in CONFIGS if c != "torch_prototype" or _have_torch()]
+    jobs = [(name, dict(ref)) for name in names]
+    if args.reference_only:
+        return jobs
+    sweep_v = [8192, 32768, 50257, 131072, 262144]
+    v_configs = [
+        "dense_ce_xla",
+        "tf_sampled_softmax",
+        "harmonic_dense_xla",
+        "harmonic_chunked_xla",
+        "sampled_shared_xla",
+    ]
+    for v in sweep_v:
+        if v != ref["v"]:
+            jobs += [(name, dict(ref, v=v)) for name in v_configs]
+    for n in (1024, 16384):
+        jobs += [
+            (name, dict(ref, n=n))
+            for name in (
+                "dense_ce_xla",
+                "harmonic_chunked_xla",
+                "sampled_shared_xla",
+                "tf_sampled_softmax",
+            )
+        ]
+    for k in (64, 1024):
+        jobs += [
+            (name, dict(ref, k=k))
+            for name in ("sampled_shared_xla", "tf_sampled_softmax", "sampled_per_example_xla")
+        ]
+    return jobs
+
+
+def ratios(rows: list[dict]) -> dict:
+    at_ref = {r["name"]: r for r in rows if r["point"] == REFERENCE and "median_s" in r}
+
+    def ratio(a, b, key="median_s"):
+        if a in at_ref and b in at_ref:
+            return at_ref[a][key] / at_ref[b][key]
+        return None
+
+    return {
+        "sampled_shared_xla / tf_sampled_softmax (time, target <= 1.0)": ratio(
+            "sampled_shared_xla", "tf_sampled_softmax"
+        ),
+        "dense_ce_xla / sampled_shared_xla (speed-up, target >= 25)": ratio(
+            "dense_ce_xla", "sampled_shared_xla"
+        ),
+        "harmonic_chunked_xla / harmonic_dense_xla (memory, target <= 0.25)": ratio(
+            "harmonic_chunked_xla", "harmonic_dense_xla", "peak_mb"
+        ),
+        "harmonic_chunked_xla / dense_ce_xla (time, target <= 1.5)": ratio(
+            "harmonic_chunked_xla", "dense_ce_xla"
+        ),
+        "torch_prototype / sampled_shared_xla (time)": ratio(
+            "torch_prototype", "sampled_shared_xla"
+        ),
+    }
+
+
+def markdown(rows, info, command) -> str:
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores; TensorFlow {info['tensorflow']}; "
+        f"command: `{command}`",
+        "",
+        "| configuration | N | D | V | k | step (ms) | peak memory above baseline (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p = r["point"]
+        if "median_s" in r:
+            cells = f"{r['median_s'] * 1000:,.1f} | {r['peak_mb']:,.0f}"
+        else:
+            cells = f"failed: {r['error']} | -"
+        lines.append(f"| {r['name']} | {p['n']} | {p['d']} | {p['v']:,} | {p['k']} | {cells} |")
+    lines += ["", "Ratios at the reference point (N=4096, D=512, V=50,257, k=256):", ""]
+    for key, value in ratios(rows).items():
+        lines.append(f"- {key}: " + ("n/a" if value is None else f"{value:.3f}"))
+    return "\n".join(lines)
+
+
+def plots(rows, out_dir, info, command):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = REFERENCE
+    v_rows = [r for r in rows if "median_s" in r and {**r["point"], "v": ref["v"]} == ref]
+    stamp = f"{info['cpu']} ({info['cores']} cores), TF {info['tensorflow']}\n{command}"
+    for key, label, filename in (
+        ("median_s", "forward+backward step (s)", "time_vs_v.png"),
+        ("peak_mb", "peak memory above baseline (MB)", "memory_vs_v.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for name in CONFIGS:
+            pts = sorted((r["point"]["v"], r[key]) for r in v_rows if r["name"] == name)
+            if len(pts) > 1:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("vocabulary size V")
+        ax.set_ylabel(label)
+        ax.set_title(f"N={ref['n']}, D={ref['d']}, k={ref['k']}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.text(0.01, 0.005, stamp, fontsize=6, va="bottom")
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        fig.savefig(os.path.join(out_dir, filename), dpi=120)
+        plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--single", help="run one configuration in this process and print RESULT json")
+    p.add_argument("--n", type=int, default=REFERENCE["n"])
+    p.add_argument("--d", type=int, default=REFERENCE["d"])
+    p.add_argument("--v", type=int, default=REFERENCE["v"])
+    p.add_argument("--k", type=int, default=REFERENCE["k"])
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--max-seconds", type=float, default=60.0)
+    p.add_argument("--timeout", type=float, default=900.0, help="per configuration")
+    p.add_argument("--reference-only", action="store_true")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    if args.single:
+        result = run_single(
+            args.single, args.n, args.d, args.v, args.k, args.warmup, args.reps, args.max_seconds
+        )
+        print("RESULT " + json.dumps(result), flush=True)
+        return result
+    from tqdm import tqdm
+
+    command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *sys.argv[1:]])
+    info = machine()
+    rows = []
+    jobs = plan(args)
+    for name, point in (bar := tqdm(jobs, desc="configurations")):
+        bar.set_postfix_str(f"{name} V={point['v']} N={point['n']} k={point['k']}")
+        rows.append({"name": name, "point": point, **_subprocess(name, **point, args=args)})
+    os.makedirs(args.out, exist_ok=True)
+    report = {
+        "machine": info,
+        "command": command,
+        "reference": REFERENCE,
+        "rows": rows,
+        "ratios": ratios(rows),
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    text = markdown(rows, info, command)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(text + "\n")
+    plots(rows, args.out, info, command)
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Smoke tests of the examples on small slices of the shared data: outputs exist and the losses
+fell. These are tests, not benchmarks."""
+
+import json
+import os
+import sys
+
+import pytest
+from conftest import shared_data_path
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+
+
+def test_transformer_lm_quick_on_tiny_shakespeare(tmp_path):
+    import transformer_lm
+
+    text = shared_data_path("tinyshakespeare.txt")
+    small = tmp_path / "shakespeare_head.txt"
+    small.write_text(open(text, encoding="utf-8").read()[:200_000], encoding="utf-8")
+    out = tmp_path / "lm"
+    results = transformer_lm.main(
+        ["--text", str(small), "--quick", "--out", str(out), "--verbose", "0"]
+    )
+    assert {r["kind"] for r in results} == {"ce", "exact", "sampled"}
+    for r in results:
+        assert r["val_loss"][-1] < r["val_loss"][0] - 0.2, r["name"]
+        assert r["tokens_per_second"] > 0 and len(r["samples"]) == 1
+    for name in ("results.json", "curves.png", "samples.txt"):
+        assert (out / name).stat().st_size > 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["steps"] == 20 and len(saved["runs"]) == 3
+
+
+def test_transformer_lm_embedded_corpus_loads():
+    import transformer_lm
+
+    text = transformer_lm.embedded_corpus()
+    assert len(text) > 100_000
+    vectorizer = transformer_lm.build_vocabulary(text[:50_000], 500)
+    ids = transformer_lm.encode(vectorizer, text[50_000:60_000])
+    vocab = vectorizer.get_vocabulary()
+    assert ids.min() >= 1 and ids.max() < len(vocab)
+    # Same tokens as the pilot's regex (out-of-vocabulary words map to id 1).
+    expected = transformer_lm.tokenize(text[50_000:60_000])
+    index = {w: i for i, w in enumerate(vocab)}
+    assert [index.get(t, 1) for t in expected][:200] == ids.tolist()[:200]
+
+
+def test_cifar10_quick_on_shared_images(tmp_path):
+    import cifar10
+
+    archive = shared_data_path("cifar10-images.tar.gz")
+    out = tmp_path / "cifar"
+    summary = cifar10.main(
+        ["--data-dir", archive, "--quick", "--limit", "600", "--out", str(out), "--verbose", "0"]
+    )
+    runs = summary["runs"]
+    assert [r["kind"] for r in runs] == ["ce", "exact", "sampled"]
+    for r in runs:
+        assert r["train_loss"][-1] < r["train_loss"][0], r["name"]
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+    assert summary["pixel_linear_harmonic_test_accuracy"] > 0.12  # above chance on 10 classes
+    for name in ("results.json", "curves.png", "centers.png"):
+        assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("layout", ["batches_py"])
+def test_cifar10_reads_cifar_batches_py(tmp_path, layout):
+    import pickle
+
+    import cifar10
+    import numpy as np
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": list(rng.integers(0, 10, 20))}, f)
+    (xt, yt), (xv, yv) = cifar10.load_cifar10(str(tmp_path))
+    assert xt.shape == (100, 32, 32, 3) and yt.shape == (100,) and xv.shape == (20, 32, 32, 3)
+    with open(root / "data_batch_1", "rb") as f:
+        first = pickle.load(f)[b"data"][0]
+    np.testing.assert_array_equal(xt[0], first.reshape(3, 32, 32).transpose(1, 2, 0))
