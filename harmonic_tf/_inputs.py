@@ -112,7 +112,7 @@ def prepare(hidden_states, class_centers, labels, ignore_index: int | None) -> P
     invalid = tf.logical_and(
         tf.logical_not(ignored), tf.logical_or(tf.less(y, 0), tf.greater_equal(y, vocab_size))
     )
-    if not _inside_xla():
+    if not inside_xla():
         # Eager and graph mode: fail with a message. XLA drops asserts; the NaN below remains.
         tf.debugging.assert_equal(
             tf.reduce_any(invalid),
@@ -123,7 +123,7 @@ def prepare(hidden_states, class_centers, labels, ignore_index: int | None) -> P
     return Prepared(x, w, safe, y, ignored, invalid, labels_shape, n, vocab_size, dim)
 
 
-def _inside_xla() -> bool:
+def inside_xla() -> bool:
     """True while tracing a function compiled with ``jit_compile=True``."""
     from tensorflow.python.framework import ops
     from tensorflow.python.ops import control_flow_util

@@ -5,6 +5,10 @@ With ``c_i = dL/d(d_i^2) = (p_i - [i=y]) * (-(eta/2)) / (d_i^2 + eps)``:
 ``dL/dx = 2 sum_i c_i (x - w_i)`` and ``dL/dw_i = -2 sum_n c_ni (x_n - w_i)``.
 The true-class term uses the explicit difference ``x - w_y``; the rest uses
 ``2 (sum_i c_i) x - 2 c W`` (two matmuls), so no ``[N, V, D]`` tensor exists.
+
+The loss is ``softplus(lse_other - z_y)`` with ``lse_other`` the log-sum-exp over the *other*
+classes: ``lse - z_y`` would cancel catastrophically when the loss is tiny and the logits large
+(large ``eta``), and ``1 - p_y = sigmoid(lse_other - z_y)`` keeps the true-class gradient exact.
 """
 
 from __future__ import annotations
@@ -115,39 +119,39 @@ def fused_weighted_loss(
         w_sq = tf.reduce_sum(tf.square(w), axis=-1)
         ids = tf.range(vocab_size)
 
-        def body(i, total, col_sum, ctx, dx_parts, pulls):
+        def body(i, total, dw, dx_parts, pulls):
             xc, yc, gc = x_chunks[i], y_chunks[i], g_chunks[i]
             d2_true, diff_true = true_sq_distances(xc, w, yc)
             z_true = logits_from_sq(d2_true, eta, eps)
-            true_col = _true_column(yc, ids)
             z = tf.where(
-                true_col,
-                z_true[:, None],
+                _true_column(yc, ids),
+                -float("inf"),
                 logits_from_sq(expanded_sq_distances(xc, w, None, w_sq), eta, eps),
             )
-            lse = tf.reduce_logsumexp(z, axis=-1)
+            margin = tf.reduce_logsumexp(z, axis=-1) - z_true
+            loss = tf.math.softplus(margin)
             # Zero-weight rows (ignored, padding) must not turn 0 * inf into NaN.
-            total += tf.reduce_sum(tf.where(gc == 0.0, 0.0, gc * (lse - z_true)))
-            c = _dense_coefficients(z, lse, yc, gc, eta)
-            c_true = tf.math.expm1(z_true - lse) * (-half_eta) / (d2_true + eps) * gc
-            pull = 2.0 * c_true[:, None] * diff_true
+            total += tf.reduce_sum(tf.where(gc == 0.0, 0.0, gc * loss))
+            c = _dense_coefficients(z, z_true + loss, gc, eta)
+            pull = true_pull(margin, d2_true, diff_true, gc, half_eta, eps)
             dxc = pull + 2.0 * tf.reduce_sum(c, axis=1)[:, None] * xc - 2.0 * tf.matmul(c, w)
             return (
                 i + 1,
                 total,
-                col_sum + tf.reduce_sum(c, axis=0),
-                ctx + tf.matmul(c, xc, transpose_a=True),
+                # Accumulated in place: a separate c^T x sum would be a second [V, D] buffer.
+                dw
+                + 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w
+                - 2.0 * tf.matmul(c, xc, transpose_a=True),
                 dx_parts.write(i, dxc),
                 pulls.write(i, pull),
             )
 
-        _, total, col_sum, ctx, dx_parts, pulls = tf.while_loop(
+        _, total, dw, dx_parts, pulls = tf.while_loop(
             lambda i, *_: i < num_chunks,
             body,
             (
                 tf.constant(0),
                 tf.constant(0.0),
-                tf.zeros([vocab_size]),
                 tf.zeros([vocab_size, dim]),
                 tf.TensorArray(tf.float32, size=num_chunks, element_shape=[rows, dim]),
                 tf.TensorArray(tf.float32, size=num_chunks, element_shape=[rows, dim]),
@@ -156,7 +160,6 @@ def fused_weighted_loss(
         )
         dx = tf.reshape(dx_parts.stack(), [-1, dim])[:n]
         pull = tf.reshape(pulls.stack(), [-1, dim])[:n]
-        dw = 2.0 * col_sum[:, None] * w - 2.0 * ctx
         dw = tf.tensor_scatter_nd_add(dw, labels[:, None], -pull)
 
         def grad(upstream):
@@ -182,19 +185,20 @@ def exact_token_losses(
         d2_true, diff_true = true_sq_distances(x, w, labels)
         z_true = logits_from_sq(d2_true, eta, eps)
         if chunk_size is None:
-            z = _dense_logits(x, w, labels, z_true, eta, eps)
-            lse = tf.reduce_logsumexp(z, axis=-1)
+            z = _dense_other_logits(x, w, labels, eta, eps)
+            lse_other = tf.reduce_logsumexp(z, axis=-1)
         else:
             z = None
-            lse = _chunked_lse(x, w, labels, z_true, eta, eps, chunk_size)
+            lse_other = _chunked_lse_other(x, w, labels, eta, eps, chunk_size)
+        margin = lse_other - z_true
+        loss = tf.math.softplus(margin)
 
         def grad(upstream):
             g = tf.cast(upstream, tf.float32)
-            # True-class coefficient (p_y - 1) * -(eta/2) / (d2_y + eps), from the explicit diff.
-            c_true = tf.math.expm1(z_true - lse) * (-half_eta) / (d2_true + eps) * g
-            pull = 2.0 * c_true[:, None] * diff_true
+            lse = z_true + loss
+            pull = true_pull(margin, d2_true, diff_true, g, half_eta, eps)
             if chunk_size is None:
-                c = _dense_coefficients(z, lse, labels, g, eta)
+                c = _dense_coefficients(z, lse, g, eta)
                 row_sum = tf.reduce_sum(c, axis=1)
                 cw = tf.matmul(c, w)
                 dw = 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w - 2.0 * tf.matmul(
@@ -206,26 +210,33 @@ def exact_token_losses(
             dw = tf.tensor_scatter_nd_add(dw, labels[:, None], -pull)
             return dx, dw
 
-        return lse - z_true, grad
+        return loss, grad
 
     return _loss(x, w)
+
+
+def true_pull(margin, d2_true, diff_true, g, half_eta, eps):
+    """True-class term of dL/dx, ``2 c_y (x - w_y)`` with ``c_y = (p_y - 1) * -(eta/2) /
+    (d2_y + eps)`` and ``1 - p_y = sigmoid(lse_other - z_y)``, from the explicit difference."""
+    c_true = tf.math.sigmoid(margin) * half_eta / (d2_true + eps) * g
+    return 2.0 * c_true[:, None] * diff_true
 
 
 def _true_column(labels: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
     return tf.equal(ids[None, :], labels[:, None])
 
 
-def _dense_logits(x, w, labels, z_true, eta, eps):
+def _dense_other_logits(x, w, labels, eta, eps):
+    """``[N, V]`` logits with the true column at -inf (it is handled exactly on its own)."""
     z = logits_from_sq(expanded_sq_distances(x, w), eta, eps)
     ids = tf.range(tf.shape(w)[0])
-    return tf.where(_true_column(labels, ids), z_true[:, None], z)
+    return tf.where(_true_column(labels, ids), -float("inf"), z)
 
 
-def _dense_coefficients(z, lse, labels, g, eta):
-    # 1 / (d2 + eps) = exp(-2 z / eta), so the stored logits are all the backward pass needs.
-    c = -0.5 * eta * tf.exp(z * (1.0 + 2.0 / eta) - lse[:, None]) * g[:, None]
-    ids = tf.range(tf.shape(z)[1])
-    return tf.where(_true_column(labels, ids), tf.zeros_like(c), c)
+def _dense_coefficients(z, lse, g, eta):
+    """``c = -(eta/2) p / (d2 + eps)`` from the stored logits alone: ``1 / (d2 + eps) =
+    exp(-2 z / eta)``. Columns at -inf (the true class) give 0."""
+    return -0.5 * eta * tf.exp(z * (1.0 + 2.0 / eta) - lse[:, None]) * g[:, None]
 
 
 def _chunks(w: tf.Tensor, chunk_size: int):
@@ -243,26 +254,28 @@ def _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size):
     return d2, i * chunk_size + tf.range(chunk_size)
 
 
-def _chunked_lse(x, w, labels, z_true, eta, eps, chunk_size):
+def _chunked_lse_other(x, w, labels, eta, eps, chunk_size):
+    """Running log-sum-exp over vocabulary chunks, the true class and padding excluded."""
     vocab_size = int(w.shape[0])
     num_chunks, w_chunks, w_sq = _chunks(w, chunk_size)
     x_sq = tf.reduce_sum(tf.square(x), axis=-1)
 
     def body(i, running_max, running_sum):
         d2, ids = _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size)
-        z = tf.where(_true_column(labels, ids), z_true[:, None], logits_from_sq(d2, eta, eps))
-        z = tf.where(ids[None, :] < vocab_size, z, -float("inf"))
+        keep = tf.logical_and(tf.logical_not(_true_column(labels, ids)), ids[None, :] < vocab_size)
+        z = tf.where(keep, logits_from_sq(d2, eta, eps), -float("inf"))
         new_max = tf.maximum(running_max, tf.reduce_max(z, axis=-1))
         running_sum = running_sum * tf.exp(running_max - new_max) + tf.reduce_sum(
             tf.exp(z - new_max[:, None]), axis=-1
         )
         return i + 1, new_max, running_sum
 
-    # Starting the max at z_true (a member of the set) keeps it finite: no inf - inf.
+    # A finite start: a chunk holding only the true class (or padding) must not give inf - inf.
+    lowest = tf.fill(tf.shape(x_sq), tf.float32.min)
     _, m, s = tf.while_loop(
         lambda i, *_: i < num_chunks,
         body,
-        (tf.constant(0), z_true, tf.zeros_like(z_true)),
+        (tf.constant(0), lowest, tf.zeros_like(x_sq)),
         maximum_iterations=num_chunks,
     )
     return m + tf.math.log(s)

@@ -129,7 +129,21 @@ class HarmonicLMHead(keras.layers.Layer):
             self._tie(_find_ancestor(inputs, self._tied_name, self.name))
         return super().__call__(inputs, *args, **kwargs)
 
+    def next_sampling_step(self) -> tf.Tensor:
+        """Increments and returns the sampling-step counter (int64 scalar) that seeds a seeded
+        sampled loss; a weight of the layer, so checkpoints and ``.keras`` files keep it."""
+        return self.sampling_step.assign_add(1)
+
     def build(self, input_shape):
+        # Non-trainable, counted once across replicas (like an optimizer's iteration count).
+        self.sampling_step = self.add_weight(
+            name="sampling_step",
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
         dim = input_shape[-1]
         if dim is None:
             raise ValueError(

@@ -39,8 +39,17 @@ def exact_loss_from_logits(logits, labels, ignore_index):
     safe = tf.where(ignored, tf.zeros_like(labels), labels)
     vocab = tf.shape(logits)[-1]
     invalid = tf.logical_and(tf.logical_not(ignored), tf.logical_or(safe < 0, safe >= vocab))
-    true = tf.gather(logits, tf.clip_by_value(safe, 0, vocab - 1), batch_dims=labels.shape.rank)
-    losses = tf.reduce_logsumexp(logits, axis=-1) - true
+    if not _inputs.inside_xla():
+        tf.debugging.assert_equal(
+            tf.reduce_any(invalid), False, message=f"`labels` must be in [0, V) or {ignore_index}"
+        )
+    clipped = tf.clip_by_value(safe, 0, vocab - 1)
+    true = tf.gather(logits, clipped, batch_dims=labels.shape.rank)
+    # softplus(lse over the other classes - z_y): no cancellation when the loss is tiny.
+    others = tf.where(
+        tf.one_hot(clipped, vocab, on_value=True, off_value=False), -float("inf"), logits
+    )
+    losses = tf.math.softplus(tf.reduce_logsumexp(others, axis=-1) - true)
     losses = tf.where(invalid, float("nan"), losses)
     return tf.where(ignored, tf.zeros_like(losses), losses), ignored
 
@@ -127,7 +136,6 @@ class HarmonicLoss(keras.losses.Loss):
         self.seed = seed
         self.ignore_index = ignore_index
         self.require_trainable_centers = require_trainable_centers
-        self._seed_generator = keras.random.SeedGenerator(seed) if seed is not None else None
         self._head = None
         self.head_name = head
         if head is None:
@@ -175,10 +183,13 @@ class HarmonicLoss(keras.losses.Loss):
                 "frozen centers on purpose."
             )
 
-    def _next_seed(self):
-        if self._seed_generator is None:
+    def _next_seed(self, head):
+        """``[seed, step]`` with the head's sampling-step counter: the sequence of negatives is
+        reproducible and, since the counter is a weight of the model, survives checkpoints."""
+        if self.seed is None:
             return None
-        seed = tf.cast(self._seed_generator.next(), tf.int64)
+        step = head.next_sampling_step()
+        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             # Replicas must draw different negatives from one seed.
@@ -261,7 +272,7 @@ class HarmonicLoss(keras.losses.Loss):
             log_q_correction=self.log_q_correction,
             in_batch_negatives=self.in_batch_negatives,
             center_gradient=self.center_gradient,
-            seed=self._next_seed(),
+            seed=self._next_seed(head),
             ignore_index=self.ignore_index,
         )
 

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from harmonic_tf import _inputs
 from harmonic_tf.distances import expanded_sq_distances, logits_from_sq, true_sq_distances
+from harmonic_tf.exact import true_pull
 from harmonic_tf.sampling import RandomStream, Sampler, get_sampler
 
 NEGATIVES = ("shared", "per_example")
@@ -146,7 +147,7 @@ def _given_ids(sampled_ids, shape, p, shape_name):
     if not ids.shape.is_compatible_with(shape):
         raise ValueError(f"`sampled_ids` must have shape {shape_name} = {shape}, got {ids.shape}.")
     ids = tf.cast(ids, tf.int32)
-    if not _inputs._inside_xla():
+    if not _inputs.inside_xla():
         tf.debugging.assert_equal(
             tf.reduce_any(tf.logical_or(ids < 0, ids >= p.vocab_size)),
             False,
@@ -234,7 +235,7 @@ def sampled_token_losses(
         d2_true, diff_true = true_sq_distances(x, w, labels)
         z_true = logits_from_sq(d2_true, eta, eps) - cand.log_q_true
         x_sq = tf.reduce_sum(tf.square(x), axis=-1)
-        columns = [z_true[:, None]]
+        columns = []
         if cand.per_example is not None:
             w_pe = tf.gather(w, cand.per_example)  # [N, k, D]
             cross = tf.einsum("nd,nkd->nk", x, w_pe)
@@ -250,7 +251,10 @@ def sampled_token_losses(
             z_sh = logits_from_sq(d2_sh, eta, eps) - cand.log_q_shared
             keep_sh = cand.keep(cand.shared, cand.shared_valid)
             columns.append(tf.where(keep_sh, z_sh, neg_inf))
-        lse = tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1)
+        # softplus(lse_negatives - z_true), not lse - z_true: no cancellation for tiny losses.
+        margin = tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1) - z_true
+        loss = tf.math.softplus(margin)
+        lse = z_true + loss
 
         def coefficients(z, d2, keep, g):
             c = -half_eta * tf.exp(z - lse[:, None]) / (d2 + eps) * g[:, None]
@@ -258,8 +262,7 @@ def sampled_token_losses(
 
         def grad(upstream):
             g = tf.cast(upstream, tf.float32)
-            c_true = tf.math.expm1(z_true - lse) * (-half_eta) / (d2_true + eps) * g
-            pull = 2.0 * c_true[:, None] * diff_true
+            pull = true_pull(margin, d2_true, diff_true, g, half_eta, eps)
             dx = pull
             values, indices = [-pull], [labels]
             if cand.per_example is not None:
@@ -285,6 +288,6 @@ def sampled_token_losses(
                 dw = tf.IndexedSlices(values, indices, tf.shape(w))
             return dx, dw
 
-        return lse - z_true, grad
+        return loss, grad
 
     return _loss(x, w)
