@@ -268,17 +268,20 @@ def ratios(rows: list[dict]) -> dict:
         "sampled_shared_xla / tf_sampled_softmax (time, target <= 1.0)": ratio(
             "sampled_shared_xla", "tf_sampled_softmax"
         ),
-        "dense_ce_xla / sampled_shared_xla (speed-up, target >= 25)": ratio(
-            "dense_ce_xla", "sampled_shared_xla"
+        "dense cross-entropy / sampled_shared_xla (speed-up, target >= 25)": ratio(
+            "dense_ce_best", "sampled_shared_xla"
         ),
         "harmonic_chunked_xla / harmonic_dense_xla (memory, target <= 0.25)": ratio(
             "harmonic_chunked_xla", "harmonic_dense_xla", "peak_mb"
         ),
-        "harmonic_chunked_xla / dense_ce_xla (time, target <= 1.5)": ratio(
-            "harmonic_chunked_xla", "dense_ce_xla"
+        "harmonic_chunked_xla / dense cross-entropy (time, target <= 1.5)": ratio(
+            "harmonic_chunked_xla", "dense_ce_best"
         ),
         "torch_prototype / sampled_shared_xla (time)": ratio(
             "torch_prototype", "sampled_shared_xla"
+        ),
+        "torch_prototype / harmonic_chunked_xla (memory)": ratio(
+            "torch_prototype", "harmonic_chunked_xla", "peak_mb"
         ),
     }
 
@@ -322,6 +325,15 @@ def plots(rows, out_dir, info, command):
             pts = sorted((r["point"]["v"], r[key]) for r in v_rows if r["name"] == name)
             if len(pts) > 1:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        if key == "peak_mb":
+            vs = sorted({r["point"]["v"] for r in v_rows})
+            ax.plot(
+                vs,
+                [v * ref["d"] * 4 / 2**20 for v in vs],
+                "k--",
+                lw=1,
+                label="size of the [V, D] gradient",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("vocabulary size V")
@@ -349,6 +361,12 @@ def main(argv=None):
     p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--timeout", type=float, default=900.0, help="per configuration")
     p.add_argument("--reference-only", action="store_true")
+    p.add_argument("--configs", help="comma list: only these configurations of the plan")
+    p.add_argument("--min-v", type=int, default=0, help="only points with V >= this")
+    p.add_argument("--update", action="store_true", help="re-measure into an existing results.json")
+    p.add_argument(
+        "--report-only", action="store_true", help="redraw table and plots from results.json"
+    )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     if args.single:
@@ -361,20 +379,33 @@ def main(argv=None):
 
     command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *sys.argv[1:]])
     info = machine()
-    rows = []
-    jobs = plan(args)
+    path = os.path.join(args.out, "results.json")
+    rows, commands = [], [command]
+    if args.update or args.report_only:
+        with open(path) as f:
+            previous = json.load(f)
+        rows = previous["rows"]
+        commands = previous.get("commands", [previous["command"]])
+        commands += [] if args.report_only else [command]
+    jobs = [] if args.report_only else plan(args)
+    if args.configs:
+        jobs = [job for job in jobs if job[0] in args.configs.split(",")]
+    jobs = [job for job in jobs if job[1]["v"] >= args.min_v]
     for name, point in (bar := tqdm(jobs, desc="configurations")):
         bar.set_postfix_str(f"{name} V={point['v']} N={point['n']} k={point['k']}")
-        rows.append({"name": name, "point": point, **_subprocess(name, **point, args=args)})
+        row = {"name": name, "point": point, **_subprocess(name, **point, args=args)}
+        rows = [r for r in rows if (r["name"], r["point"]) != (name, point)] + [row]
+    command = " && ".join(commands)
     os.makedirs(args.out, exist_ok=True)
     report = {
         "machine": info,
         "command": command,
+        "commands": commands,
         "reference": REFERENCE,
         "rows": rows,
         "ratios": ratios(rows),
     }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(report, f, indent=1)
     text = markdown(rows, info, command)
     with open(os.path.join(args.out, "results.md"), "w") as f:

@@ -42,9 +42,10 @@ def harmonic_loss(
       chunk_size: ``None`` builds ``[N, V]`` logits once; an int never holds more than
         ``[N, chunk_size]`` of them. Per-token losses (and any call without a gradient tape)
         use a running log-sum-exp over vocabulary chunks, recomputed chunk by chunk in the
-        backward pass; a reduced loss under a tape is fused instead: full rows for
-        ``N * chunk_size // V`` tokens at a time, gradients computed in the forward pass
-        (3 matmuls instead of 4, as fused linear cross-entropy kernels do).
+        backward pass; a reduced loss under a tape is fused instead when that gives at least
+        128 tokens per chunk (``N * chunk_size // V >= 128``): full rows for that many tokens at
+        a time, gradients computed in the forward pass (3 matmuls instead of 4, as fused linear
+        cross-entropy kernels do).
 
     Returns:
       float32 loss: a scalar, or per-token losses in the labels' shape for ``reduction="none"``.
@@ -76,17 +77,29 @@ def weighted_exact_loss(
     return tf.reduce_sum(tf.where(weights == 0.0, 0.0, weights * losses))
 
 
+# The fused path adds one [V, D] update per token chunk of `rows` tokens; with fewer rows per
+# chunk that memory traffic costs more than the two-pass path's extra matmul (measured on
+# XLA:CPU with benchmarks/bench_loss.py: V=131,072 or N=1,024 at chunk 2,048 ran 1.4-1.9x slower
+# fused than two-pass).
+MIN_FUSED_ROWS = 128
+
+
 def _use_fused(num_tokens: int | None, vocab_size: int, chunk_size: int | None) -> bool:
-    """Fused when chunked, the token count is static and a gradient tape is recording (at trace
-    time for tf.function): without a tape the forward-only pass is 1 matmul, not 3."""
+    """Fused when chunked, the token count is static, each token chunk has at least
+    ``MIN_FUSED_ROWS`` tokens, and a gradient tape is recording (at trace time for tf.function):
+    without a tape the forward-only pass is 1 matmul, not 3."""
     from tensorflow.python.eager import record
 
-    return (
-        chunk_size is not None
-        and chunk_size < vocab_size
-        and num_tokens is not None
-        and record.could_possibly_record()
-    )
+    if chunk_size is None or chunk_size >= vocab_size or num_tokens is None:
+        return False
+    rows, _ = _fused_rows(num_tokens, vocab_size, chunk_size)
+    return rows >= min(MIN_FUSED_ROWS, num_tokens) and bool(record.could_possibly_record())
+
+
+def _fused_rows(n: int, vocab_size: int, chunk_size: int) -> tuple[int, int]:
+    """Tokens per chunk (so ``rows * V <= N * chunk_size``) and the number of chunks."""
+    rows = max(1, min(n, (n * chunk_size) // vocab_size))
+    return rows, -(-n // rows)
 
 
 def fused_weighted_loss(
@@ -106,8 +119,7 @@ def fused_weighted_loss(
     them by the upstream scalar."""
     n, dim = int(x.shape[0]), int(x.shape[1])
     vocab_size = int(w.shape[0])
-    rows = max(1, min(n, (n * chunk_size) // vocab_size))
-    num_chunks = -(-n // rows)
+    rows, num_chunks = _fused_rows(n, vocab_size, chunk_size)
     pad = num_chunks * rows - n
     half_eta = 0.5 * eta
 

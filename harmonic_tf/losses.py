@@ -8,10 +8,29 @@ import tensorflow as tf
 
 from harmonic_tf import _inputs, _trace
 from harmonic_tf.exact import harmonic_loss, weighted_exact_loss
-from harmonic_tf.sampled import sampled_harmonic_loss
+from harmonic_tf.sampled import (
+    CENTER_GRADIENTS,
+    LOG_Q_CORRECTIONS,
+    NEGATIVES,
+    sampled_harmonic_loss,
+)
 from harmonic_tf.sampling import Sampler, UnigramSampler
 
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "none", None)
+# Constructor arguments kept as attributes of the same name and returned by get_config.
+_CONFIG_KEYS = (
+    "k",
+    "negatives",
+    "sampler",
+    "log_q_correction",
+    "in_batch_negatives",
+    "remove_accidental_hits",
+    "center_gradient",
+    "chunk_size",
+    "seed",
+    "ignore_index",
+    "require_trainable_centers",
+)
 
 
 def labels_from_keras(y_true, num_classes: int | None = None) -> tf.Tensor:
@@ -123,19 +142,15 @@ class HarmonicLoss(keras.losses.Loss):
             _inputs.check_int("k", k, 0)
         if chunk_size is not None:
             _inputs.check_int("chunk_size", chunk_size, 1)
+        _inputs.check_choice("negatives", negatives, NEGATIVES)
+        _inputs.check_choice("log_q_correction", log_q_correction, LOG_Q_CORRECTIONS)
+        _inputs.check_choice("center_gradient", center_gradient, CENTER_GRADIENTS)
+        if not isinstance(in_batch_negatives, bool):
+            _inputs.check_int("in_batch_negatives", in_batch_negatives, 0)
         if isinstance(sampler, dict):
             sampler = UnigramSampler(**sampler)
-        self.k = k
-        self.negatives = negatives
-        self.sampler = sampler
-        self.log_q_correction = log_q_correction
-        self.in_batch_negatives = in_batch_negatives
-        self.remove_accidental_hits = remove_accidental_hits
-        self.center_gradient = center_gradient
-        self.chunk_size = chunk_size
-        self.seed = seed
-        self.ignore_index = ignore_index
-        self.require_trainable_centers = require_trainable_centers
+        for key in _CONFIG_KEYS:
+            setattr(self, key, locals()[key])
         self._head = None
         self.head_name = head
         if head is None:
@@ -299,19 +314,10 @@ class HarmonicLoss(keras.losses.Loss):
                 sampler = sampler.get_config()
         elif isinstance(sampler, np.ndarray):
             sampler = sampler.tolist()
-        return {
+        config = {key: getattr(self, key) for key in _CONFIG_KEYS}
+        return config | {
             "name": self.name,
             "reduction": self.reduction,
             "head": self.head_name,
-            "k": self.k,
-            "negatives": self.negatives,
             "sampler": sampler,
-            "log_q_correction": self.log_q_correction,
-            "in_batch_negatives": self.in_batch_negatives,
-            "remove_accidental_hits": self.remove_accidental_hits,
-            "center_gradient": self.center_gradient,
-            "chunk_size": self.chunk_size,
-            "seed": self.seed,
-            "ignore_index": self.ignore_index,
-            "require_trainable_centers": self.require_trainable_centers,
         }

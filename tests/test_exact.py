@@ -150,9 +150,19 @@ def test_half_precision_inputs_give_matching_dtypes(rng):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_two_pass_and_fused_chunked_paths_agree(rng, mode):
-    # Under a tape a reduced chunked loss takes the fused path; per-token losses and tape-less
-    # calls take the two-pass (running log-sum-exp + recompute) path. Same numbers both ways.
+@pytest.mark.parametrize("min_rows", [1, 10_000])
+def test_two_pass_and_fused_chunked_paths_agree(rng, mode, min_rows, monkeypatch):
+    # Under a tape a reduced chunked loss takes the fused path when chunks are tall enough
+    # (min_rows=1 forces it here, 10_000 forbids it); per-token losses and tape-less calls take
+    # the two-pass (running log-sum-exp + recompute) path. Same numbers every way.
+    import harmonic_tf.exact as exact
+
+    monkeypatch.setattr(exact, "MIN_FUSED_ROWS", min_rows)
+    fused_calls = []
+    original = exact.fused_weighted_loss
+    monkeypatch.setattr(
+        exact, "fused_weighted_loss", lambda *a: fused_calls.append(1) or original(*a)
+    )
     x, w, y = _problem(rng, n=40, d=8, v=97)
     xt, wt, yt = (tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y))
 
@@ -172,6 +182,7 @@ def test_two_pass_and_fused_chunked_paths_agree(rng, mode):
         )
 
     no_tape, fused, two_pass, g_fused, g_two = maybe_jit(both, mode)(xt, wt)
+    assert bool(fused_calls) == (min_rows == 1)
     np.testing.assert_allclose(float(no_tape), float(fused), rtol=1e-6)
     np.testing.assert_allclose(float(two_pass), float(fused), rtol=1e-6)
     for a, b in zip(g_fused, g_two, strict=True):

@@ -116,3 +116,40 @@ def test_out_of_range_sampled_ids():
     )
     assert np.isnan(float(f(tf.constant([1, 2, 10]))))
     assert np.isfinite(float(f(tf.constant([1, 2, 9]))))
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(negatives="some"), "negatives"),
+        (dict(log_q_correction="true"), "log_q_correction"),
+        (dict(center_gradient="sparse"), "center_gradient"),
+        (dict(in_batch_negatives=-2), "in_batch_negatives"),
+        (dict(k=-1), "`k`"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(reduction="avg"), "reduction"),
+    ],
+)
+def test_keras_loss_rejects_bad_arguments_at_construction(kwargs, pattern):
+    head = ht.HarmonicLMHead(10)
+    with pytest.raises(ValueError, match=pattern):
+        ht.HarmonicLoss(head, **kwargs)
+
+
+def test_keras_loss_needs_a_head_and_head_needs_units():
+    with pytest.raises(ValueError, match="head"):
+        ht.HarmonicLoss()
+    with pytest.raises(TypeError, match="head"):
+        ht.HarmonicLoss(object())
+    with pytest.raises(ValueError, match="units"):
+        ht.HarmonicLMHead()
+    with pytest.raises(ValueError, match="output_mode"):
+        ht.HarmonicLMHead(10, output_mode="argmax")
+
+
+def test_keras_loss_config_round_trip():
+    head = ht.HarmonicLMHead(10, name="h")
+    loss = ht.HarmonicLoss(head, k=4, sampler=ht.UnigramSampler(np.arange(1, 11)), seed=3)
+    clone = ht.HarmonicLoss.from_config(loss.get_config())
+    assert clone.get_config() == loss.get_config()
+    assert clone.head_name == "h" and clone.k == 4 and clone.seed == 3

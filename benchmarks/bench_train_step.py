@@ -1,0 +1,134 @@
+"""Tokens/s of a full training step (forward, backward, Adam update) of the example transformer
+at an LM vocabulary: cross-entropy (tied dot-product head) vs sampled and exact harmonic loss.
+
+    python benchmarks/bench_train_step.py                 # V = 50,257, batch 32 x 64
+    python benchmarks/bench_train_step.py --vocab-size 8001 --steps 30
+
+Each loss runs in its own subprocess. Writes train_step.json and train_step.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOSSES = {
+    "ce": "cross-entropy (tied dot-product head)",
+    "sampled": "sampled harmonic (k=256 shared unigram + in-batch negatives)",
+    "exact_chunked": "exact harmonic (fused chunked, chunk 2048)",
+}
+
+
+def run_single(kind: str, args) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, os.path.join(HERE, "..", "examples"))
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    import transformer_lm
+
+    import harmonic_tf as ht
+
+    model, head = transformer_lm.build_lm(
+        args.vocab_size, args.seq_len, "dot" if kind == "ce" else "harmonic", seed=0
+    )
+    rng = np.random.default_rng(0)
+    # Zipf-like token ids, as in text (id 0 most frequent).
+    ranks = np.arange(1, args.vocab_size + 1)
+    p = 1.0 / ranks
+    p /= p.sum()
+    tokens = rng.choice(
+        args.vocab_size, size=(args.batch * (args.steps + args.warmup), args.seq_len + 1), p=p
+    )
+    counts = np.bincount(tokens.reshape(-1), minlength=args.vocab_size) + 1.0
+    if kind == "ce":
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    elif kind == "sampled":
+        loss = ht.HarmonicLoss(head, k=256, sampler=counts, in_batch_negatives=True, seed=0)
+    else:
+        loss = ht.HarmonicLoss(head, chunk_size=2048)
+    model.compile(keras.optimizers.Adam(1e-3), loss=loss, jit_compile=True)
+    x = tf.constant(tokens[:, :-1], tf.int32)
+    y = tf.constant(tokens[:, 1:], tf.int32)
+    batches = [
+        (x[i : i + args.batch], y[i : i + args.batch]) for i in range(0, len(tokens), args.batch)
+    ]
+    for xb, yb in batches[: args.warmup]:
+        model.train_on_batch(xb, yb)
+    times = []
+    for xb, yb in batches[args.warmup :]:
+        t = time.perf_counter()
+        model.train_on_batch(xb, yb)
+        times.append(time.perf_counter() - t)
+    median = float(np.median(times))
+    return {
+        "median_step_s": median,
+        "tokens_per_s": args.batch * args.seq_len / median,
+        "steps": len(times),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--vocab-size", type=int, default=50257)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", default=",".join(LOSSES))
+    p.add_argument("--single", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    if args.single:
+        print("RESULT " + json.dumps(run_single(args.single, args)), flush=True)
+        return None
+    sys.path.insert(0, HERE)
+    from bench_loss import machine
+
+    command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *sys.argv[1:]])
+    rows = {}
+    for kind in args.runs.split(","):
+        cmd = [sys.executable, os.path.abspath(__file__), "--single", kind, *sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+        rows[kind] = json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-500:]}
+        print(kind, rows[kind], flush=True)
+    info = machine()
+    ce = rows.get("ce", {}).get("tokens_per_s")
+    text = [
+        f"Machine: {info['cpu']}, {info['cores']} cores; TensorFlow {info['tensorflow']}; command: `{command}`",
+        "",
+        f"Full training step of the example transformer (D=128, 2 blocks), V = {args.vocab_size:,}, "
+        f"batch {args.batch} x {args.seq_len} tokens, Adam, XLA:",
+        "",
+        "| loss | step (ms) | tokens/s | vs cross-entropy |",
+        "|---|---|---|---|",
+    ]
+    for kind, r in rows.items():
+        if "tokens_per_s" in r:
+            rel = f"{r['tokens_per_s'] / ce:.2f}x" if ce else "-"
+            text.append(
+                f"| {LOSSES[kind]} | {r['median_step_s'] * 1000:.0f} | {r['tokens_per_s']:,.0f} | {rel} |"
+            )
+        else:
+            text.append(f"| {LOSSES[kind]} | failed | - | - |")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "train_step.json"), "w") as f:
+        json.dump(
+            {"machine": info, "command": command, "config": vars(args), "rows": rows}, f, indent=1
+        )
+    with open(os.path.join(args.out, "train_step.md"), "w") as f:
+        f.write("\n".join(text) + "\n")
+    print("\n".join(text))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
