@@ -315,7 +315,11 @@ def plots(rows, out_dir, info, command):
 
     ref = REFERENCE
     v_rows = [r for r in rows if "median_s" in r and {**r["point"], "v": ref["v"]} == ref]
-    stamp = f"{info['cpu']} ({info['cores']} cores), TF {info['tensorflow']}\n{command}"
+    import textwrap
+
+    stamp = f"{info['cpu']} ({info['cores']} cores), TF {info['tensorflow']}\n" + "\n".join(
+        textwrap.wrap(command, 190)
+    )
     for key, label, filename in (
         ("median_s", "forward+backward step (s)", "time_vs_v.png"),
         ("peak_mb", "peak memory above baseline (MB)", "memory_vs_v.png"),
@@ -341,8 +345,8 @@ def plots(rows, out_dir, info, command):
         ax.set_title(f"N={ref['n']}, D={ref['d']}, k={ref['k']}", fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-        fig.text(0.01, 0.005, stamp, fontsize=6, va="bottom")
-        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        fig.text(0.01, 0.005, stamp, fontsize=5, va="bottom")
+        fig.tight_layout(rect=(0, 0.09, 1, 1))
         fig.savefig(os.path.join(out_dir, filename), dpi=120)
         plt.close(fig)
 
