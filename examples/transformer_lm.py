@@ -345,7 +345,7 @@ def main(argv=None) -> list[dict]:
     args.vocab_size = len(vectorizer.get_vocabulary())
     train_ids, val_ids = encode(vectorizer, text[:cut]), encode(vectorizer, text[cut:])
     counts = np.bincount(train_ids, minlength=args.vocab_size).astype(np.float64)
-    source = args.text or "embedded pydoc corpus"
+    source = os.path.basename(args.text) if args.text else "embedded pydoc corpus"
     print(
         f"{source}: {len(train_ids):,} train / {len(val_ids):,} validation tokens, "
         f"V = {args.vocab_size:,}, {args.steps} steps of {args.batch}x{args.seq_len} tokens"
