@@ -74,8 +74,10 @@ def exact_loss_from_logits(logits, labels, ignore_index):
 
 
 def _in_keras_symbolic_build() -> bool:
-    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-
+    try:  # Keras 3's scope for tracing state-building calls (compute_output_spec)
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    except ImportError:
+        return False
     return in_symbolic_scope()
 
 
