@@ -40,10 +40,6 @@ class RandomStream:
             self._seed = tf.cast(seed, tf.int64)
         self._count = 0
 
-    @property
-    def seeded(self) -> bool:
-        return self._seed is not None
-
     def _next_seed(self) -> tf.Tensor:
         self._count += 1
         return tf.random.experimental.stateless_fold_in(self._seed, self._count, alg=ALG)
