@@ -183,6 +183,10 @@ def test_two_pass_and_fused_chunked_paths_agree(rng, mode, min_rows, monkeypatch
 
     no_tape, fused, two_pass, g_fused, g_two = maybe_jit(both, mode)(xt, wt)
     assert bool(fused_calls) == (min_rows == 1)
+    ref, ref_gx, ref_gw = harmax_numpy(x, w, y, np.sqrt(8))
+    np.testing.assert_allclose(float(fused), ref, rtol=2e-5)
+    np.testing.assert_allclose(g_fused[0], ref_gx, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(tf.convert_to_tensor(g_fused[1]), ref_gw, rtol=1e-4, atol=2e-6)
     np.testing.assert_allclose(float(no_tape), float(fused), rtol=1e-6)
     np.testing.assert_allclose(float(two_pass), float(fused), rtol=1e-6)
     for a, b in zip(g_fused, g_two, strict=True):
