@@ -52,6 +52,6 @@ def lookup(name: str | None):
     if len(live) > 1:
         raise ValueError(
             f"Several harmonic heads ran in this step ({sorted(live)}); pass `head=` (the layer or "
-            "its name) to HarmonicLoss."
+            "its name) to the HarmonicLoss or metric."
         )
     return next(iter(live.values()), (None, None))
