@@ -129,17 +129,12 @@ def fused_weighted_loss(
         y_chunks = tf.reshape(tf.pad(labels, [[0, pad]]), [num_chunks, rows])
         g_chunks = tf.reshape(tf.pad(weights, [[0, pad]]), [num_chunks, rows])
         w_sq = tf.reduce_sum(tf.square(w), axis=-1)
-        ids = tf.range(vocab_size)
 
         def body(i, total, dw, dx_parts, pulls):
             xc, yc, gc = x_chunks[i], y_chunks[i], g_chunks[i]
             d2_true, diff_true = true_sq_distances(xc, w, yc)
             z_true = logits_from_sq(d2_true, eta, eps)
-            z = tf.where(
-                _true_column(yc, ids),
-                -float("inf"),
-                logits_from_sq(expanded_sq_distances(xc, w, None, w_sq), eta, eps),
-            )
+            z = _dense_other_logits(xc, w, yc, eta, eps, w_sq)
             margin = tf.reduce_logsumexp(z, axis=-1) - z_true
             loss = tf.math.softplus(margin)
             # Zero-weight rows (ignored, padding) must not turn 0 * inf into NaN.
@@ -238,9 +233,9 @@ def _true_column(labels: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
     return tf.equal(ids[None, :], labels[:, None])
 
 
-def _dense_other_logits(x, w, labels, eta, eps):
+def _dense_other_logits(x, w, labels, eta, eps, w_sq=None):
     """``[N, V]`` logits with the true column at -inf (it is handled exactly on its own)."""
-    z = logits_from_sq(expanded_sq_distances(x, w), eta, eps)
+    z = logits_from_sq(expanded_sq_distances(x, w, None, w_sq), eta, eps)
     ids = tf.range(tf.shape(w)[0])
     return tf.where(_true_column(labels, ids), -float("inf"), z)
 
