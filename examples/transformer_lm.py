@@ -5,6 +5,8 @@ reporting the EXACT validation loss and perplexity.
     python examples/transformer_lm.py                       # embedded corpus (CPython's pydoc text)
     python examples/transformer_lm.py --text ../shared/data/tinyshakespeare.txt --vocab-size 8001 \
         --steps 1800
+    python examples/transformer_lm.py --corpus stdlib --tokens code --vocab-size 50000 \
+        --runs exact,sampled --steps exact=1000,sampled=5000   # equal wall-clock at V = 50k
 
 Writes results.json, curves.png and samples.txt to --out.
 """
@@ -26,8 +28,9 @@ import tensorflow as tf  # noqa: E402
 
 import harmonic_tf as ht  # noqa: E402
 
-# Words (with inner apostrophes) and single non-space characters, lower-cased.
-TOKEN_PATTERN = r"[a-z]+(?:'[a-z]+)*|[^\sa-z]"
+# "words": words (with inner apostrophes) and single non-space characters, lower-cased.
+# "code": case-kept identifiers/numbers ([A-Za-z0-9_]+) and single other characters.
+TOKEN_PATTERNS = {"words": r"[a-z]+(?:'[a-z]+)*|[^\sa-z]", "code": r"[A-Za-z0-9_]+|[^\sA-Za-z0-9_]"}
 
 
 def embedded_corpus() -> str:
@@ -37,24 +40,47 @@ def embedded_corpus() -> str:
     return "\n\n".join(topics[name] for name in sorted(topics))
 
 
-def tokenize(text: str) -> list[str]:
+def stdlib_corpus() -> str:
+    """Every ``.py`` file of this Python's standard library (tests included), in path order:
+    about 7M code tokens and 118k distinct identifiers, on every machine."""
+    import glob
+    import sysconfig
+
+    root = sysconfig.get_paths()["stdlib"]
+    files = sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True))
+    files = [f for f in files if "site-packages" not in os.path.relpath(f, root)]
+    texts = []
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            texts.append(fh.read())
+    return "\n".join(texts)
+
+
+def tokenize(text: str, tokens: str = "words") -> list[str]:
     import re
 
-    return re.findall(TOKEN_PATTERN, text.lower())
+    return re.findall(TOKEN_PATTERNS[tokens], text.lower() if tokens == "words" else text)
 
 
-def _standardize(x):
+def _standardize_words(x):
     # Space out every character that is not a letter, apostrophe or space, so that the
-    # whitespace split gives TOKEN_PATTERN's tokens.
+    # whitespace split gives the "words" pattern's tokens.
     x = tf.strings.lower(x)
     return tf.strings.regex_replace(x, r"([^\sa-z'])", r" \1 ")
 
 
-def build_vocabulary(train_text: str, vocab_size: int) -> keras.layers.TextVectorization:
+def _standardize_code(x):
+    return tf.strings.regex_replace(x, r"([^\sA-Za-z0-9_])", r" \1 ")
+
+
+def build_vocabulary(
+    train_text: str, vocab_size: int, tokens: str = "words"
+) -> keras.layers.TextVectorization:
     """Word-level ``TextVectorization``: id 0 padding, 1 out-of-vocabulary, then tokens by
     decreasing training frequency (what the log-uniform sampler assumes)."""
+    standardize = _standardize_words if tokens == "words" else _standardize_code
     vectorizer = keras.layers.TextVectorization(
-        max_tokens=vocab_size, standardize=_standardize, split="whitespace", output_mode="int"
+        max_tokens=vocab_size, standardize=standardize, split="whitespace", output_mode="int"
     )
     lines = [line for line in train_text.split("\n") if line.strip()]
     vectorizer.adapt(tf.data.Dataset.from_tensor_slices(lines).batch(512))
@@ -218,9 +244,10 @@ def run(kind, args, data, vectorizer, counts):
         seed=args.seed,
     )
     lr = args.lr_ce if kind == "ce" else args.lr_harmonic
-    warmup = min(args.warmup, args.steps // 2)
+    steps = args.steps[kind]
+    warmup = min(args.warmup, steps // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, args.steps - warmup), alpha=0.1, warmup_target=lr, warmup_steps=warmup
+        0.0, max(1, steps - warmup), alpha=0.1, warmup_target=lr, warmup_steps=warmup
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
@@ -229,7 +256,7 @@ def run(kind, args, data, vectorizer, counts):
     )
     val = val_dataset(val_ids, args.seq_len, args.batch, args.val_tokens)
     initial = model.evaluate(val, verbose=0)
-    epochs = max(1, args.steps // args.eval_every)
+    epochs = max(1, steps // args.eval_every)
     timer = TrainTimer(args.eval_every * args.batch * args.seq_len)
     print(f"\n== {RUN_NAMES[kind]} ({model.count_params():,} parameters)", flush=True)
     hist = model.fit(
@@ -288,13 +315,13 @@ def plot(results: list[dict], path: str, title: str) -> None:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| run | exact val loss | val perplexity | train tokens/s |",
-        "|---|---|---|---|",
+        "| run | steps | train seconds | exact val loss | val perplexity | train tokens/s |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['name']} | {r['final_val_loss']:.3f} | {r['final_val_ppl']:.1f} | "
-            f"{r['tokens_per_second']:,.0f} |"
+            f"| {r['name']} | {r['steps'][-1]} | {r['train_seconds'][-1]:.0f} | "
+            f"{r['final_val_loss']:.3f} | {r['final_val_ppl']:.1f} | {r['tokens_per_second']:,.0f} |"
         )
     return "\n".join(lines)
 
@@ -303,10 +330,21 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--text", help="UTF-8 text file (default: the embedded pydoc corpus)")
+    p.add_argument("--text", help="UTF-8 text file (default: --corpus)")
+    p.add_argument(
+        "--corpus",
+        default="pydoc",
+        choices=["pydoc", "stdlib"],
+        help="built-in text: CPython's pydoc topics, or the standard library's sources",
+    )
+    p.add_argument("--tokens", default="words", choices=list(TOKEN_PATTERNS))
     p.add_argument("--vocab-size", type=int, default=3000, help="V, with padding and OOV ids")
     p.add_argument("--runs", default="ce,exact,sampled", help="comma list of ce, exact, sampled")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument(
+        "--steps",
+        default="600",
+        help="training steps: N for every run, or e.g. exact=800,sampled=4000",
+    )
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
@@ -332,23 +370,39 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.eval_every, args.val_tokens, args.warmup = 20, 10, 2048, 5
+        args.steps, args.eval_every, args.val_tokens, args.warmup = "20", 10, 2048, 5
         args.vocab_size, args.k, args.batch, args.samples = min(args.vocab_size, 500), 32, 8, 1
+    args.steps = parse_steps(args.steps, args.runs.split(","))
     return args
+
+
+def parse_steps(spec: str, kinds: list[str]) -> dict[str, int]:
+    """``"1800"`` or ``"exact=800,sampled=4000"`` -> steps per run kind."""
+    if "=" not in spec:
+        return {kind: int(spec) for kind in kinds}
+    steps = {key: int(value) for key, value in (part.split("=") for part in spec.split(","))}
+    missing = [kind for kind in kinds if kind not in steps]
+    if missing:
+        raise SystemExit(f"--steps has no count for run(s) {missing}: {spec!r}")
+    return steps
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    text = open(args.text, encoding="utf-8").read() if args.text else embedded_corpus()
+    if args.text:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = stdlib_corpus() if args.corpus == "stdlib" else embedded_corpus()
     cut = int(len(text) * (1 - args.val_fraction))
-    vectorizer = build_vocabulary(text[:cut], args.vocab_size)
+    vectorizer = build_vocabulary(text[:cut], args.vocab_size, args.tokens)
     args.vocab_size = len(vectorizer.get_vocabulary())
     train_ids, val_ids = encode(vectorizer, text[:cut]), encode(vectorizer, text[cut:])
     counts = np.bincount(train_ids, minlength=args.vocab_size).astype(np.float64)
-    source = os.path.basename(args.text) if args.text else "embedded pydoc corpus"
+    source = os.path.basename(args.text) if args.text else f"embedded {args.corpus} corpus"
     print(
         f"{source}: {len(train_ids):,} train / {len(val_ids):,} validation tokens, "
-        f"V = {args.vocab_size:,}, {args.steps} steps of {args.batch}x{args.seq_len} tokens"
+        f"V = {args.vocab_size:,}, steps {args.steps} of {args.batch}x{args.seq_len} tokens"
     )
     results = []
     for kind in args.runs.split(","):
@@ -369,7 +423,7 @@ def main(argv=None) -> list[dict]:
     for r in results:
         for s in r["samples"]:
             print(f"  [{r['name']}] {s}")
-    print("\nExact validation loss after", args.steps, "steps:\n" + table(results))
+    print("\nExact validation loss at the end of training:\n" + table(results))
     print(f"\nwrote {args.out}/results.json, curves.png, samples.txt")
     return results
 

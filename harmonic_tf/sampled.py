@@ -4,7 +4,7 @@ Per token, over candidates ``C_n = {y_n} ∪ negatives``:
 ``loss = logsumexp_{j in C_n}(z_j - logQ_j) - (z_y - [all] logQ_y)``, where
 ``logQ_j = log(expected count of j among the draws)``. Negatives come in two fixed-shape blocks:
 per-example ``[N, k]`` (gathered centers ``[N, k, D]``) and shared ``[K]`` (one ``[N, D] x [D, K]``
-matmul), the shared block holding sampled ids and/or the batch's own labels.
+matmul), the shared block holding sampled ids and/or the batch's distinct labels (logQ 0).
 The centers' gradient touches only the label and candidate rows, returned as ``tf.IndexedSlices``
 or scattered into a dense ``[V, D]`` tensor.
 """
@@ -61,9 +61,10 @@ def sampled_harmonic_loss(
       log_q_correction: ``"negatives"`` subtracts ``log(expected count)`` from the negatives'
         logits so the sampled denominator estimates the full one; ``"all"`` also from the true
         logit (``tf.nn.sampled_softmax_loss``'s convention, biased); ``"none"`` corrects nothing.
-      in_batch_negatives: ``True`` adds every label of the batch as a shared negative, an int
-        ``m`` adds ``m`` labels drawn from the batch; treated as draws from ``sampler``; ignored
-        positions are never used.
+      in_batch_negatives: ``True`` adds the batch's distinct labels as shared negatives, each
+        once and uncorrected (their part of the denominator is exact); an int ``m`` keeps the
+        first ``m`` of them (batch order) in a fixed-shape block, far cheaper than ``N``. Sampled draws of those
+        ids are dropped, so the draws estimate only the rest. Ignored positions never count.
       center_gradient: ``"indexed_slices"`` (rows touched only) or ``"dense"`` (``[V, D]``).
       sampled_ids: caller-given negatives, ``[k]`` (shared) or ``[N, k]`` (per example).
       seed: an int or an int ``[2]`` tensor: the same seed gives the same negatives; ``None``
@@ -99,6 +100,10 @@ def sampled_harmonic_loss(
     valid_token = tf.logical_not(tf.logical_or(p.ignored, p.invalid))
 
     blocks = Candidates(p.labels, remove_accidental_hits)
+    if num_in_batch is not None:
+        blocks.set_in_batch(
+            *distinct_labels(p.labels, valid_token, num_in_batch, p.vocab_size), p.vocab_size
+        )
     if negatives == "per_example":
         ids = _given_ids(sampled_ids, [p.num_tokens, k], p, "[N, k]")
         if ids is None:
@@ -108,18 +113,14 @@ def sampled_harmonic_loss(
         blocks.per_example = ids
     elif k > 0:
         ids = _given_ids(sampled_ids, [k], p, "[k]")
-        ids = sampler.sample([k], rng) if ids is None else blocks.mark_bad_ids(ids, p.vocab_size)
-        blocks.add_shared(ids, tf.ones([k], tf.bool))
-    if num_in_batch is not None:
-        if num_in_batch == "all":
-            in_batch, in_batch_valid = p.labels, valid_token
+        if ids is not None:
+            blocks.shared = blocks.mark_bad_ids(ids, p.vocab_size)
+        elif blocks.in_batch is not None:
+            blocks.set_shared_outside(*sampler.sample_outside(blocks.in_batch_member, k, rng))
         else:
-            positions = rng.integers([num_in_batch], tf.shape(p.labels)[0])
-            in_batch = tf.gather(p.labels, positions)
-            in_batch_valid = tf.gather(valid_token, positions)
-        blocks.add_shared(in_batch, in_batch_valid)
+            blocks.shared = sampler.sample([k], rng)
 
-    blocks.set_log_expected_counts(sampler, log_q_correction)
+    blocks.finalize(sampler, log_q_correction)
     losses = sampled_token_losses(p.x, p.w, blocks, eta, eps, center_gradient)
     if blocks.bad_ids is not None:
         p.invalid = tf.logical_or(
@@ -129,13 +130,35 @@ def sampled_harmonic_loss(
 
 
 def _check_in_batch(in_batch_negatives, num_tokens):
-    """Returns None (off), "all", or the number m of labels to draw."""
+    """Returns None (off) or the capacity m of the distinct-label block."""
     if in_batch_negatives is False:
         return None
     if in_batch_negatives is True:
-        return "all"
-    _inputs.check_int("in_batch_negatives", in_batch_negatives, 0, num_tokens)
-    return in_batch_negatives or None
+        return num_tokens
+    _inputs.check_int("in_batch_negatives", in_batch_negatives, 0)
+    # A batch never holds more distinct labels than tokens.
+    return min(in_batch_negatives, num_tokens) or None
+
+
+def distinct_labels(
+    labels: tf.Tensor, valid: tf.Tensor, capacity: int, vocab_size: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first ``capacity`` distinct valid labels in batch order, in fixed shape:
+    ``(ids [m], filled [m])``; unfilled slots hold id 0.
+
+    A label's first position comes from a scatter-min over ``[V]``; no sort: inside a
+    jit-compiled Keras train step a 2,048-label ``tf.sort`` took 1.5 s on this CPU."""
+    n = tf.shape(labels)[0]
+    positions = tf.range(n)
+    safe = tf.where(valid, labels, vocab_size)
+    first_pos = tf.tensor_scatter_nd_min(tf.fill([vocab_size + 1], n), safe[:, None], positions)
+    first = tf.logical_and(valid, tf.equal(tf.gather(first_pos, safe), positions))
+    slot = tf.cumsum(tf.cast(first, tf.int32)) - 1
+    # Slot `capacity` collects repeats and overflow; it is cut off below.
+    slot = tf.where(tf.logical_and(first, slot < capacity), slot, capacity)
+    ids = tf.scatter_nd(slot[:, None], tf.where(slot < capacity, labels, 0), [capacity + 1])
+    count = tf.minimum(tf.reduce_sum(tf.cast(first, tf.int32)), capacity)
+    return ids[:capacity], tf.range(capacity) < count
 
 
 def _given_ids(sampled_ids, shape, p, shape_name):
@@ -158,46 +181,75 @@ def _given_ids(sampled_ids, shape, p, shape_name):
 
 @dataclasses.dataclass
 class Candidates:
-    """The candidate set of one loss call (ids, masks and logQ terms; no gradient flows here)."""
+    """The candidate set of one loss call (ids, masks and logQ terms; no gradient flows here).
+
+    Two strata: the batch's distinct labels (in-batch block, each counted once, exactly) and
+    sampled draws over the rest of the vocabulary (a draw of an id in the in-batch block is
+    dropped), weighted by ``1 / expected count``. The sum over the in-batch ids is exact and
+    the sampled one is unbiased for the remainder, whatever the sampler."""
 
     labels: tf.Tensor
     remove_accidental_hits: bool
     per_example: tf.Tensor | None = None  # [N, k] ids
-    shared: tf.Tensor | None = None  # [K] ids
-    shared_valid: tf.Tensor | None = None  # [K] bool: in-batch columns of ignored tokens are off
+    per_example_valid: tf.Tensor | None = None  # [N, k] bool: off for ids in the in-batch block
+    shared: tf.Tensor | None = None  # [K] ids; after finalize, sampled then in-batch columns
+    shared_valid: tf.Tensor | None = None  # [K] bool
+    in_batch: tf.Tensor | None = None  # [m] distinct labels
+    in_batch_filled: tf.Tensor | None = None  # [m] bool
+    in_batch_member: tf.Tensor | None = None  # [V] bool: id is in the in-batch block
     bad_ids: tf.Tensor | None = None  # [N] bool: rows that saw an out-of-range given id
     log_q_true: tf.Tensor | float = 0.0  # [N] subtracted from the true logit
     log_q_per_example: tf.Tensor | float = 0.0  # [N, k]
     log_q_shared: tf.Tensor | float = 0.0  # [N, K] or [K]
+    log_q_outside: tf.Tensor | None = None  # [K] log q of shared draws restricted outside
 
-    def add_shared(self, ids: tf.Tensor, valid: tf.Tensor) -> None:
-        if self.shared is None:
-            self.shared, self.shared_valid = ids, valid
-        else:
-            self.shared = tf.concat([self.shared, ids], 0)
-            self.shared_valid = tf.concat([self.shared_valid, valid], 0)
+    def set_in_batch(self, ids: tf.Tensor, filled: tf.Tensor, vocab_size: int) -> None:
+        self.in_batch, self.in_batch_filled = ids, filled
+        # Unfilled slots scatter to row V, which is cut off.
+        rows = tf.where(filled, ids, vocab_size)[:, None]
+        counts = tf.scatter_nd(rows, tf.ones_like(ids), [vocab_size + 1])
+        self.in_batch_member = counts[:vocab_size] > 0
 
-    def set_log_expected_counts(self, sampler: Sampler, correction: str) -> None:
-        """Expected count of id j among the draws for token n:
+    def set_shared_outside(self, ids: tf.Tensor, log_q: tf.Tensor, ok: tf.Tensor) -> None:
+        """Shared draws from ``q`` restricted to ids outside the in-batch block."""
+        self.shared, self.shared_valid, self.log_q_outside = ids, ok, log_q
+
+    def finalize(self, sampler: Sampler, correction: str) -> None:
+        """Sets the logQ terms and merges the in-batch block into the shared columns.
+
+        Expected count of id j among the sampled draws for token n:
         ``q_j * (k_pe / (1 - q_{y_n}) + K_shared)``: per-example draws exclude the label, so
-        their probabilities are renormalised; shared draws (sampled or in-batch) are not."""
-        if correction == "none":
+        their probabilities are renormalised; shared draws are not. In-batch ids: logQ 0."""
+        member = self.in_batch_member
+        if member is not None:
+            if self.shared is not None and self.log_q_outside is None:
+                self.shared_valid = tf.logical_not(tf.gather(member, self.shared))
+            if self.per_example is not None:
+                self.per_example_valid = tf.logical_not(tf.gather(member, self.per_example))
+        if correction != "none":
+            log_q_label = sampler.log_prob(self.labels)
+            draws = 0.0 if self.shared is None else float(self.shared.shape[0])
+            if self.per_example is not None:
+                draws = float(self.per_example.shape[1]) / -tf.math.expm1(log_q_label) + draws
+            log_draws = tf.math.log(draws * tf.ones_like(log_q_label))
+            if self.per_example is not None:
+                self.log_q_per_example = sampler.log_prob(self.per_example) + log_draws[:, None]
+            if self.shared is not None:
+                log_q = self.log_q_outside
+                log_q = sampler.log_prob(self.shared) if log_q is None else log_q
+                self.log_q_shared = log_q[None, :] + log_draws[:, None]
+            if correction == "all":
+                self.log_q_true = log_q_label + log_draws
+        if self.in_batch is None:
             return
-        shared_draws = 0.0
-        if self.shared is not None:
-            shared_draws = tf.reduce_sum(tf.cast(self.shared_valid, tf.float32))
-        log_q_label = sampler.log_prob(self.labels)
-        draws = shared_draws
-        if self.per_example is not None:
-            k = float(self.per_example.shape[1])
-            draws = k / -tf.math.expm1(log_q_label) + shared_draws
-        log_draws = tf.math.log(tf.cast(draws, tf.float32) * tf.ones_like(log_q_label))
-        if self.per_example is not None:
-            self.log_q_per_example = sampler.log_prob(self.per_example) + log_draws[:, None]
-        if self.shared is not None:
-            self.log_q_shared = sampler.log_prob(self.shared)[None, :] + log_draws[:, None]
-        if correction == "all":
-            self.log_q_true = log_q_label + log_draws
+        n, m = tf.shape(self.labels)[0], tf.shape(self.in_batch)[0]
+        if self.shared is None:
+            self.shared, self.shared_valid = self.in_batch, self.in_batch_filled
+            return
+        self.shared = tf.concat([self.shared, self.in_batch], 0)
+        self.shared_valid = tf.concat([self.shared_valid, self.in_batch_filled], 0)
+        if correction != "none":
+            self.log_q_shared = tf.concat([self.log_q_shared, tf.zeros(tf.stack([n, m]))], 1)
 
     def keep(self, ids: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
         """Mask of usable candidate columns for ``ids`` ([N, k] or [K]) as ``[N, cols]``."""
@@ -206,7 +258,7 @@ class Candidates:
         if self.remove_accidental_hits:
             keep = tf.not_equal(ids2, self.labels[:, None])
         if valid is not None:
-            keep = tf.logical_and(keep, valid[None, :])
+            keep = tf.logical_and(keep, valid if valid.shape.rank == 2 else valid[None, :])
         return tf.broadcast_to(keep, [tf.shape(self.labels)[0], tf.shape(ids2)[1]])
 
     def mark_bad_ids(self, ids: tf.Tensor, vocab_size: int) -> tf.Tensor:
@@ -243,7 +295,7 @@ def sampled_token_losses(
                 x_sq[:, None] - 2.0 * cross + tf.reduce_sum(tf.square(w_pe), -1), 0.0
             )
             z_pe = logits_from_sq(d2_pe, eta, eps) - cand.log_q_per_example
-            keep_pe = cand.keep(cand.per_example, None)
+            keep_pe = cand.keep(cand.per_example, cand.per_example_valid)
             columns.append(tf.where(keep_pe, z_pe, neg_inf))
         if cand.shared is not None:
             w_sh = tf.gather(w, cand.shared)  # [K, D]

@@ -113,6 +113,31 @@ class Sampler:
         )
         return draws
 
+    def probs(self) -> tf.Tensor:
+        """``[V]`` float32 ``q``."""
+        return tf.exp(self.log_prob(tf.range(self.vocab_size)))
+
+    def sample_outside(self, excluded: tf.Tensor, k: int, rng: RandomStream):
+        """``k`` draws from ``q`` restricted to ids where ``excluded [V]`` is False, and their
+        log probabilities under that restriction, and which draws are usable:
+        ``(ids [k], log_q [k], ok [k])``.
+
+        One O(V) masked CDF per call; every draw lands outside the excluded set, where an
+        unrestricted draw would mostly be wasted on it (the in-batch ids hold most of a
+        unigram's mass)."""
+        q = tf.where(excluded, 0.0, self.probs())
+        cdf = tf.cumsum(q)
+        total = cdf[-1]
+        u = rng.uniform([k]) * total
+        ids = tf.searchsorted(cdf, u, side="right", out_type=tf.int32)
+        ids = tf.minimum(ids, self.vocab_size - 1)
+        # u * total can round up to total (odds ~2^-24): the clamped id may have q = 0; such a
+        # draw is marked unusable rather than given an infinite weight.
+        q_ids = tf.gather(q, ids)
+        ok = q_ids > 0.0
+        log_q = tf.math.log(tf.where(ok, q_ids, 1.0)) - tf.math.log(total)
+        return ids, log_q, ok
+
     def get_config(self) -> dict:
         return {"vocab_size": self.vocab_size}
 
@@ -182,6 +207,7 @@ class UnigramSampler(Sampler):
         # Ids never seen are never sampled; when one shows up as an in-batch negative its
         # correction uses the smallest seen probability instead of log(0).
         floor = q[q > 0].min()
+        self._q = tf.constant(q, tf.float32)
         self._log_q = tf.constant(np.log(np.maximum(q, floor)), tf.float32)
         cdf = np.cumsum(q)
         self._cdf = tf.constant(cdf / cdf[-1], tf.float32)
@@ -191,6 +217,9 @@ class UnigramSampler(Sampler):
         flat = tf.reshape(u, [1, -1])
         ids = tf.searchsorted(self._cdf[None, :], flat, side="right", out_type=tf.int32)
         return tf.reshape(tf.minimum(ids, self.vocab_size - 1), tf.shape(u))
+
+    def probs(self) -> tf.Tensor:
+        return self._q  # zero for unseen ids: they are never drawn
 
     def log_prob(self, ids: tf.Tensor) -> tf.Tensor:
         return tf.gather(self._log_q, ids)

@@ -58,7 +58,7 @@ def sampled_reference(
     eta,
     per_example_ids=None,
     shared_ids=None,
-    shared_valid=None,
+    in_batch_ids=None,
     log_q=None,
     correction="negatives",
     remove_hits=True,
@@ -68,8 +68,9 @@ def sampled_reference(
 ):
     """float64 TF autodiff of the plain sampled loss over explicit candidates.
 
-    Each token's candidates: its label, its per-example ids, the shared ids (columns with
-    shared_valid False are dropped). logQ_j = log(q_j * draws_n), draws_n = k_pe / (1 - q_y) + K.
+    Each token's candidates: its label, its per-example ids, the shared ids, and the in-batch
+    ids (logQ 0; sampled ids equal to one of them are dropped).
+    logQ_j = log(q_j * draws_n), draws_n = k_pe / (1 - q_y) + K.
     Returns (loss, dL/dx, dL/dw) as float64 numpy."""
     x = tf.constant(np.asarray(x, np.float64).reshape(-1, w.shape[1]))
     w = tf.constant(np.asarray(w, np.float64))
@@ -77,27 +78,26 @@ def sampled_reference(
     keep_tok = y != ignore_index
     ys = np.where(keep_tok, y, 0)
     n = len(ys)
-    cols, masks = [], []
+    cols = []
     if per_example_ids is not None:
         cols.append(np.asarray(per_example_ids))
-        masks.append(np.ones_like(cols[-1], bool))
     if shared_ids is not None:
-        ids = np.asarray(shared_ids)
-        valid = np.ones(len(ids), bool) if shared_valid is None else np.asarray(shared_valid)
-        cols.append(np.tile(ids, (n, 1)))
-        masks.append(np.tile(valid, (n, 1)))
-    cand = np.concatenate(cols, 1)
-    mask = np.concatenate(masks, 1)
+        cols.append(np.tile(np.asarray(shared_ids), (n, 1)))
+    sampled = np.concatenate(cols, 1) if cols else np.zeros((n, 0), int)
+    exact = np.tile(np.asarray([] if in_batch_ids is None else in_batch_ids, int), (n, 1))
+    cand = np.concatenate([sampled, exact], 1)
+    mask = np.ones(cand.shape, bool)
+    mask[:, : sampled.shape[1]] = ~np.isin(sampled, exact[0])
     if remove_hits:
         mask &= cand != ys[:, None]
+    lq_neg, lq_true = np.zeros(cand.shape), np.zeros(n)
     if log_q is not None and correction != "none":
         k_pe = 0 if per_example_ids is None else np.asarray(per_example_ids).shape[1]
-        k_sh = 0 if shared_ids is None else int(masks[-1][0].sum())
+        k_sh = 0 if shared_ids is None else len(shared_ids)
         draws = k_pe / (1 - np.exp(log_q[ys])) + k_sh
-        lq_neg = log_q[cand] + np.log(draws)[:, None]
-        lq_true = log_q[ys] + np.log(draws) if correction == "all" else np.zeros(n)
-    else:
-        lq_neg, lq_true = np.zeros(cand.shape), np.zeros(n)
+        lq_neg[:, : sampled.shape[1]] = log_q[sampled] + np.log(draws)[:, None]
+        if correction == "all":
+            lq_true = log_q[ys] + np.log(draws)
     with tf.GradientTape() as tape:
         tape.watch([x, w])
         d2_true = tf.reduce_sum(tf.square(x - tf.gather(w, ys)), -1)

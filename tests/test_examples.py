@@ -28,22 +28,36 @@ def test_transformer_lm_quick_on_tiny_shakespeare(tmp_path):
     for name in ("results.json", "curves.png", "samples.txt"):
         assert (out / name).stat().st_size > 0
     saved = json.loads((out / "results.json").read_text())
-    assert saved["config"]["steps"] == 20 and len(saved["runs"]) == 3
+    assert saved["config"]["steps"] == {"ce": 20, "exact": 20, "sampled": 20}
+    assert len(saved["runs"]) == 3
 
 
-def test_transformer_lm_embedded_corpus_loads():
+@pytest.mark.parametrize("corpus, tokens", [("pydoc", "words"), ("stdlib", "code")])
+def test_transformer_lm_builtin_corpus_loads(corpus, tokens):
     import transformer_lm
 
-    text = transformer_lm.embedded_corpus()
-    assert len(text) > 100_000
-    vectorizer = transformer_lm.build_vocabulary(text[:50_000], 500)
+    text = transformer_lm.embedded_corpus() if corpus == "pydoc" else transformer_lm.stdlib_corpus()
+    assert len(text) > (100_000 if corpus == "pydoc" else 5_000_000)
+    vectorizer = transformer_lm.build_vocabulary(text[:50_000], 500, tokens)
     ids = transformer_lm.encode(vectorizer, text[50_000:60_000])
     vocab = vectorizer.get_vocabulary()
     assert ids.min() >= 1 and ids.max() < len(vocab)
-    # Same tokens as the pilot's regex (out-of-vocabulary words map to id 1).
-    expected = transformer_lm.tokenize(text[50_000:60_000])
+    # Same tokens as the regex (the pilot's for words; out-of-vocabulary maps to id 1).
+    expected = transformer_lm.tokenize(text[50_000:60_000], tokens)
     index = {w: i for i, w in enumerate(vocab)}
-    assert [index.get(t, 1) for t in expected][:200] == ids.tolist()[:200]
+    assert [index.get(t, 1) for t in expected][:300] == ids.tolist()[:300]
+
+
+def test_transformer_lm_steps_per_run():
+    import transformer_lm
+
+    assert transformer_lm.parse_steps("30", ["ce", "exact"]) == {"ce": 30, "exact": 30}
+    assert transformer_lm.parse_steps("exact=5,sampled=25", ["exact", "sampled"]) == {
+        "exact": 5,
+        "sampled": 25,
+    }
+    with pytest.raises(SystemExit, match="sampled"):
+        transformer_lm.parse_steps("exact=5", ["exact", "sampled"])
 
 
 def test_cifar10_quick_on_shared_images(tmp_path):

@@ -8,7 +8,6 @@ import tensorflow as tf
 from conftest import log_q_numpy, maybe_jit, sampled_reference
 
 import harmonic_tf as ht
-from harmonic_tf.sampling import RandomStream
 
 N, D, V, K = 12, 6, 29, 7
 NEGATIVES = ["shared", "per_example"]
@@ -53,29 +52,18 @@ def _run_ours(x, w, y, ids, mode, rank3, **kw):
     return loss, gx, gw
 
 
-def _reference(x, w, y, ids, negatives, in_batch, correction, reduction, seed, sampler="uniform"):
-    valid = y != -100
-    shared_ids = ids if negatives == "shared" else None
-    shared_valid = None if shared_ids is None else np.ones(K, bool)
-    if in_batch is True:
-        extra, extra_valid = np.where(valid, y, 0), valid
-    elif in_batch:
-        # With sampled_ids given, the in-batch positions are the stream's first draw.
-        pos = RandomStream(seed).integers([in_batch], N).numpy()
-        extra, extra_valid = np.where(valid, y, 0)[pos], valid[pos]
-    if in_batch is not False:
-        shared_ids = extra if shared_ids is None else np.concatenate([shared_ids, extra])
-        shared_valid = (
-            extra_valid if shared_valid is None else np.concatenate([shared_valid, extra_valid])
-        )
+def _reference(x, w, y, ids, negatives, in_batch, correction, reduction, sampler="uniform"):
+    valid = y[y != -100]
+    distinct = valid[np.sort(np.unique(valid, return_index=True)[1])]  # first-seen order
+    in_batch_ids = None if in_batch is False else distinct[: None if in_batch is True else in_batch]
     return sampled_reference(
         x,
         w,
         y,
         eta=2.5,
         per_example_ids=ids if negatives == "per_example" else None,
-        shared_ids=shared_ids,
-        shared_valid=shared_valid,
+        shared_ids=ids if negatives == "shared" else None,
+        in_batch_ids=in_batch_ids,
         log_q=log_q_numpy(sampler, V, counts=np.arange(1, V + 1)),
         correction=correction,
         reduction=reduction,
@@ -103,7 +91,7 @@ def _check(case, mode):
         reduction=reduction,
         seed=seed,
     )
-    ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, in_batch, correction, reduction, seed)
+    ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, in_batch, correction, reduction)
     if center_gradient == "indexed_slices":
         assert isinstance(gw, tf.IndexedSlices)
     else:
@@ -161,7 +149,7 @@ def test_log_q_of_nonuniform_samplers(sampler, negatives):
         sampler=spec,
         in_batch_negatives=True,
     )
-    ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, True, "negatives", "mean", 0, sampler)
+    ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, True, "negatives", "mean", sampler)
     np.testing.assert_allclose(float(loss), ref, rtol=2e-5)
     np.testing.assert_allclose(gx.numpy(), ref_gx, rtol=2e-4, atol=2e-6)
     np.testing.assert_allclose(tf.convert_to_tensor(gw).numpy(), ref_gw, rtol=2e-4, atol=2e-6)
@@ -237,3 +225,49 @@ def test_approx_matches_reference_with_its_own_negatives(monkeypatch, rng):
     )
     ref = sampled_reference(x, w, y, 16.0, per_example_ids=drawn["ids"].numpy(), correction="none")
     np.testing.assert_allclose(float(ours), ref[0], rtol=2e-5)
+
+
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("in_batch", [False, True, 3])
+def test_sampled_denominator_is_unbiased(negatives, in_batch):
+    # exp(loss) - 1 = sum over candidates of exp(z_j - logQ_j) / exp(z_y): its mean over draws
+    # must be the exact sum over j != y (in-batch ids exactly, sampled draws for the rest).
+    x, w, y = _data(8, ignore=True)
+    eta = 2.5
+    counts = np.arange(V, 0, -1) ** 1.5
+    d2 = ((x[:, None, :] - w[None]) ** 2).sum(-1)
+    z = -(eta / 2) * np.log(d2 + 1e-9)
+    valid = y >= 0
+    ys = np.where(valid, y, 0)
+    ratio = np.exp(z - z[np.arange(N), ys][:, None])
+    exact = ratio.sum(1) - 1.0
+
+    @tf.function
+    def draw(seed):
+        losses = ht.sampled_harmonic_loss(
+            tf.constant(x, tf.float32),
+            tf.constant(w, tf.float32),
+            tf.constant(y),
+            k=6,
+            eta=eta,
+            negatives=negatives,
+            sampler=counts,
+            in_batch_negatives=in_batch,
+            reduction="none",
+            seed=seed,
+        )
+        return tf.math.expm1(tf.cast(losses, tf.float64))
+
+    draws = np.stack([draw(tf.constant([s, 1])).numpy() for s in range(3000)])
+    mean, sem = draws.mean(0)[valid], draws.std(0)[valid] / np.sqrt(len(draws))
+    assert np.all(np.abs(mean - exact[valid]) < 5 * sem + 1e-4 * exact[valid]), (mean, exact)
+
+
+def test_in_batch_capacity_above_batch_is_all_distinct_labels():
+    x, w, y = _data(6, ignore=True)
+    args = [tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y)]
+    everything = ht.sampled_harmonic_loss(*args, k=0, eta=2.5, in_batch_negatives=True)
+    large = ht.sampled_harmonic_loss(*args, k=0, eta=2.5, in_batch_negatives=10 * N)
+    assert float(everything) == float(large)
+    ref = _reference(x, w, y, None, "shared", True, "negatives", "mean")[0]
+    np.testing.assert_allclose(float(large), ref, rtol=2e-5)

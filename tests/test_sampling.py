@@ -31,6 +31,27 @@ def test_sampler_matches_its_distribution(name, jit):
     assert stats.chisquare(_counts(ids), q * DRAWS).pvalue > ALPHA
 
 
+@pytest.mark.parametrize("name", ["uniform", "log_uniform", "unigram"])
+@pytest.mark.parametrize("jit", [False, True])
+def test_sample_outside_is_q_restricted_to_the_rest(name, jit):
+    counts = np.arange(V)[::-1] ** 2 + 1.0
+    counts[7] = 0.0  # an unseen id is never drawn either
+    sampler = get_sampler(counts if name == "unigram" else name, V)
+    excluded = np.zeros(V, bool)
+    excluded[[0, 1, 2, 5, 30]] = True
+    draw = lambda: sampler.sample_outside(tf.constant(excluded), DRAWS, RandomStream(1))  # noqa: E731
+    ids, log_q, ok = [t.numpy() for t in (tf.function(draw, jit_compile=True) if jit else draw)()]
+    q = np.exp(log_q_numpy(name, V, counts))
+    if name == "unigram":
+        q = counts / counts.sum()
+    q = np.where(excluded, 0.0, q)
+    q /= q.sum()
+    assert ok.all() and not excluded[ids].any()
+    np.testing.assert_allclose(np.exp(log_q), q[ids], rtol=1e-4)
+    seen = q > 0
+    assert stats.chisquare(_counts(ids)[seen], q[seen] * DRAWS).pvalue > ALPHA
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_uniform_per_example_never_hits_label_and_is_uniform_over_others(jit):
     labels = tf.constant(np.arange(400) % V, tf.int32)

@@ -45,7 +45,7 @@ def test_exact_loss_argument_errors(kwargs, error, pattern):
         (dict(center_gradient="sparse"), ValueError, "center_gradient"),
         (dict(log_q_correction="true"), ValueError, "log_q_correction"),
         (dict(in_batch_negatives=-1), ValueError, "in_batch_negatives"),
-        (dict(in_batch_negatives=7), ValueError, "in_batch_negatives"),
+        (dict(in_batch_negatives=2.5), TypeError, "in_batch_negatives"),
         (dict(sampled_ids=tf.constant([[1, 2]])), ValueError, "sampled_ids"),
         (dict(sampled_ids=tf.constant([1.0, 2.0, 3.0])), TypeError, "sampled_ids"),
         (dict(seed=tf.constant([1.0, 2.0])), ValueError, "seed"),
