@@ -203,6 +203,7 @@ def make_loss(kind: str, head, args, counts: np.ndarray):
         sampler=sampler,
         log_q_correction=args.log_q_correction,
         in_batch_negatives=in_batch,
+        exact_center_rows=args.exact_center_rows,
         seed=args.seed + 1000,
     )
 
@@ -360,6 +361,9 @@ def parse_args(argv=None):
     p.add_argument("--sampler", default="unigram", choices=["uniform", "log_uniform", "unigram"])
     p.add_argument("--log-q-correction", default="negatives", choices=["negatives", "all", "none"])
     p.add_argument("--in-batch-negatives", default="all", help="all, none, or a number m")
+    p.add_argument(
+        "--exact-center-rows", type=int, default=0, help="tokens giving the centers' exact push"
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
     p.add_argument("--val-tokens", type=int, default=24576)
     p.add_argument("--val-fraction", type=float, default=0.1)

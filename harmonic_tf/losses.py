@@ -26,6 +26,7 @@ _CONFIG_KEYS = (
     "in_batch_negatives",
     "remove_accidental_hits",
     "center_gradient",
+    "exact_center_rows",
     "chunk_size",
     "seed",
     "ignore_index",
@@ -109,7 +110,8 @@ class HarmonicLoss(keras.losses.Loss):
       head: the ``HarmonicLMHead`` layer (or its name). ``None``: the only head in the model.
       k: ``None`` for the exact loss, else the number of negatives (see
         :func:`sampled_harmonic_loss` for ``negatives``, ``sampler``, ``log_q_correction``,
-        ``in_batch_negatives``, ``remove_accidental_hits``, ``center_gradient``).
+        ``in_batch_negatives``, ``remove_accidental_hits``, ``center_gradient``,
+        ``exact_center_rows``).
       chunk_size: for the exact training loss: vocabulary chunk (``None``: dense logits).
       seed: ``None`` draws fresh negatives each step; an int gives a reproducible sequence.
       ignore_index: label value of tokens that contribute nothing.
@@ -130,6 +132,7 @@ class HarmonicLoss(keras.losses.Loss):
         in_batch_negatives: bool | int = False,
         remove_accidental_hits: bool = True,
         center_gradient: str = "indexed_slices",
+        exact_center_rows: int = 0,
         chunk_size: int | None = None,
         seed: int | None = None,
         ignore_index: int | None = -100,
@@ -149,6 +152,7 @@ class HarmonicLoss(keras.losses.Loss):
         _inputs.check_choice("center_gradient", center_gradient, CENTER_GRADIENTS)
         if not isinstance(in_batch_negatives, bool):
             _inputs.check_int("in_batch_negatives", in_batch_negatives, 0)
+        _inputs.check_int("exact_center_rows", exact_center_rows, 0)
         if isinstance(sampler, dict):
             sampler = UnigramSampler(**sampler)
         for key in _CONFIG_KEYS:
@@ -289,6 +293,7 @@ class HarmonicLoss(keras.losses.Loss):
             log_q_correction=self.log_q_correction,
             in_batch_negatives=self.in_batch_negatives,
             center_gradient=self.center_gradient,
+            exact_center_rows=self.exact_center_rows,
             seed=self._next_seed(head),
             ignore_index=self.ignore_index,
         )

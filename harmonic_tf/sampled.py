@@ -39,6 +39,7 @@ def sampled_harmonic_loss(
     log_q_correction: str = "negatives",
     in_batch_negatives: bool | int = False,
     center_gradient: str = "indexed_slices",
+    exact_center_rows: int = 0,
     sampled_ids: tf.Tensor | None = None,
     seed: int | tf.Tensor | None = None,
     ignore_index: int | None = -100,
@@ -66,6 +67,10 @@ def sampled_harmonic_loss(
         first ``m`` of them (batch order) in a fixed-shape block, far cheaper than ``N``. Sampled draws of those
         ids are dropped, so the draws estimate only the rest. Ignored positions never count.
       center_gradient: ``"indexed_slices"`` (rows touched only) or ``"dense"`` (``[V, D]``).
+      exact_center_rows: ``S > 0`` estimates the centers' push from ``S`` tokens drawn from
+        the batch, each over the full vocabulary and scaled by ``N / S``, plus every token's
+        exact pull on its label's center: every center moves every step as in exact training
+        (cost ``S x V``; the centers' gradient is dense). ``0``: from the sampled candidates.
       sampled_ids: caller-given negatives, ``[k]`` (shared) or ``[N, k]`` (per example).
       seed: an int or an int ``[2]`` tensor: the same seed gives the same negatives; ``None``
         draws fresh negatives on every call.
@@ -121,6 +126,9 @@ def sampled_harmonic_loss(
             blocks.shared = sampler.sample([k], rng)
 
     blocks.finalize(sampler, log_q_correction)
+    _inputs.check_int("exact_center_rows", exact_center_rows, 0)
+    if exact_center_rows:
+        blocks.center_rows = rng.integers([exact_center_rows], tf.shape(p.labels)[0])
     losses = sampled_token_losses(p.x, p.w, blocks, eta, eps, center_gradient)
     if blocks.bad_ids is not None:
         p.invalid = tf.logical_or(
@@ -202,6 +210,7 @@ class Candidates:
     log_q_per_example: tf.Tensor | float = 0.0  # [N, k]
     log_q_shared: tf.Tensor | float = 0.0  # [N, K] or [K]
     log_q_outside: tf.Tensor | None = None  # [K] log q of shared draws restricted outside
+    center_rows: tf.Tensor | None = None  # [S] tokens whose full-vocabulary push moves centers
 
     def set_in_batch(self, ids: tf.Tensor, filled: tf.Tensor, vocab_size: int) -> None:
         self.in_batch, self.in_batch_filled = ids, filled
@@ -333,6 +342,8 @@ def sampled_token_losses(
                     - 2.0 * tf.matmul(c, x, transpose_a=True)
                 )
                 indices.append(cand.shared)
+            if cand.center_rows is not None:
+                return dx, _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps)
             values, indices = tf.concat(values, 0), tf.concat(indices, 0)
             if center_gradient == "dense":
                 dw = tf.tensor_scatter_nd_add(tf.zeros_like(w), indices[:, None], values)
@@ -343,3 +354,20 @@ def sampled_token_losses(
         return loss, grad
 
     return _loss(x, w)
+
+
+def _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps):
+    """Dense ``[V, D]`` centers' gradient: every token's exact pull ``-(dz_y/dw_y)`` plus the
+    push ``sum_j p_nj dz_nj/dw_j`` of the drawn tokens over all ``V`` classes, times ``N / S``
+    (unbiased: rows are drawn uniformly with replacement)."""
+    half_eta = 0.5 * eta
+    rows = cand.center_rows
+    scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
+    x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * scale
+    d2 = expanded_sq_distances(x_r, w)  # [S, V]
+    z = logits_from_sq(d2, eta, eps)
+    p = tf.exp(z - tf.reduce_logsumexp(z, axis=1, keepdims=True))
+    c = -half_eta * p / (d2 + eps) * g_r[:, None]
+    push = 2.0 * tf.reduce_sum(c, 0)[:, None] * w - 2.0 * tf.matmul(c, x_r, transpose_a=True)
+    pull = -2.0 * (half_eta * g / (d2_true + eps))[:, None] * diff_true
+    return tf.tensor_scatter_nd_add(push, cand.labels[:, None], pull)

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import log_q_numpy, maybe_jit, sampled_reference
+from conftest import harmax_numpy, log_q_numpy, maybe_jit, sampled_reference
 
 import harmonic_tf as ht
 
@@ -271,3 +271,34 @@ def test_in_batch_capacity_above_batch_is_all_distinct_labels():
     assert float(everything) == float(large)
     ref = _reference(x, w, y, None, "shared", True, "negatives", "mean")[0]
     np.testing.assert_allclose(float(large), ref, rtol=2e-5)
+
+
+@pytest.mark.parametrize("in_batch", [False, True])
+def test_exact_center_rows_gradient_is_unbiased_for_the_exact_one(in_batch):
+    # Centers: every token's exact pull plus S drawn tokens' full-vocabulary push (x N / S);
+    # averaged over draws it is the exact loss's centers' gradient. The loss itself and the
+    # hidden states' gradient stay the sampled ones.
+    x, w, y = _data(9, ignore=True)
+    valid = y != -100
+    _, _, exact_gw = harmax_numpy(x[valid], w, y[valid], 2.5, reduction="sum")
+    args = [tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y)]
+    kw = dict(k=5, eta=2.5, reduction="sum", in_batch_negatives=in_batch)
+
+    @tf.function(jit_compile=True)
+    def grads(seed):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(args[:2])
+            rows = ht.sampled_harmonic_loss(*args, exact_center_rows=4, seed=seed, **kw)
+            plain = ht.sampled_harmonic_loss(*args, seed=seed, **kw)
+        gx_rows, gw_rows = tape.gradient(rows, args[:2])
+        return rows, plain, gx_rows, tape.gradient(plain, args[0]), gw_rows
+
+    draws = [grads(tf.constant([s, 2])) for s in range(2000)]
+    for rows, plain, gx_rows, gx_plain, _ in draws[:5]:
+        assert float(rows) == float(plain)
+        np.testing.assert_array_equal(gx_rows.numpy(), gx_plain.numpy())
+    gw = np.stack([d[4].numpy() for d in draws])
+    z = (gw.mean(0) - exact_gw) / (gw.std(0) / np.sqrt(len(gw)) + 1e-6)
+    assert np.abs(z).max() < 5, np.abs(z).max()
+    # Every center moves, as in exact training (sampled candidates leave most rows at zero).
+    assert np.all(np.abs(gw[0]).sum(1) > 0)
