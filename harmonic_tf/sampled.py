@@ -97,15 +97,18 @@ def sampled_harmonic_loss(
     eta = _inputs.resolve_eta(eta, p.dim)
     sampler = get_sampler(sampler, p.vocab_size)
     num_in_batch = _check_in_batch(in_batch_negatives, p.num_tokens)
+    in_batch_on = num_in_batch is not None or in_batch_negatives is True
     if negatives == "per_example":
         _inputs.check_int("k", k, 1, p.vocab_size - 1)
     else:
-        _inputs.check_int("k", k, 0 if num_in_batch else 1)
+        _inputs.check_int("k", k, 0 if in_batch_on else 1)
     rng = RandomStream(seed)
     valid_token = tf.logical_not(tf.logical_or(p.ignored, p.invalid))
 
     blocks = Candidates(p.labels, remove_accidental_hits)
-    if num_in_batch is not None:
+    if in_batch_on:
+        if num_in_batch is None:
+            num_in_batch = tf.shape(p.labels)[0]
         blocks.set_in_batch(
             *distinct_labels(p.labels, valid_token, num_in_batch, p.vocab_size), p.vocab_size
         )
@@ -142,14 +145,14 @@ def _check_in_batch(in_batch_negatives, num_tokens):
     if in_batch_negatives is False:
         return None
     if in_batch_negatives is True:
-        return num_tokens
+        return num_tokens  # None when the batch size is not static: sized at run time
     _inputs.check_int("in_batch_negatives", in_batch_negatives, 0)
     # A batch never holds more distinct labels than tokens.
-    return min(in_batch_negatives, num_tokens) or None
+    return min(in_batch_negatives, num_tokens or in_batch_negatives) or None
 
 
 def distinct_labels(
-    labels: tf.Tensor, valid: tf.Tensor, capacity: int, vocab_size: int
+    labels: tf.Tensor, valid: tf.Tensor, capacity: int | tf.Tensor, vocab_size: int
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The first ``capacity`` distinct valid labels in batch order, in fixed shape:
     ``(ids [m], filled [m])``; unfilled slots hold id 0.

@@ -302,3 +302,16 @@ def test_exact_center_rows_gradient_is_unbiased_for_the_exact_one(in_batch):
     assert np.abs(z).max() < 5, np.abs(z).max()
     # Every center moves, as in exact training (sampled candidates leave most rows at zero).
     assert np.all(np.abs(gw[0]).sum(1) > 0)
+
+
+@pytest.mark.parametrize("in_batch", [True, 5, 100])
+def test_in_batch_with_unknown_batch_size(in_batch):
+    x, w, y = _data(7, ignore=True)
+    f = tf.function(
+        lambda x, y: ht.sampled_harmonic_loss(
+            x, tf.constant(w, tf.float32), y, k=0, eta=2.5, in_batch_negatives=in_batch
+        ),
+        input_signature=[tf.TensorSpec([None, D]), tf.TensorSpec([None], tf.int64)],
+    )
+    ref = _reference(x, w, y, None, "shared", min(in_batch, N), "negatives", "mean")[0]
+    np.testing.assert_allclose(float(f(x.astype(np.float32), y)), ref, rtol=2e-5)
