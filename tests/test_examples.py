@@ -97,3 +97,27 @@ def test_cifar10_reads_cifar_batches_py(tmp_path, layout):
     with open(root / "data_batch_1", "rb") as f:
         first = pickle.load(f)[b"data"][0]
     np.testing.assert_array_equal(xt[0], first.reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_summarize_runs_tables(tmp_path):
+    import summarize_runs
+
+    def write(name, seed, lr_h, runs):
+        path = tmp_path / f"{name}.json"
+        config = {"seed": seed, "lr_ce": 1e-3, "lr_harmonic": lr_h}
+        path.write_text(json.dumps({"config": config, "runs": runs}))
+        return str(path)
+
+    def run(kind, loss, tps):
+        names = {"ce": "cross-entropy", "exact": "exact harmonic", "sampled": "sampled harmonic"}
+        return {"kind": kind, "name": names[kind], "final_val_loss": loss, "tokens_per_second": tps}
+
+    a = write(
+        "a", 0, 3e-3, [run("ce", 4.9, 10.0), run("exact", 5.1, 10.0), run("sampled", 5.2, 20.0)]
+    )
+    b = write("b", 1, 1e-2, [run("exact", 5.3, 10.0), run("sampled", 5.3, 30.0)])
+    lr = summarize_runs.main(["lr", a, b, "--out", str(tmp_path / "lr.png")])
+    assert "| exact harmonic | - | **5.100** | 5.300 |" in lr and (tmp_path / "lr.png").exists()
+    seeds = summarize_runs.main(["seeds", a, b])
+    assert "| 0 | 5.100 | 5.200 | +0.100 |" in seeds
+    assert "**+0.050** | **2.50x** |" in seeds

@@ -1,0 +1,128 @@
+"""Tables and plots over several ``transformer_lm.py`` result files.
+
+    python examples/summarize_runs.py lr runs/lr/*/results.json --out docs/lr_sweep.png
+    python examples/summarize_runs.py seeds runs/seed*/results.json
+
+``lr``: final exact validation loss against the peak learning rate, one line per loss.
+``seeds``: per seed, each run's final loss and tokens/s, the sampled-minus-exact gap and the
+tokens/s ratio, then the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+
+
+def load(paths: list[str]) -> list[tuple[dict, dict]]:
+    """``(config, run)`` for every run of every file."""
+    out = []
+    for path in paths:
+        with open(path) as f:
+            summary = json.load(f)
+        out.extend((summary["config"], run) for run in summary["runs"])
+    return out
+
+
+def lr_of(config: dict, run: dict) -> float:
+    return config["lr_ce"] if run["kind"] == "ce" else config["lr_harmonic"]
+
+
+def lr_table(runs: list[tuple[dict, dict]]) -> tuple[str, dict]:
+    by_kind: dict[str, dict[float, float]] = defaultdict(dict)
+    for config, run in runs:
+        if run["kind"] in ("ce", "exact"):
+            by_kind[run["name"]][lr_of(config, run)] = run["final_val_loss"]
+    rates = sorted({lr for losses in by_kind.values() for lr in losses})
+    lines = ["| run | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |"]
+    lines.append("|---|" + "---|" * len(rates))
+    for name, losses in by_kind.items():
+        best = min(losses.values())
+        cells = [
+            "-"
+            if lr not in losses
+            else f"**{losses[lr]:.3f}**"
+            if losses[lr] == best
+            else f"{losses[lr]:.3f}"
+            for lr in rates
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), by_kind
+
+
+def plot_lr(by_kind: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, losses in by_kind.items():
+        rates = sorted(losses)
+        ax.plot(rates, [losses[r] for r in rates], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate (Adam, warm-up + cosine)")
+    ax.set_ylabel("exact validation loss at the end (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def seeds_table(runs: list[tuple[dict, dict]]) -> str:
+    by_seed: dict[int, dict[str, dict]] = defaultdict(dict)
+    for config, run in runs:
+        by_seed[config["seed"]][run["kind"]] = run
+    lines = [
+        "| seed | exact harmonic | sampled | sampled - exact | tokens/s exact / sampled |",
+        "|---|---|---|---|---|",
+    ]
+    gaps, ratios, exact, sampled = [], [], [], []
+    for seed in sorted(by_seed):
+        runs_of_seed = by_seed[seed]
+        if not {"exact", "sampled"} <= runs_of_seed.keys():
+            continue
+        e, s = runs_of_seed["exact"], runs_of_seed["sampled"]
+        gap = s["final_val_loss"] - e["final_val_loss"]
+        ratio = s["tokens_per_second"] / e["tokens_per_second"]
+        gaps.append(gap)
+        ratios.append(ratio)
+        exact.append(e["final_val_loss"])
+        sampled.append(s["final_val_loss"])
+        lines.append(
+            f"| {seed} | {e['final_val_loss']:.3f} | {s['final_val_loss']:.3f} | {gap:+.3f} | "
+            f"{e['tokens_per_second']:,.0f} / {s['tokens_per_second']:,.0f} ({ratio:.2f}x) |"
+        )
+    if gaps:
+        lines.append(
+            f"| **mean of {len(gaps)}** | **{np.mean(exact):.3f}** | **{np.mean(sampled):.3f}** | "
+            f"**{np.mean(gaps):+.3f}** | **{np.mean(ratios):.2f}x** |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("mode", choices=["lr", "seeds"])
+    p.add_argument("results", nargs="+", help="results.json files of transformer_lm.py")
+    p.add_argument("--out", help="PNG path for the lr plot")
+    args = p.parse_args(argv)
+    runs = load(args.results)
+    if args.mode == "lr":
+        text, by_kind = lr_table(runs)
+        if args.out:
+            plot_lr(by_kind, args.out)
+    else:
+        text = seeds_table(runs)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
