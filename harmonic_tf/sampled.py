@@ -67,11 +67,10 @@ def sampled_harmonic_loss(
         first ``m`` of them (batch order) in a fixed-shape block, far cheaper than ``N``. Sampled draws of those
         ids are dropped, so the draws estimate only the rest. Ignored positions never count.
       center_gradient: ``"indexed_slices"`` (rows touched only) or ``"dense"`` (``[V, D]``).
-      exact_center_rows: ``S > 0``: the centers' gradient keeps the in-batch ids' candidate
-        gradient over all tokens, and for every other id uses the push of ``S`` tokens drawn
-        from the batch over the full vocabulary, scaled by ``N / S``: every center moves every
-        step as in exact training (cost ``S x V``; the gradient is dense). ``0``: the sampled
-        candidates' gradient only.
+      exact_center_rows: ``S > 0`` estimates the centers' push from ``S`` tokens drawn from
+        the batch, each over the full vocabulary and scaled by ``N / S``, plus every token's
+        exact pull on its label's center: every center moves every step as in exact training
+        (cost ``S x V``; the centers' gradient is dense). ``0``: from the sampled candidates.
       sampled_ids: caller-given negatives, ``[k]`` (shared) or ``[N, k]`` (per example).
       seed: an int or an int ``[2]`` tensor: the same seed gives the same negatives; ``None``
         draws fresh negatives on every call.
@@ -215,7 +214,6 @@ class Candidates:
     log_q_shared: tf.Tensor | float = 0.0  # [N, K] or [K]
     log_q_outside: tf.Tensor | None = None  # [K] log q of shared draws restricted outside
     center_rows: tf.Tensor | None = None  # [S] tokens whose full-vocabulary push moves centers
-    num_sampled_shared: int = 0  # shared columns before the in-batch ones
 
     def set_in_batch(self, ids: tf.Tensor, filled: tf.Tensor, vocab_size: int) -> None:
         self.in_batch, self.in_batch_filled = ids, filled
@@ -234,7 +232,6 @@ class Candidates:
         Expected count of id j among the sampled draws for token n:
         ``q_j * (k_pe / (1 - q_{y_n}) + K_shared)``: per-example draws exclude the label, so
         their probabilities are renormalised; shared draws are not. In-batch ids: logQ 0."""
-        self.num_sampled_shared = 0 if self.shared is None else int(self.shared.shape[0])
         member = self.in_batch_member
         if member is not None:
             if self.shared is not None and self.log_q_outside is None:
@@ -331,33 +328,26 @@ def sampled_token_losses(
             g = tf.cast(upstream, tf.float32)
             pull = true_pull(margin, d2_true, diff_true, g, half_eta, eps)
             dx = pull
-            rows = cand.center_rows is not None
-            values, indices = [], []
+            values, indices = [-pull], [labels]
             if cand.per_example is not None:
                 c = coefficients(z_pe, d2_pe, keep_pe, g)
                 dx += 2.0 * tf.reduce_sum(c, 1)[:, None] * x - 2.0 * tf.einsum(
                     "nk,nkd->nd", c, w_pe
                 )
-                if not rows:
-                    dw_pe = 2.0 * c[:, :, None] * (w_pe - x[:, None, :])
-                    values.append(tf.reshape(dw_pe, [-1, x.shape[1]]))
-                    indices.append(tf.reshape(cand.per_example, [-1]))
+                dw_pe = 2.0 * c[:, :, None] * (w_pe - x[:, None, :])
+                values.append(tf.reshape(dw_pe, [-1, x.shape[1]]))
+                indices.append(tf.reshape(cand.per_example, [-1]))
             if cand.shared is not None:
                 c = coefficients(z_sh, d2_sh, keep_sh, g)
                 dx += 2.0 * tf.reduce_sum(c, 1)[:, None] * x - 2.0 * tf.matmul(c, w_sh)
-                # With center rows, only the in-batch columns (all tokens, exact ids) are kept.
-                start = cand.num_sampled_shared if rows else 0
-                c, w_cols, ids = c[:, start:], w_sh[start:], cand.shared[start:]
                 values.append(
-                    2.0 * tf.reduce_sum(c, 0)[:, None] * w_cols
+                    2.0 * tf.reduce_sum(c, 0)[:, None] * w_sh
                     - 2.0 * tf.matmul(c, x, transpose_a=True)
                 )
-                indices.append(ids)
-            if rows:
-                return dx, _center_grad_with_rows(
-                    x, w, cand, pull, diff_true, d2_true, g, values, indices, eta, eps
-                )
-            values, indices = tf.concat([-pull, *values], 0), tf.concat([labels, *indices], 0)
+                indices.append(cand.shared)
+            if cand.center_rows is not None:
+                return dx, _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps)
+            values, indices = tf.concat(values, 0), tf.concat(indices, 0)
             if center_gradient == "dense":
                 dw = tf.tensor_scatter_nd_add(tf.zeros_like(w), indices[:, None], values)
             else:
@@ -369,29 +359,18 @@ def sampled_token_losses(
     return _loss(x, w)
 
 
-def _center_grad_with_rows(x, w, cand, pull, diff_true, d2_true, g, values, indices, eta, eps):
-    """Dense ``[V, D]`` centers' gradient in two strata.
-
-    In-batch ids: their candidate gradient over all tokens (``values``) and, for tokens whose
-    label is one of them, the sampled loss's own true-class term ``-pull``. Every other id:
-    the push ``sum_j p_nj dz_nj/dw_j`` over the full vocabulary of ``S`` drawn tokens, times
-    ``N / S`` (rows drawn uniformly with replacement), plus the exact pull ``-dz_y/dw_y`` of
-    tokens labelled with it. Without in-batch ids this is unbiased for the exact gradient."""
+def _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps):
+    """Dense ``[V, D]`` centers' gradient: every token's exact pull ``-(dz_y/dw_y)`` plus the
+    push ``sum_j p_nj dz_nj/dw_j`` of the drawn tokens over all ``V`` classes, times ``N / S``
+    (unbiased: rows are drawn uniformly with replacement)."""
     half_eta = 0.5 * eta
     rows = cand.center_rows
-    member = cand.in_batch_member
     scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
     x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * scale
     d2 = expanded_sq_distances(x_r, w)  # [S, V]
     z = logits_from_sq(d2, eta, eps)
     p = tf.exp(z - tf.reduce_logsumexp(z, axis=1, keepdims=True))
     c = -half_eta * p / (d2 + eps) * g_r[:, None]
-    if member is not None:
-        c = tf.where(member[None, :], 0.0, c)
     push = 2.0 * tf.reduce_sum(c, 0)[:, None] * w - 2.0 * tf.matmul(c, x_r, transpose_a=True)
-    full_pull = -2.0 * (half_eta * g / (d2_true + eps))[:, None] * diff_true
-    if member is not None:
-        full_pull = tf.where(tf.gather(member, cand.labels)[:, None], -pull, full_pull)
-    values = tf.concat([full_pull, *values], 0)
-    indices = tf.concat([cand.labels, *indices], 0)
-    return tf.tensor_scatter_nd_add(push, indices[:, None], values)
+    pull = -2.0 * (half_eta * g / (d2_true + eps))[:, None] * diff_true
+    return tf.tensor_scatter_nd_add(push, cand.labels[:, None], pull)
