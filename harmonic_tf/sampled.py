@@ -328,24 +328,28 @@ def sampled_token_losses(
             g = tf.cast(upstream, tf.float32)
             pull = true_pull(margin, d2_true, diff_true, g, half_eta, eps)
             dx = pull
+            # With center rows the candidates' centers gradient is not needed at all.
+            candidates_move_centers = cand.center_rows is None
             values, indices = [-pull], [labels]
             if cand.per_example is not None:
                 c = coefficients(z_pe, d2_pe, keep_pe, g)
                 dx += 2.0 * tf.reduce_sum(c, 1)[:, None] * x - 2.0 * tf.einsum(
                     "nk,nkd->nd", c, w_pe
                 )
-                dw_pe = 2.0 * c[:, :, None] * (w_pe - x[:, None, :])
-                values.append(tf.reshape(dw_pe, [-1, x.shape[1]]))
-                indices.append(tf.reshape(cand.per_example, [-1]))
+                if candidates_move_centers:
+                    dw_pe = 2.0 * c[:, :, None] * (w_pe - x[:, None, :])
+                    values.append(tf.reshape(dw_pe, [-1, x.shape[1]]))
+                    indices.append(tf.reshape(cand.per_example, [-1]))
             if cand.shared is not None:
                 c = coefficients(z_sh, d2_sh, keep_sh, g)
                 dx += 2.0 * tf.reduce_sum(c, 1)[:, None] * x - 2.0 * tf.matmul(c, w_sh)
-                values.append(
-                    2.0 * tf.reduce_sum(c, 0)[:, None] * w_sh
-                    - 2.0 * tf.matmul(c, x, transpose_a=True)
-                )
-                indices.append(cand.shared)
-            if cand.center_rows is not None:
+                if candidates_move_centers:
+                    values.append(
+                        2.0 * tf.reduce_sum(c, 0)[:, None] * w_sh
+                        - 2.0 * tf.matmul(c, x, transpose_a=True)
+                    )
+                    indices.append(cand.shared)
+            if not candidates_move_centers:
                 return dx, _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps)
             values, indices = tf.concat(values, 0), tf.concat(indices, 0)
             if center_gradient == "dense":
