@@ -25,6 +25,9 @@ import time
 
 REFERENCE = {"n": 4096, "d": 512, "v": 50257, "k": 256}
 CHUNK = 2048
+# Like for like with tf.nn.sampled_softmax_loss: only the k draws (no in-batch negatives, no
+# center rows).
+PLAIN = {"in_batch_negatives": False, "exact_center_rows": 0}
 
 # name -> (description, needs torch)
 CONFIGS = {
@@ -115,9 +118,9 @@ def run_single(
     elif base == "harmonic_chunked":
         fn = grads(lambda: ht.harmonic_loss(x, w, y, chunk_size=CHUNK))
     elif base == "sampled_shared":
-        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, k=k))
+        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, k=k, **PLAIN))
     elif base == "sampled_per_example":
-        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, k=k, negatives="per_example"))
+        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, k=k, negatives="per_example", **PLAIN))
     else:
         raise ValueError(f"unknown configuration {name!r}")
     step_fn = tf.function(fn, jit_compile=jit)

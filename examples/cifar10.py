@@ -131,7 +131,15 @@ def build(kind: str, seed: int, width: int):
     if kind == "exact":
         loss = ht.HarmonicLoss(head)
     else:  # the user's CIFAR-10 setting: 4 negatives per image, none equal to its label
-        loss = ht.HarmonicLoss(head, k=4, negatives="per_example", seed=seed)
+        # The user's CIFAR-10 setting: 4 per-image negatives and nothing else.
+        loss = ht.HarmonicLoss(
+            head,
+            k=4,
+            negatives="per_example",
+            in_batch_negatives=False,
+            exact_center_rows=0,
+            seed=seed,
+        )
     return model, loss, ht.HarmonicAccuracy(ignore_index=None)
 
 

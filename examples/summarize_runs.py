@@ -5,7 +5,8 @@
 
 ``lr``: final exact validation loss against the peak learning rate, one line per loss.
 ``seeds``: per seed, each run's final loss and tokens/s, the sampled-minus-exact gap and the
-tokens/s ratio, then the means.
+tokens/s ratio, then the means (a later file's run replaces an earlier one of the same seed and
+kind); ``--out`` draws every seed's validation curves.
 """
 
 from __future__ import annotations
@@ -73,10 +74,42 @@ def plot_lr(by_kind: dict, path: str) -> None:
     plt.close(fig)
 
 
-def seeds_table(runs: list[tuple[dict, dict]]) -> str:
+def by_seed_and_kind(runs: list[tuple[dict, dict]]) -> dict[int, dict[str, dict]]:
     by_seed: dict[int, dict[str, dict]] = defaultdict(dict)
     for config, run in runs:
         by_seed[config["seed"]][run["kind"]] = run
+    return by_seed
+
+
+def plot_seeds(by_seed: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    styles = {"ce": ":", "exact": "-", "sampled": "--"}
+    for i, seed in enumerate(sorted(by_seed)):
+        for kind, run in sorted(by_seed[seed].items()):
+            ax.plot(
+                run["steps"][1:],
+                run["val_loss"][1:],
+                styles.get(kind, "-"),
+                color=f"C{i}",
+                marker="o",
+                ms=3,
+                label=f"{run['name']}, seed {seed}",
+            )
+    ax.set_xlabel("training step")
+    ax.set_ylabel("exact validation loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def seeds_table(by_seed: dict[int, dict[str, dict]]) -> str:
     lines = [
         "| seed | exact harmonic | sampled | sampled - exact | tokens/s exact / sampled |",
         "|---|---|---|---|---|",
@@ -111,7 +144,7 @@ def main(argv=None) -> str:
     )
     p.add_argument("mode", choices=["lr", "seeds"])
     p.add_argument("results", nargs="+", help="results.json files of transformer_lm.py")
-    p.add_argument("--out", help="PNG path for the lr plot")
+    p.add_argument("--out", help="PNG path for the plot")
     args = p.parse_args(argv)
     runs = load(args.results)
     if args.mode == "lr":
@@ -119,7 +152,10 @@ def main(argv=None) -> str:
         if args.out:
             plot_lr(by_kind, args.out)
     else:
-        text = seeds_table(runs)
+        by_seed = by_seed_and_kind(runs)
+        text = seeds_table(by_seed)
+        if args.out:
+            plot_seeds(by_seed, args.out)
     print(text)
     return text
 

@@ -257,12 +257,13 @@ def run(kind, args, data, vectorizer, counts):
     )
     val = val_dataset(val_ids, args.seq_len, args.batch, args.val_tokens)
     initial = model.evaluate(val, verbose=0)
-    epochs = max(1, steps // args.eval_every)
-    timer = TrainTimer(args.eval_every * args.batch * args.seq_len)
+    eval_every = args.eval_every[kind]
+    epochs = max(1, steps // eval_every)
+    timer = TrainTimer(eval_every * args.batch * args.seq_len)
     print(f"\n== {RUN_NAMES[kind]} ({model.count_params():,} parameters)", flush=True)
     hist = model.fit(
         train_dataset(train_ids, args.seq_len, args.batch, args.seed),
-        steps_per_epoch=args.eval_every,
+        steps_per_epoch=eval_every,
         epochs=epochs,
         validation_data=val,
         callbacks=[timer],
@@ -276,7 +277,7 @@ def run(kind, args, data, vectorizer, counts):
     return {
         "name": RUN_NAMES[kind],
         "kind": kind,
-        "steps": [i * args.eval_every for i in range(len(val_losses))],
+        "steps": [i * eval_every for i in range(len(val_losses))],
         "val_loss": val_losses,
         "train_loss": [float(v) for v in hist.history["loss"]],
         "train_seconds": seconds,
@@ -346,7 +347,7 @@ def parse_args(argv=None):
         default="600",
         help="training steps: N for every run, or e.g. exact=800,sampled=4000",
     )
-    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-every", default="100", help="steps between evaluations, as --steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--d-model", type=int, default=128)
@@ -360,9 +361,11 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, default=256, help="negatives of the sampled run")
     p.add_argument("--sampler", default="unigram", choices=["uniform", "log_uniform", "unigram"])
     p.add_argument("--log-q-correction", default="negatives", choices=["negatives", "all", "none"])
-    p.add_argument("--in-batch-negatives", default="all", help="all, none, or a number m")
     p.add_argument(
-        "--exact-center-rows", type=int, default=0, help="tokens giving the centers' exact push"
+        "--in-batch-negatives", default="1024", help="all, none, or a capacity m (distinct labels)"
+    )
+    p.add_argument(
+        "--exact-center-rows", type=int, default=256, help="tokens giving the centers' exact push"
     )
     p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
     p.add_argument("--val-tokens", type=int, default=24576)
@@ -374,20 +377,21 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.eval_every, args.val_tokens, args.warmup = "20", 10, 2048, 5
+        args.steps, args.eval_every, args.val_tokens, args.warmup = "20", "10", 2048, 5
         args.vocab_size, args.k, args.batch, args.samples = min(args.vocab_size, 500), 32, 8, 1
     args.steps = parse_steps(args.steps, args.runs.split(","))
+    args.eval_every = parse_steps(args.eval_every, args.runs.split(","))
     return args
 
 
 def parse_steps(spec: str, kinds: list[str]) -> dict[str, int]:
-    """``"1800"`` or ``"exact=800,sampled=4000"`` -> steps per run kind."""
+    """``"1800"`` or ``"exact=800,sampled=4000"`` -> a count per run kind."""
     if "=" not in spec:
         return {kind: int(spec) for kind in kinds}
     steps = {key: int(value) for key, value in (part.split("=") for part in spec.split(","))}
     missing = [kind for kind in kinds if kind not in steps]
     if missing:
-        raise SystemExit(f"--steps has no count for run(s) {missing}: {spec!r}")
+        raise SystemExit(f"no count for run(s) {missing} in {spec!r}")
     return steps
 
 

@@ -39,5 +39,6 @@ def harmonic_loss_approx(
         sampler="uniform",
         log_q_correction="none",
         in_batch_negatives=False,
+        exact_center_rows=0,
         ignore_index=None,
     )

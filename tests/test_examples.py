@@ -110,7 +110,14 @@ def test_summarize_runs_tables(tmp_path):
 
     def run(kind, loss, tps):
         names = {"ce": "cross-entropy", "exact": "exact harmonic", "sampled": "sampled harmonic"}
-        return {"kind": kind, "name": names[kind], "final_val_loss": loss, "tokens_per_second": tps}
+        return {
+            "kind": kind,
+            "name": names[kind],
+            "final_val_loss": loss,
+            "tokens_per_second": tps,
+            "steps": [0, 10],
+            "val_loss": [9.0, loss],
+        }
 
     a = write(
         "a", 0, 3e-3, [run("ce", 4.9, 10.0), run("exact", 5.1, 10.0), run("sampled", 5.2, 20.0)]
@@ -118,6 +125,7 @@ def test_summarize_runs_tables(tmp_path):
     b = write("b", 1, 1e-2, [run("exact", 5.3, 10.0), run("sampled", 5.3, 30.0)])
     lr = summarize_runs.main(["lr", a, b, "--out", str(tmp_path / "lr.png")])
     assert "| exact harmonic | - | **5.100** | 5.300 |" in lr and (tmp_path / "lr.png").exists()
-    seeds = summarize_runs.main(["seeds", a, b])
+    seeds = summarize_runs.main(["seeds", a, b, "--out", str(tmp_path / "seeds.png")])
+    assert (tmp_path / "seeds.png").exists()
     assert "| 0 | 5.100 | 5.200 | +0.100 |" in seeds
     assert "**+0.050** | **2.50x** |" in seeds
