@@ -362,10 +362,10 @@ def parse_args(argv=None):
     p.add_argument("--sampler", default="unigram", choices=["uniform", "log_uniform", "unigram"])
     p.add_argument("--log-q-correction", default="negatives", choices=["negatives", "all", "none"])
     p.add_argument(
-        "--in-batch-negatives", default="1024", help="all, none, or a capacity m (distinct labels)"
+        "--in-batch-negatives", default="768", help="all, none, or a capacity m (distinct labels)"
     )
     p.add_argument(
-        "--exact-center-rows", type=int, default=256, help="tokens giving the centers' exact push"
+        "--exact-center-rows", type=int, default=128, help="tokens giving the centers' exact push"
     )
     p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
     p.add_argument("--val-tokens", type=int, default=24576)

@@ -34,12 +34,12 @@ def sampled_harmonic_loss(
     eps: float = 1e-9,
     reduction: str = "mean",
     negatives: str = "shared",
-    sampler: str | Sampler = "uniform",
+    sampler: str | Sampler = "log_uniform",
     remove_accidental_hits: bool = True,
     log_q_correction: str = "negatives",
-    in_batch_negatives: bool | int = 1024,
+    in_batch_negatives: bool | int = 768,
     center_gradient: str = "indexed_slices",
-    exact_center_rows: int = 256,
+    exact_center_rows: int = 128,
     sampled_ids: tf.Tensor | None = None,
     seed: int | tf.Tensor | None = None,
     ignore_index: int | None = -100,
@@ -373,8 +373,9 @@ def _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps):
     x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * scale
     d2 = expanded_sq_distances(x_r, w)  # [S, V]
     z = logits_from_sq(d2, eta, eps)
-    p = tf.exp(z - tf.reduce_logsumexp(z, axis=1, keepdims=True))
-    c = -half_eta * p / (d2 + eps) * g_r[:, None]
+    lse = tf.reduce_logsumexp(z, axis=1, keepdims=True)
+    # p / (d2 + eps) = exp(z (1 + 2 / eta) - lse): no [S, V] division.
+    c = -half_eta * tf.exp(z * (1.0 + 2.0 / eta) - lse) * g_r[:, None]
     push = 2.0 * tf.reduce_sum(c, 0)[:, None] * w - 2.0 * tf.matmul(c, x_r, transpose_a=True)
     pull = -2.0 * (half_eta * g / (d2_true + eps))[:, None] * diff_true
     return tf.tensor_scatter_nd_add(push, cand.labels[:, None], pull)

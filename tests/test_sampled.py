@@ -38,7 +38,7 @@ def _ids(seed, negatives, y):
 
 def _run_ours(x, w, y, ids, mode, rank3, **kw):
     # The autodiff reference is the plain sampled formula: candidates only, no center rows.
-    kw = dict(in_batch_negatives=False, exact_center_rows=0) | kw
+    kw = dict(sampler="uniform", in_batch_negatives=False, exact_center_rows=0) | kw
 
     def run(xt, wt, yt, idt):
         with tf.GradientTape() as tape:
