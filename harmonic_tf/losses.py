@@ -119,7 +119,7 @@ class HarmonicLoss(keras.losses.Loss):
         head the model never called); set ``False`` to train against frozen centers on purpose.
 
     Example:
-    >>> model.compile(optimizer="adam", loss=HarmonicLoss(head, k=256, in_batch_negatives=True))
+    >>> model.compile(optimizer="adam", loss=HarmonicLoss(head, k=256))  # measured defaults
     """
 
     def __init__(

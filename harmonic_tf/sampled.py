@@ -56,8 +56,8 @@ def sampled_harmonic_loss(
       reduction: ``"mean"`` over non-ignored tokens, ``"sum"`` or ``"none"``.
       negatives: ``"shared"``: one set of ``k`` ids for the whole batch (fast path);
         ``"per_example"``: ``k`` ids per token, none equal to that token's label.
-      sampler: ``"uniform"``, ``"log_uniform"`` (ids sorted by frequency), a
-        :class:`~harmonic_tf.Sampler`, or a 1-D array of token counts (unigram).
+      sampler: ``"log_uniform"`` (ids sorted by frequency), ``"uniform"``, a
+        :class:`~harmonic_tf.Sampler`, or a 1-D array of token counts (unigram: measured best).
       remove_accidental_hits: mask negatives equal to the token's own label.
       log_q_correction: ``"negatives"`` subtracts ``log(expected count)`` from the negatives'
         logits so the sampled denominator estimates the full one; ``"all"`` also from the true
@@ -84,7 +84,7 @@ def sampled_harmonic_loss(
     >>> y = tf.random.uniform([64], 0, 1000, tf.int32)
     >>> with tf.GradientTape() as tape:
     ...     loss = sampled_harmonic_loss(x, w, y, k=128, seed=0)
-    >>> grad = tape.gradient(loss, w)  # tf.IndexedSlices over label and sampled rows
+    >>> grad = tape.gradient(loss, w)  # dense: exact pulls + 128 tokens' full-vocabulary push
     """
     _inputs.check_choice("reduction", reduction, _inputs.REDUCTIONS)
     _inputs.check_choice("negatives", negatives, NEGATIVES)

@@ -269,8 +269,10 @@ def test_ignore_index_and_sample_weight(data):
         np.testing.assert_array_equal(b, w.numpy())
 
 
-def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer():
-    n, vocab, dim = 96, 5000, 16
+@pytest.mark.parametrize("center_rows", [0, 128])
+def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer(center_rows):
+    # Center rows cost one [S, V] buffer (S = 128 by default), whatever the number of tokens.
+    n, vocab, dim = 512, 5000, 16
     body = keras.layers.Dense(dim)
     head = ht.HarmonicLMHead(vocab)
     body.build((None, 8))
@@ -282,7 +284,9 @@ def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer():
     @tf.function(jit_compile=True)
     def step(xb, yb):
         with tf.GradientTape() as tape:
-            loss = ht.sampled_harmonic_loss(body(xb), head.centers, yb, k=64, seed=0)
+            loss = ht.sampled_harmonic_loss(
+                body(xb), head.centers, yb, k=64, seed=0, exact_center_rows=center_rows
+            )
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
@@ -291,6 +295,7 @@ def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer():
     shapes = re.findall(r"f32\[([\d,]+)\]", hlo)
     sizes = {int(np.prod([int(s) for s in shape.split(",") if s])) for shape in shapes}
     assert n * vocab not in sizes
+    assert (center_rows * vocab in sizes) == bool(center_rows)
     assert vocab * dim in sizes  # sanity: the HLO and the centers' update are in there
     # And the exact loss's step does build it (so the check can fail).
     exact_hlo = tf.function(
