@@ -40,6 +40,11 @@ def harmax_numpy(x, w, y, eta, eps=1e-9, ignore_index=-100, reduction="mean"):
     return losses.sum() / n, gx / n, gw / n
 
 
+# The plain sampled formula of `sampled_reference`: the given candidates only, uniform logQ, the
+# candidates' own centers gradient (the package defaults add in-batch ids and center rows).
+PLAIN_SAMPLED = {"sampler": "uniform", "in_batch_negatives": False, "exact_center_rows": 0}
+
+
 def log_q_numpy(sampler: str, vocab_size: int, counts=None) -> np.ndarray:
     j = np.arange(vocab_size, dtype=np.float64)
     if sampler == "uniform":

@@ -24,6 +24,10 @@ def data():
     return x, y
 
 
+# Sparse centers gradient: only the candidates move the centers (no in-batch ids, no rows).
+SPARSE = {"in_batch_negatives": False, "exact_center_rows": 0}
+
+
 def _model(k=None, seed=0, head_kwargs=None, **loss_kwargs):
     keras.utils.set_random_seed(seed)
     inp = keras.Input([F])
@@ -192,7 +196,7 @@ def test_sgd_updates_only_touched_center_rows(data):
     xb, yb = x[:16], np.where(y[:16] < 20, y[:16], 0)
     model.compile(
         keras.optimizers.SGD(0.1),
-        loss=ht.HarmonicLoss(head, k=4, sampler=ht.UniformSampler(V)),
+        loss=ht.HarmonicLoss(head, k=4, sampler=ht.UniformSampler(V), **SPARSE),
         jit_compile=True,
     )
     model(xb)
@@ -221,7 +225,9 @@ def test_indexed_slices_reach_the_optimizer():
     head = ht.HarmonicLMHead(V)
     head.build((None, D))
     with tf.GradientTape() as tape:
-        loss = ht.sampled_harmonic_loss(tf.random.normal([8, D]), head.centers, tf.range(8), k=4)
+        loss = ht.sampled_harmonic_loss(
+            tf.random.normal([8, D]), head.centers, tf.range(8), k=4, **SPARSE
+        )
     (grad,) = tape.gradient(loss, [head.centers])
     assert isinstance(grad, tf.IndexedSlices)
 

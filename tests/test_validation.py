@@ -36,7 +36,7 @@ def test_exact_loss_argument_errors(kwargs, error, pattern):
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
-        (dict(k=0), ValueError, "`k`"),
+        (dict(k=0, in_batch_negatives=False), ValueError, "`k`"),
         (dict(k=10, negatives="per_example"), ValueError, r"`k` must be >= 1 and <= 9"),
         (dict(negatives="some"), ValueError, "negatives"),
         (dict(sampler="zipf"), ValueError, "sampler"),
