@@ -67,14 +67,18 @@ def _ours(fn, x, w, y, dtype, **kwargs):
     )
 
 
-def _close(ours, ref, rtol=2e-3):
+def _close(ours, ref, dtype, rtol=2e-3):
     loss, gx, gw = ours
     ref_loss, ref_gx, ref_gw = ref
     assert np.isfinite(loss) and np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
     np.testing.assert_allclose(loss, ref_loss, rtol=rtol, atol=1e-3)
-    # Gradients are compared relative to their own scale (float32 math, large logits).
+    # Gradients are compared relative to their own scale (float32 math, large logits). A sparse
+    # centers gradient of bfloat16 centers is cast row by row and its duplicate rows are summed
+    # in bfloat16 by TensorFlow, outside the loss: a small entry can carry the rounding of the
+    # large rows that cancel into it (2^-8 of the largest row; CI's hypothesis run found one).
+    scale = 2.0 * 2.0**-8 if dtype == "bfloat16" else 1e-3
     for a, b in ((gx, ref_gx), (gw, ref_gw)):
-        np.testing.assert_allclose(a, b, rtol=rtol * 10, atol=1e-3 * (1 + np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=rtol * 10, atol=scale * (1 + np.abs(b).max()))
 
 
 SETTINGS = settings(
@@ -91,7 +95,7 @@ def test_property_exact_matches_float64(problem, chunk_size):
     assume(_well_conditioned(x, w, y, eta))
     eta_value = np.sqrt(x.shape[1]) if eta is None else eta
     ref = harmax_numpy(x, w, y, eta_value)
-    _close(_ours(ht.harmonic_loss, x, w, y, dtype, eta=eta, chunk_size=chunk_size), ref)
+    _close(_ours(ht.harmonic_loss, x, w, y, dtype, eta=eta, chunk_size=chunk_size), ref, dtype)
 
 
 @SETTINGS
@@ -131,7 +135,7 @@ def test_property_sampled_matches_float64(problem, negatives, correction):
         log_q=log_q_numpy("uniform", v),
         correction=correction,
     )
-    _close(ours, ref)
+    _close(ours, ref, dtype)
 
 
 @pytest.mark.parametrize("eta", [1.0, 28.0, 2048.0])
