@@ -5,8 +5,9 @@ Per token, over candidates ``C_n = {y_n} ∪ negatives``:
 ``logQ_j = log(expected count of j among the draws)``. Negatives come in two fixed-shape blocks:
 per-example ``[N, k]`` (gathered centers ``[N, k, D]``) and shared ``[K]`` (one ``[N, D] x [D, K]``
 matmul), the shared block holding sampled ids and/or the batch's distinct labels (logQ 0).
-The centers' gradient touches only the label and candidate rows, returned as ``tf.IndexedSlices``
-or scattered into a dense ``[V, D]`` tensor.
+With ``exact_center_rows=S`` the centers' gradient is dense: every token's exact pull plus ``S``
+drawn tokens' full-vocabulary push. With ``0`` it touches only the label and candidate rows,
+returned as ``tf.IndexedSlices`` or scattered into a dense ``[V, D]`` tensor.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def sampled_harmonic_loss(
         logit (``tf.nn.sampled_softmax_loss``'s convention, biased); ``"none"`` corrects nothing.
       in_batch_negatives: ``True`` adds the batch's distinct labels as shared negatives, each
         once and uncorrected (their part of the denominator is exact); an int ``m`` keeps the
-        first ``m`` of them (batch order) in a fixed-shape block, far cheaper than ``N``. Sampled draws of those
-        ids are dropped, so the draws estimate only the rest. Ignored positions never count.
+        first ``m`` of them (batch order) in a fixed-shape block, far cheaper than ``N``.
+        Shared draws then come from ``q`` restricted to the other ids (per-example draws of
+        in-batch ids are dropped), so the draws estimate only the rest. Ignored positions
+        never count.
       center_gradient: ``"indexed_slices"`` (rows touched only) or ``"dense"`` (``[V, D]``).
       exact_center_rows: ``S > 0`` estimates the centers' push from ``S`` tokens drawn from
         the batch, each over the full vocabulary and scaled by ``N / S``, plus every token's
