@@ -139,7 +139,7 @@ def fused_weighted_loss(
             loss = tf.math.softplus(margin)
             # Zero-weight rows (ignored, padding) must not turn 0 * inf into NaN.
             total += tf.reduce_sum(tf.where(gc == 0.0, 0.0, gc * loss))
-            c = _dense_coefficients(z, z_true + loss, gc, eta)
+            c = dense_coefficients(z, z_true + loss, gc, eta)
             pull = true_pull(margin, d2_true, diff_true, gc, half_eta, eps)
             dxc = pull + 2.0 * tf.reduce_sum(c, axis=1)[:, None] * xc - 2.0 * tf.matmul(c, w)
             return (
@@ -205,7 +205,7 @@ def exact_token_losses(
             lse = z_true + loss
             pull = true_pull(margin, d2_true, diff_true, g, half_eta, eps)
             if chunk_size is None:
-                c = _dense_coefficients(z, lse, g, eta)
+                c = dense_coefficients(z, lse, g, eta)
                 row_sum = tf.reduce_sum(c, axis=1)
                 cw = tf.matmul(c, w)
                 dw = 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w - 2.0 * tf.matmul(
@@ -240,7 +240,7 @@ def _dense_other_logits(x, w, labels, eta, eps, w_sq=None):
     return tf.where(_true_column(labels, ids), -float("inf"), z)
 
 
-def _dense_coefficients(z, lse, g, eta):
+def dense_coefficients(z, lse, g, eta):
     """``c = -(eta/2) p / (d2 + eps)`` from the stored logits alone: ``1 / (d2 + eps) =
     exp(-2 z / eta)``. Columns at -inf (the true class) give 0."""
     return -0.5 * eta * tf.exp(z * (1.0 + 2.0 / eta) - lse[:, None]) * g[:, None]

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from harmonic_tf import _inputs
 from harmonic_tf.distances import expanded_sq_distances, logits_from_sq, true_sq_distances
-from harmonic_tf.exact import true_pull
+from harmonic_tf.exact import dense_coefficients, true_pull
 from harmonic_tf.sampling import RandomStream, Sampler, get_sampler
 
 NEGATIVES = ("shared", "per_example")
@@ -99,6 +99,7 @@ def sampled_harmonic_loss(
     p = _inputs.prepare(hidden_states, class_centers, labels, ignore_index)
     eta = _inputs.resolve_eta(eta, p.dim)
     sampler = get_sampler(sampler, p.vocab_size)
+    _inputs.check_int("exact_center_rows", exact_center_rows, 0)
     num_in_batch = _check_in_batch(in_batch_negatives, p.num_tokens)
     in_batch_on = num_in_batch is not None or in_batch_negatives is True
     if negatives == "per_example":
@@ -132,7 +133,6 @@ def sampled_harmonic_loss(
             blocks.shared = sampler.sample([k], rng)
 
     blocks.finalize(sampler, log_q_correction)
-    _inputs.check_int("exact_center_rows", exact_center_rows, 0)
     if exact_center_rows:
         blocks.center_rows = rng.integers([exact_center_rows], tf.shape(p.labels)[0])
     losses = sampled_token_losses(p.x, p.w, blocks, eta, eps, center_gradient)
@@ -376,9 +376,7 @@ def _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps):
     x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * scale
     d2 = expanded_sq_distances(x_r, w)  # [S, V]
     z = logits_from_sq(d2, eta, eps)
-    lse = tf.reduce_logsumexp(z, axis=1, keepdims=True)
-    # p / (d2 + eps) = exp(z (1 + 2 / eta) - lse): no [S, V] division.
-    c = -half_eta * tf.exp(z * (1.0 + 2.0 / eta) - lse) * g_r[:, None]
+    c = dense_coefficients(z, tf.reduce_logsumexp(z, axis=1), g_r, eta)
     push = 2.0 * tf.reduce_sum(c, 0)[:, None] * w - 2.0 * tf.matmul(c, x_r, transpose_a=True)
     pull = -2.0 * (half_eta * g / (d2_true + eps))[:, None] * diff_true
     return tf.tensor_scatter_nd_add(push, cand.labels[:, None], pull)
