@@ -110,6 +110,38 @@ class AddPositions(keras.layers.Layer):
         return x + self.positions
 
 
+@keras.saving.register_keras_serializable(package="examples")
+class Dropout(keras.layers.Dropout):
+    """``keras.layers.Dropout`` drawing its mask with the threefry generator.
+
+    Keras's dropout uses TensorFlow's ``"auto_select"`` generator, which XLA on the CPU expands
+    into a Philox loop that took 23 of the body's 66 ms per step here; threefry takes about 8.
+    Same Bernoulli(1 - rate) mask and 1 / (1 - rate) scaling; only the random stream differs."""
+
+    def __init__(self, rate, **kwargs):
+        if kwargs.get("noise_shape") is not None:
+            raise ValueError("This Dropout draws one mask entry per input entry: no `noise_shape`.")
+        super().__init__(rate, **kwargs)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0.0:
+            return inputs
+        shape = tf.shape(inputs)
+        # Keras keeps the seed state as int64; the stateless ops want int32 under XLA.
+        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
+        u = tf.random.stateless_uniform(shape, seed=seed, alg="threefry", dtype=inputs.dtype)
+        return tf.where(u >= self.rate, inputs / (1.0 - self.rate), tf.zeros_like(inputs))
+
+
+@keras.saving.register_keras_serializable(package="examples")
+class MultiHeadAttention(keras.layers.MultiHeadAttention):
+    """``keras.layers.MultiHeadAttention`` whose attention dropout is :class:`Dropout`."""
+
+    def _build_attention(self, rank):
+        super()._build_attention(rank)
+        self._dropout_layer = Dropout(self._dropout, dtype=self.dtype_policy, seed=self.seed)
+
+
 def build_lm(
     vocab_size: int,
     seq_len: int,
@@ -128,17 +160,17 @@ def build_lm(
     tokens = keras.Input([seq_len], dtype="int32", name="tokens")
     embedding = keras.layers.ReversibleEmbedding(vocab_size, d_model, name="token_embedding")
     h = AddPositions(name="positions")(embedding(tokens))
-    h = keras.layers.Dropout(dropout)(h)
+    h = Dropout(dropout)(h)
     for i in range(num_layers):
         x = keras.layers.LayerNormalization(name=f"block{i}_ln1")(h)
-        x = keras.layers.MultiHeadAttention(
+        x = MultiHeadAttention(
             num_heads, d_model // num_heads, dropout=dropout, name=f"block{i}_attention"
         )(x, x, use_causal_mask=True)
-        h = h + keras.layers.Dropout(dropout)(x)
+        h = h + Dropout(dropout)(x)
         x = keras.layers.LayerNormalization(name=f"block{i}_ln2")(h)
         x = keras.layers.Dense(mlp_dim, activation="gelu", name=f"block{i}_mlp_in")(x)
         x = keras.layers.Dense(d_model, name=f"block{i}_mlp_out")(x)
-        h = h + keras.layers.Dropout(dropout)(x)
+        h = h + Dropout(dropout)(x)
     h = keras.layers.LayerNormalization(name="final_ln")(h)
     if head == "dot":
         return keras.Model(tokens, embedding(h, reverse=True), name="lm_dot"), None

@@ -129,3 +129,38 @@ def test_summarize_runs_tables(tmp_path):
     assert (tmp_path / "seeds.png").exists()
     assert "| 0 | 5.100 | 5.200 | +0.100 |" in seeds
     assert "**+0.050** | **2.50x** |" in seeds
+
+
+def test_lm_dropout_is_bernoulli_fresh_per_step_and_compiles():
+    import numpy as np
+    import tensorflow as tf
+    import transformer_lm
+
+    layer = transformer_lm.Dropout(0.25, seed=3)
+    x = tf.ones([200, 500])
+    step = tf.function(lambda: layer(x, training=True), jit_compile=True)
+    a, b = step().numpy(), step().numpy()
+    assert set(np.unique(a)) == {0.0, np.float32(1 / 0.75)}
+    # 100,000 entries: the dropped fraction is 0.25 +- 0.0014 (one sigma).
+    assert abs((a == 0).mean() - 0.25) < 0.007
+    assert abs((b == 0).mean() - 0.25) < 0.007
+    assert 0.05 < ((a == 0) != (b == 0)).mean()  # a fresh mask every step
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    with pytest.raises(ValueError, match="noise_shape"):
+        transformer_lm.Dropout(0.1, noise_shape=(None, 1))
+
+
+def test_lm_attention_dropout_is_the_example_dropout_and_saves(tmp_path):
+    import keras
+    import numpy as np
+    import transformer_lm
+
+    model, _ = transformer_lm.build_lm(50, 8, "harmonic", num_layers=1, seed=0)
+    attention = model.get_layer("block0_attention")
+    assert isinstance(attention._dropout_layer, transformer_lm.Dropout)
+    tokens = np.arange(16).reshape(2, 8) % 50
+    path = tmp_path / "lm.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.get_layer("block0_attention")._dropout_layer, transformer_lm.Dropout)
+    np.testing.assert_allclose(loaded.predict(tokens, verbose=0), model.predict(tokens, verbose=0))

@@ -7,7 +7,7 @@ from conftest import log_q_numpy
 from scipy import stats
 
 import harmonic_tf as ht
-from harmonic_tf.sampling import RandomStream, get_sampler
+from harmonic_tf.sampling import RandomStream, get_sampler, search_right
 
 V = 50
 DRAWS = 200_000
@@ -29,6 +29,22 @@ def test_sampler_matches_its_distribution(name, jit):
     np.testing.assert_allclose(q.sum(), 1.0, rtol=1e-9)
     np.testing.assert_allclose(np.exp(sampler.log_prob(tf.range(V)).numpy()), q, rtol=1e-5)
     assert stats.chisquare(_counts(ids), q * DRAWS).pvalue > ALPHA
+
+
+@pytest.mark.parametrize("v", [1, 2, 7, 8, 1000, 8001])
+@pytest.mark.parametrize("jit", [False, True])
+def test_search_right_matches_numpy_searchsorted(v, jit):
+    rng = np.random.default_rng(v)
+    q = rng.random(v) * (rng.random(v) < 0.7)  # runs of zeros: ties in the cdf
+    cdf = np.cumsum(q).astype(np.float32)
+    # Below, at, between and above every entry.
+    u = np.concatenate([cdf, cdf - 1e-3, cdf + 1e-3, [-1.0, 0.0, cdf[-1] + 5.0]])
+    u = np.concatenate([u, rng.random(500 + len(u) % 2) * cdf[-1]]).astype(np.float32).reshape(-1, 2)
+    search = lambda c, x: search_right(c, x)  # noqa: E731
+    got = (tf.function(search, jit_compile=True) if jit else search)(
+        tf.constant(cdf), tf.constant(u)
+    )
+    np.testing.assert_array_equal(got.numpy(), np.searchsorted(cdf, u, side="right"))
 
 
 @pytest.mark.parametrize("name", ["uniform", "log_uniform", "unigram"])
