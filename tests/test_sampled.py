@@ -318,3 +318,32 @@ def test_in_batch_with_unknown_batch_size(in_batch):
     )
     ref = _reference(x, w, y, None, "shared", min(in_batch, N), "negatives", "mean")[0]
     np.testing.assert_allclose(float(f(x.astype(np.float32), y)), ref, rtol=2e-5)
+
+
+def _fused_computations_of(hlo: str, shape: str) -> list[str]:
+    """Bodies of the fusions whose output is ``f32[shape]`` in an optimized HLO module."""
+    import re
+
+    called = re.findall(rf"= f32\[{shape}\]\S* fusion\(.*?calls=(%[\w.\-]+)", hlo)
+    bodies = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^(%[\w.\-]+) \(.*?\{\n(.*?)\n\}", hlo, re.M | re.S)
+    }
+    return [bodies[name] for name in called]
+
+
+def test_candidate_logits_fusion_holds_no_concatenation():
+    # XLA on the CPU fused the [K] logQ/validity concatenation into every element of the
+    # [N, K] logits fusion, which then ran 2.4x slower; the [K] bias is now its own buffer.
+    n, vocab, dim, k, m = 512, 2000, 16, 64, 128
+    x = tf.random.normal([n, dim])
+    w = tf.random.normal([vocab, dim])
+    y = tf.random.uniform([n], 0, vocab, tf.int32, seed=1)
+    loss = tf.function(
+        lambda a, b, c: ht.sampled_harmonic_loss(a, b, c, k=k, in_batch_negatives=m, seed=0),
+        jit_compile=True,
+    )
+    hlo = loss.experimental_get_compiler_ir(x, w, y)(stage="optimized_hlo")
+    bodies = _fused_computations_of(hlo, f"{n},{k + m}")
+    assert bodies and any(" log(" in body for body in bodies)
+    assert not [body for body in bodies if "concatenate(" in body]

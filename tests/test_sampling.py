@@ -39,7 +39,11 @@ def test_search_right_matches_numpy_searchsorted(v, jit):
     cdf = np.cumsum(q).astype(np.float32)
     # Below, at, between and above every entry.
     u = np.concatenate([cdf, cdf - 1e-3, cdf + 1e-3, [-1.0, 0.0, cdf[-1] + 5.0]])
-    u = np.concatenate([u, rng.random(500 + len(u) % 2) * cdf[-1]]).astype(np.float32).reshape(-1, 2)
+    u = (
+        np.concatenate([u, rng.random(500 + len(u) % 2) * cdf[-1]])
+        .astype(np.float32)
+        .reshape(-1, 2)
+    )
     search = lambda c, x: search_right(c, x)  # noqa: E731
     got = (tf.function(search, jit_compile=True) if jit else search)(
         tf.constant(cdf), tf.constant(u)
