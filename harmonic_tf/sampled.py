@@ -379,8 +379,10 @@ def sampled_token_losses(
 def _computed_once(v: tf.Tensor) -> tf.Tensor:
     """``v`` as a buffer of its own. XLA on the CPU fuses a small vector's concatenation into
     every element of its ``[N, K]`` consumer, which then neither vectorizes nor runs on two
-    threads (12 against 5 ms for N=2048, K=1024); XLA never fuses a scatter into a consumer."""
-    return tf.tensor_scatter_nd_update(v, [[0]], v[:1])
+    threads (12 against 5 ms for N=2048, K=1024). A reduction is not fused into its consumer;
+    ``max(v, -inf)`` is ``v``, so this one changes nothing else (a no-op scatter, tried first,
+    is simplified away)."""
+    return tf.reduce_max(tf.stack([v, tf.fill(tf.shape(v), -float("inf"))], axis=1), axis=1)
 
 
 def _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps):

@@ -318,6 +318,8 @@ def test_in_batch_with_unknown_batch_size(in_batch):
     )
     ref = _reference(x, w, y, None, "shared", min(in_batch, N), "negatives", "mean")[0]
     np.testing.assert_allclose(float(f(x.astype(np.float32), y)), ref, rtol=2e-5)
+    # An empty batch has no in-batch negatives at all: the loss is 0, not an error.
+    assert float(f(np.zeros([0, D], np.float32), np.zeros([0], np.int64))) == 0.0
 
 
 def _fused_computations_of(hlo: str, shape: str) -> list[str]:
