@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import harmax_numpy, log_q_numpy, maybe_jit, sampled_reference
+from conftest import PLAIN_SAMPLED, harmax_numpy, log_q_numpy, maybe_jit, sampled_reference
 
 import harmonic_tf as ht
 
@@ -38,7 +38,7 @@ def _ids(seed, negatives, y):
 
 def _run_ours(x, w, y, ids, mode, rank3, **kw):
     # The autodiff reference is the plain sampled formula: candidates only, no center rows.
-    kw = dict(sampler="uniform", in_batch_negatives=False, exact_center_rows=0) | kw
+    kw = PLAIN_SAMPLED | kw
 
     def run(xt, wt, yt, idt):
         with tf.GradientTape() as tape:
