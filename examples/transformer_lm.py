@@ -152,10 +152,11 @@ def build_lm(
     mlp_dim: int = 512,
     dropout: float = 0.1,
     seed: int = 0,
+    eta: float | None = None,
 ):
     """Pre-LayerNorm decoder-only transformer; the output head is tied to the token embedding:
-    a dot product (``head="dot"``) or a :class:`HarmonicLMHead` (``head="harmonic"``).
-    The same ``seed`` gives the same initial weights for both heads."""
+    a dot product (``head="dot"``) or a :class:`HarmonicLMHead` (``head="harmonic"``, exponent
+    ``eta``). The same ``seed`` gives the same initial weights for both heads."""
     keras.utils.set_random_seed(seed)
     tokens = keras.Input([seq_len], dtype="int32", name="tokens")
     embedding = keras.layers.ReversibleEmbedding(vocab_size, d_model, name="token_embedding")
@@ -174,7 +175,7 @@ def build_lm(
     h = keras.layers.LayerNormalization(name="final_ln")(h)
     if head == "dot":
         return keras.Model(tokens, embedding(h, reverse=True), name="lm_dot"), None
-    lm_head = ht.HarmonicLMHead(tied_embedding=embedding, name="lm_head")
+    lm_head = ht.HarmonicLMHead(tied_embedding=embedding, eta=eta, name="lm_head")
     return keras.Model(tokens, lm_head(h), name="lm_harmonic"), lm_head
 
 
@@ -275,6 +276,7 @@ def run(kind, args, data, vectorizer, counts):
         args.mlp_dim,
         args.dropout,
         seed=args.seed,
+        eta=eta_value(args.eta, args.d_model),
     )
     lr = args.lr_ce if kind == "ce" else args.lr_harmonic
     steps = args.steps[kind]
@@ -390,6 +392,12 @@ def parse_args(argv=None):
     p.add_argument("--lr-ce", type=float, default=1e-3)
     p.add_argument("--lr-harmonic", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument(
+        "--eta",
+        default=None,
+        help=f"harmonic exponent: a number or a rule of D ({', '.join(ETA_RULES)}); "
+        "default: the package's",
+    )
     p.add_argument("--k", type=int, default=256, help="negatives of the sampled run")
     p.add_argument("--sampler", default="unigram", choices=["uniform", "log_uniform", "unigram"])
     p.add_argument("--log-q-correction", default="negatives", choices=["negatives", "all", "none"])
@@ -414,6 +422,24 @@ def parse_args(argv=None):
     args.steps = parse_steps(args.steps, args.runs.split(","))
     args.eval_every = parse_steps(args.eval_every, args.runs.split(","))
     return args
+
+
+ETA_RULES = {
+    "sqrt": lambda d: math.sqrt(d),
+    "2sqrt": lambda d: 2 * math.sqrt(d),
+    "D/2": lambda d: d / 2,
+    "D": lambda d: float(d),
+    "2D": lambda d: 2.0 * d,
+    "4D": lambda d: 4.0 * d,
+}
+
+
+def eta_value(spec: str | None, dim: int) -> float | None:
+    """``--eta``: a number, a rule of ``D`` (``sqrt``, ``2sqrt``, ``D/2``, ``D``, ``2D``, ``4D``)
+    or ``None`` (the package default)."""
+    if spec is None:
+        return None
+    return ETA_RULES[spec](dim) if spec in ETA_RULES else float(spec)
 
 
 def parse_steps(spec: str, kinds: list[str]) -> dict[str, int]:

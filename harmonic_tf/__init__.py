@@ -1,5 +1,6 @@
 """harmonic-tf: exact, memory-efficient and sampled harmonic loss for TensorFlow and Keras."""
 
+from harmonic_tf._inputs import default_eta
 from harmonic_tf.approx import harmonic_loss_approx
 from harmonic_tf.distances import harmonic_logits
 from harmonic_tf.exact import harmonic_loss
@@ -20,6 +21,7 @@ __all__ = [
     "Sampler",
     "UniformSampler",
     "UnigramSampler",
+    "default_eta",
     "harmonic_logits",
     "harmonic_loss",
     "harmonic_loss_approx",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import tensorflow as tf
 
@@ -37,12 +38,31 @@ def check_int(name: str, value, low: int, high: int | None = None) -> None:
         raise ValueError(f"`{name}` must be >= {low}{upper}, got {value}.")
 
 
-def resolve_eta(eta: float | None, dim: int) -> float:
-    """``eta=None`` means ``sqrt(D)``, the paper's suggestion."""
+def default_eta(dim: int) -> float:
+    """The exponent that ``eta=None`` means for hidden size ``D``."""
+    return math.sqrt(dim)
+
+
+def resolve_eta(eta, dim: int) -> float | tf.Tensor:
+    """``eta=None`` means :func:`default_eta`; a number is checked and returned as a float; a
+    scalar float tensor or variable (a learned exponent) is returned as a float32 tensor, so the
+    losses can return its gradient. Its positivity is asserted at run time outside XLA."""
     if eta is None:
-        return math.sqrt(dim)
-    check_positive("eta", eta)
-    return float(eta)
+        return default_eta(dim)
+    if isinstance(eta, numbers.Real) and not isinstance(eta, bool):
+        check_positive("eta", float(eta))
+        return float(eta)
+    if isinstance(eta, (str, bool)) or not hasattr(eta, "dtype"):
+        raise TypeError(f"`eta` must be a positive number or a scalar float tensor, got {eta!r}.")
+    t = tf.convert_to_tensor(eta)
+    if not t.dtype.is_floating or t.shape.rank != 0:
+        raise ValueError(
+            f"`eta` as a tensor must be a float scalar, got dtype {t.dtype.name} shape {t.shape}."
+        )
+    t = tf.cast(t, tf.float32)
+    if not inside_xla():
+        tf.debugging.assert_positive(t, message="`eta` must be > 0")
+    return t
 
 
 @dataclasses.dataclass

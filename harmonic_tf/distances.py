@@ -23,25 +23,49 @@ def expanded_sq_distances(
     return tf.maximum(x_sq[:, None] - 2.0 * cross + w_sq[None, :], 0.0)
 
 
-def true_sq_distances(x: tf.Tensor, w: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Exact ``||x_n - w_{y_n}||^2`` from the explicit difference; returns ``(d2 [N], diff [N, D])``."""
-    diff = x - tf.gather(w, labels)
+def true_sq_distances(
+    x: tf.Tensor, w: tf.Tensor, labels: tf.Tensor, origin: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Exact ``||x_n - w_{y_n}||^2`` from the explicit difference; returns ``(d2 [N], diff [N, D])``.
+    ``origin``: subtracted from the gathered centers (``x`` is already measured from it)."""
+    w_y = tf.gather(w, labels)
+    diff = x - (w_y if origin is None else w_y - origin)
     return tf.reduce_sum(tf.square(diff), axis=-1), diff
 
 
-def logits_from_sq(d2: tf.Tensor, eta: float, eps: float) -> tf.Tensor:
+def reference_point(x: tf.Tensor) -> tf.Tensor:
+    """``[D]``: the mean of the hidden states ``x [N, D]`` (0 for no rows), without gradient.
+
+    Distances do not change when both sides move, so every path measures them from this point:
+    the one-matmul expansion then keeps float32 accuracy when hidden states and centers share a
+    large common offset (features after a ReLU, an un-normalised body), where from the origin
+    ``|x|^2 + |w|^2`` would dwarf ``d^2``."""
+    count = tf.cast(tf.shape(x)[0], x.dtype)
+    return tf.stop_gradient(tf.math.divide_no_nan(tf.reduce_sum(x, axis=0), count))
+
+
+def logits_from_sq(d2: tf.Tensor, eta: float | tf.Tensor, eps: float) -> tf.Tensor:
     return -0.5 * eta * tf.math.log(d2 + eps)
 
 
+def log_distances(d2: tf.Tensor, eps: float) -> tf.Tensor:
+    """``dz/deta = -(1/2) log(d2 + eps)``: what a learned exponent's gradient is made of."""
+    return -0.5 * tf.math.log(d2 + eps)
+
+
 def harmonic_logits(
-    hidden_states: tf.Tensor, class_centers: tf.Tensor, eta: float | None = None, eps: float = 1e-9
+    hidden_states: tf.Tensor,
+    class_centers: tf.Tensor,
+    eta: float | tf.Tensor | None = None,
+    eps: float = 1e-9,
 ) -> tf.Tensor:
     """Harmonic logits over all classes; ``softmax`` of them is the paper's HarMax.
 
     Args:
       hidden_states: ``[..., D]`` float (any float dtype; math runs in float32).
       class_centers: ``[V, D]`` float, one row per class (embedding-table layout).
-      eta: harmonic exponent ``n`` on the plain L2 distance; ``None`` means ``sqrt(D)``.
+      eta: harmonic exponent ``n`` on the plain L2 distance: a number, a scalar float tensor or
+        variable (gradients flow to it), or ``None`` for the default rule.
       eps: added to the squared distance before the log; must be > 0.
 
     Returns:
@@ -66,5 +90,7 @@ def harmonic_logits(
     _inputs.check_positive("eps", eps)
     lead = tf.shape(x)[:-1]
     flat = tf.reshape(tf.cast(x, tf.float32), [-1, x.shape[-1]])
-    z = logits_from_sq(expanded_sq_distances(flat, tf.cast(w, tf.float32)), eta, eps)
+    origin = reference_point(flat)
+    d2 = expanded_sq_distances(flat - origin, tf.cast(w, tf.float32) - origin)
+    z = logits_from_sq(d2, eta, eps)
     return tf.reshape(z, tf.concat([lead, [w.shape[0]]], axis=0))

@@ -6,6 +6,10 @@ With ``c_i = dL/d(d_i^2) = (p_i - [i=y]) * (-(eta/2)) / (d_i^2 + eps)``:
 The true-class term uses the explicit difference ``x - w_y``; the rest uses
 ``2 (sum_i c_i) x - 2 c W`` (two matmuls), so no ``[N, V, D]`` tensor exists.
 
+With a tensor ``eta`` (a learned exponent) the backward pass also returns
+``dL/deta = sum_i (p_i - [i=y]) l_i`` with ``l_i = dz_i/deta = -(1/2) log(d_i^2 + eps)``.
+Every path measures distances from :func:`~harmonic_tf.distances.reference_point`.
+
 The loss is ``softplus(lse_other - z_y)`` with ``lse_other`` the log-sum-exp over the *other*
 classes: ``lse - z_y`` would cancel catastrophically when the loss is tiny and the logits large
 (large ``eta``), and ``1 - p_y = sigmoid(lse_other - z_y)`` keeps the true-class gradient exact.
@@ -16,14 +20,20 @@ from __future__ import annotations
 import tensorflow as tf
 
 from harmonic_tf import _inputs
-from harmonic_tf.distances import expanded_sq_distances, logits_from_sq, true_sq_distances
+from harmonic_tf.distances import (
+    expanded_sq_distances,
+    log_distances,
+    logits_from_sq,
+    reference_point,
+    true_sq_distances,
+)
 
 
 def harmonic_loss(
     hidden_states: tf.Tensor,
     class_centers: tf.Tensor,
     labels: tf.Tensor,
-    eta: float | None = None,
+    eta: float | tf.Tensor | None = None,
     eps: float = 1e-9,
     reduction: str = "mean",
     ignore_index: int | None = -100,
@@ -35,7 +45,8 @@ def harmonic_loss(
       hidden_states: ``[N, D]`` or ``[B, S, D]`` float.
       class_centers: ``[V, D]`` float, one center per class.
       labels: ``[N]`` or ``[B, S]`` int class ids in ``[0, V)`` or ``ignore_index``.
-      eta: harmonic exponent on the plain L2 distance; ``None`` means ``sqrt(D)``.
+      eta: harmonic exponent on the plain L2 distance: a number, a scalar float tensor or
+        variable (its gradient is returned: a learned exponent), or ``None`` (default rule).
       eps: added to squared distances before the log.
       reduction: ``"mean"`` (over non-ignored tokens), ``"sum"`` or ``"none"`` (labels' shape).
       ignore_index: label value whose tokens contribute nothing (``None``: no label is ignored).
@@ -68,7 +79,11 @@ def harmonic_loss(
 
 
 def weighted_exact_loss(
-    p: _inputs.Prepared, weights: tf.Tensor, eta: float, eps: float, chunk_size: int | None
+    p: _inputs.Prepared,
+    weights: tf.Tensor,
+    eta: float | tf.Tensor,
+    eps: float,
+    chunk_size: int | None,
 ) -> tf.Tensor:
     """``sum_n weights_n * loss_n`` (weights 0 where ignored), fused where that is cheaper."""
     if _use_fused(p.num_tokens, p.vocab_size, chunk_size):
@@ -107,7 +122,7 @@ def fused_weighted_loss(
     w: tf.Tensor,
     labels: tf.Tensor,
     weights: tf.Tensor,
-    eta: float,
+    eta: float | tf.Tensor,
     eps: float,
     chunk_size: int,
 ) -> tf.Tensor:
@@ -121,30 +136,38 @@ def fused_weighted_loss(
     vocab_size = int(w.shape[0])
     rows, num_chunks = _fused_rows(n, vocab_size, chunk_size)
     pad = num_chunks * rows - n
-    half_eta = 0.5 * eta
+    learn_eta = isinstance(eta, tf.Tensor)
 
     @tf.custom_gradient
-    def _loss(x, w):
+    def _loss(x, w, eta_in):
+        e = eta_in if learn_eta else eta
+        half_eta = 0.5 * e
+        origin = reference_point(x)
+        x, w = x - origin, w - origin
         x_chunks = tf.reshape(tf.pad(x, [[0, pad], [0, 0]]), [num_chunks, rows, dim])
         y_chunks = tf.reshape(tf.pad(labels, [[0, pad]]), [num_chunks, rows])
         g_chunks = tf.reshape(tf.pad(weights, [[0, pad]]), [num_chunks, rows])
         w_sq = tf.reduce_sum(tf.square(w), axis=-1)
 
-        def body(i, total, dw, dx_parts, pulls):
+        def body(i, total, d_eta, dw, dx_parts, pulls):
             xc, yc, gc = x_chunks[i], y_chunks[i], g_chunks[i]
             d2_true, diff_true = true_sq_distances(xc, w, yc)
-            z_true = logits_from_sq(d2_true, eta, eps)
-            z = _dense_other_logits(xc, w, yc, eta, eps, w_sq)
+            z_true = logits_from_sq(d2_true, e, eps)
+            z = _dense_other_logits(xc, w, yc, e, eps, w_sq)
             margin = tf.reduce_logsumexp(z, axis=-1) - z_true
             loss = tf.math.softplus(margin)
             # Zero-weight rows (ignored, padding) must not turn 0 * inf into NaN.
             total += tf.reduce_sum(tf.where(gc == 0.0, 0.0, gc * loss))
-            c = dense_coefficients(z, z_true + loss, gc, eta)
+            lse = z_true + loss
+            if learn_eta:
+                d_eta += eta_gradient(z, lse, margin, d2_true, gc, e, eps)
+            c = dense_coefficients(z, lse, gc, e)
             pull = true_pull(margin, d2_true, diff_true, gc, half_eta, eps)
             dxc = pull + 2.0 * tf.reduce_sum(c, axis=1)[:, None] * xc - 2.0 * tf.matmul(c, w)
             return (
                 i + 1,
                 total,
+                d_eta,
                 # Accumulated in place: a separate c^T x sum would be a second [V, D] buffer.
                 dw
                 + 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w
@@ -153,11 +176,12 @@ def fused_weighted_loss(
                 pulls.write(i, pull),
             )
 
-        _, total, dw, dx_parts, pulls = tf.while_loop(
+        _, total, d_eta, dw, dx_parts, pulls = tf.while_loop(
             lambda i, *_: i < num_chunks,
             body,
             (
                 tf.constant(0),
+                tf.constant(0.0),
                 tf.constant(0.0),
                 tf.zeros([vocab_size, dim]),
                 tf.TensorArray(tf.float32, size=num_chunks, element_shape=[rows, dim]),
@@ -171,32 +195,41 @@ def fused_weighted_loss(
 
         def grad(upstream):
             scale = tf.cast(upstream, tf.float32)
-            return scale * dx, scale * dw
+            return scale * dx, scale * dw, scale * d_eta if learn_eta else None
 
         return total, grad
 
-    return _loss(x, w)
+    return _loss(x, w, eta if learn_eta else tf.constant(0.0))
 
 
 def exact_token_losses(
-    x: tf.Tensor, w: tf.Tensor, labels: tf.Tensor, eta: float, eps: float, chunk_size: int | None
+    x: tf.Tensor,
+    w: tf.Tensor,
+    labels: tf.Tensor,
+    eta: float | tf.Tensor,
+    eps: float,
+    chunk_size: int | None,
 ) -> tf.Tensor:
     """Per-token exact loss ``[N]`` for float32 ``x [N, D]``, ``w [V, D]`` and valid ``labels [N]``."""
     vocab_size = int(w.shape[0])
     if chunk_size is not None and chunk_size >= vocab_size:
         chunk_size = None
-    half_eta = 0.5 * eta
+    learn_eta = isinstance(eta, tf.Tensor)
 
     @tf.custom_gradient
-    def _loss(x, w):
+    def _loss(x, w, eta_in):
+        e = eta_in if learn_eta else eta
+        half_eta = 0.5 * e
+        origin = reference_point(x)
+        x, w = x - origin, w - origin
         d2_true, diff_true = true_sq_distances(x, w, labels)
-        z_true = logits_from_sq(d2_true, eta, eps)
+        z_true = logits_from_sq(d2_true, e, eps)
         if chunk_size is None:
-            z = _dense_other_logits(x, w, labels, eta, eps)
+            z = _dense_other_logits(x, w, labels, e, eps)
             lse_other = tf.reduce_logsumexp(z, axis=-1)
         else:
             z = None
-            lse_other = _chunked_lse_other(x, w, labels, eta, eps, chunk_size)
+            lse_other = _chunked_lse_other(x, w, labels, e, eps, chunk_size)
         margin = lse_other - z_true
         loss = tf.math.softplus(margin)
 
@@ -205,21 +238,48 @@ def exact_token_losses(
             lse = z_true + loss
             pull = true_pull(margin, d2_true, diff_true, g, half_eta, eps)
             if chunk_size is None:
-                c = dense_coefficients(z, lse, g, eta)
+                c = dense_coefficients(z, lse, g, e)
                 row_sum = tf.reduce_sum(c, axis=1)
                 cw = tf.matmul(c, w)
                 dw = 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w - 2.0 * tf.matmul(
                     c, x, transpose_a=True
                 )
+                d_eta = eta_gradient(z, lse, margin, d2_true, g, e, eps) if learn_eta else None
             else:
-                row_sum, cw, dw = _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size)
+                row_sum, cw, dw, expected_l = _chunked_backward(
+                    x, w, labels, lse, g, e, eps, chunk_size, learn_eta
+                )
+                d_eta = (
+                    tf.reduce_sum(g * expected_l) - true_eta_term(margin, d2_true, g, eps)
+                    if learn_eta
+                    else None
+                )
             dx = pull + 2.0 * row_sum[:, None] * x - 2.0 * cw
             dw = tf.tensor_scatter_nd_add(dw, labels[:, None], -pull)
-            return dx, dw
+            return dx, dw, d_eta
 
         return loss, grad
 
-    return _loss(x, w)
+    return _loss(x, w, eta if learn_eta else tf.constant(0.0))
+
+
+def eta_gradient(z, lse, margin, d2_true, g, eta, eps):
+    """``sum_n g_n dL_n/deta`` from ``[N, M]`` logits of the other classes (the true column and
+    masked columns at -inf): ``sum_i p_i l_i`` over them, where ``l_i = z_i / eta``, minus the
+    true class's ``(1 - p_y) l_y``."""
+    return tf.reduce_sum(g * expected_other_l(z, lse, eta)) - true_eta_term(margin, d2_true, g, eps)
+
+
+def expected_other_l(z, lse, eta):
+    """``[N]``: ``sum_i p_i z_i / eta`` over the finite columns of ``z`` (``p = exp(z - lse)``)."""
+    p = tf.exp(z - lse[:, None])
+    return tf.reduce_sum(tf.where(p > 0.0, p * z, 0.0), axis=1) / eta
+
+
+def true_eta_term(margin, d2_true, g, eps):
+    """``sum_n g_n (1 - p_y) l_y`` with ``1 - p_y = sigmoid(margin)``; 0 where ``g`` is 0."""
+    term = g * tf.math.sigmoid(margin) * log_distances(d2_true, eps)
+    return tf.reduce_sum(tf.where(g == 0.0, 0.0, term))
 
 
 def true_pull(margin, d2_true, diff_true, g, half_eta, eps):
@@ -288,25 +348,23 @@ def _chunked_lse_other(x, w, labels, eta, eps, chunk_size):
     return m + tf.math.log(s)
 
 
-def _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size):
+def _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size, learn_eta=False):
     """Recomputes each chunk's distances (a loop of its own, so XLA cannot merge it with the
-    forward one) and accumulates ``sum_i c_i``, ``c @ W`` and the chunk's center gradient."""
+    forward one) and accumulates ``sum_i c_i``, ``c @ W``, the chunk's center gradient and, for a
+    learned exponent, ``sum_i p_i l_i`` over the other classes (else that output is ``None``)."""
     vocab_size, dim = int(w.shape[0]), int(w.shape[1])
     num_chunks, w_chunks, w_sq = _chunks(w, chunk_size)
     x_sq = tf.reduce_sum(tf.square(x), axis=-1)
     half_eta = 0.5 * eta
 
-    def body(i, row_sum, cw, dw_chunks):
+    def body(i, row_sum, cw, expected_l, dw_chunks):
         w_c = w_chunks[i]
         d2, ids = _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size)
-        c = (
-            -half_eta
-            * tf.exp(logits_from_sq(d2, eta, eps) - lse[:, None])
-            / (d2 + eps)
-            * g[:, None]
-        )
         keep = tf.logical_and(tf.logical_not(_true_column(labels, ids)), ids[None, :] < vocab_size)
-        c = tf.where(keep, c, tf.zeros_like(c))
+        z = tf.where(keep, logits_from_sq(d2, eta, eps), -float("inf"))
+        c = -half_eta * tf.exp(z - lse[:, None]) / (d2 + eps) * g[:, None]
+        if learn_eta:
+            expected_l += expected_other_l(z, lse, eta)
         dw_c = 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w_c - 2.0 * tf.matmul(
             c, x, transpose_a=True
         )
@@ -314,19 +372,21 @@ def _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size):
             i + 1,
             row_sum + tf.reduce_sum(c, axis=1),
             cw + tf.matmul(c, w_c),
+            expected_l,
             dw_chunks.write(i, dw_c),
         )
 
-    _, row_sum, cw, dw_chunks = tf.while_loop(
+    _, row_sum, cw, expected_l, dw_chunks = tf.while_loop(
         lambda i, *_: i < num_chunks,
         body,
         (
             tf.constant(0),
             tf.zeros_like(lse),
             tf.zeros_like(x),
+            tf.zeros_like(lse),
             tf.TensorArray(tf.float32, size=num_chunks, element_shape=[chunk_size, dim]),
         ),
         maximum_iterations=num_chunks,
     )
     dw = tf.reshape(dw_chunks.stack(), [num_chunks * chunk_size, dim])[:vocab_size]
-    return row_sum, cw, dw
+    return row_sum, cw, dw, expected_l if learn_eta else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -9,6 +11,7 @@ from harmonic_tf import _inputs, _trace
 from harmonic_tf.distances import harmonic_logits
 
 OUTPUTS = ("logits", "probabilities")
+LEARNED = "learned"
 TRAINING_OUTPUTS = ("logits", "hidden_states")
 
 
@@ -27,7 +30,9 @@ class HarmonicLMHead(keras.layers.Layer):
 
     Args:
       units: number of classes ``V`` (alias: ``vocab_size``); taken from the embedding if tied.
-      eta: harmonic exponent on the plain L2 distance; ``None`` means ``sqrt(D)``.
+      eta: harmonic exponent on the plain L2 distance: a number, ``None`` (the default rule,
+        :func:`harmonic_tf.default_eta`), or ``"learned"``: a trainable scalar weight ``log_eta``
+        (positive by construction, starting at the default rule), trained by every loss path.
       eps: added to squared distances before the log.
       tied_embedding: an ``Embedding``/``ReversibleEmbedding`` layer whose matrix is the
         centers, or its name (resolved among the layers feeding this head, as after a reload).
@@ -46,7 +51,7 @@ class HarmonicLMHead(keras.layers.Layer):
     def __init__(
         self,
         units: int | None = None,
-        eta: float | None = None,
+        eta: float | str | None = None,
         eps: float = 1e-9,
         tied_embedding: keras.layers.Layer | str | None = None,
         centers_initializer="random_normal",
@@ -65,7 +70,9 @@ class HarmonicLMHead(keras.layers.Layer):
             _inputs.check_int("units", units, 2)
         if units is None and tied_embedding is None:
             raise ValueError("HarmonicLMHead needs `units` (or `vocab_size`) or `tied_embedding`.")
-        if eta is not None:
+        if isinstance(eta, str) and eta != LEARNED:
+            raise ValueError(f"`eta` must be a positive number, None or {LEARNED!r}, got {eta!r}.")
+        if eta != LEARNED and eta is not None:
             _inputs.check_positive("eta", eta)
         _inputs.check_positive("eps", eps)
         _inputs.check_choice("output_mode", output_mode, OUTPUTS)
@@ -121,7 +128,10 @@ class HarmonicLMHead(keras.layers.Layer):
             raise ValueError(f"Layer {self.name!r} is not built yet: call it on hidden states.")
         return self._centers
 
-    def resolved_eta(self) -> float:
+    def resolved_eta(self) -> float | tf.Tensor:
+        """The exponent the losses use: a float, or ``exp(log_eta)`` for a learned one."""
+        if self.eta == LEARNED:
+            return tf.exp(tf.convert_to_tensor(self.log_eta))
         return _inputs.resolve_eta(self.eta, int(self.centers.shape[-1]))
 
     def __call__(self, inputs, *args, **kwargs):
@@ -149,6 +159,14 @@ class HarmonicLMHead(keras.layers.Layer):
             raise ValueError(
                 f"{self.name}: the last axis of the inputs must be known, got {input_shape}."
             )
+        if self.eta == LEARNED:
+            self.log_eta = self.add_weight(
+                name="log_eta",
+                shape=(),
+                dtype="float32",
+                initializer=keras.initializers.Constant(math.log(_inputs.default_eta(dim))),
+                autocast=False,
+            )
         if self._tied_name is not None and self._tied_layer is None:
             return  # tied by name (a reload): resolved on the first call, never owns a matrix
         if self._tied_layer is not None:
@@ -175,7 +193,7 @@ class HarmonicLMHead(keras.layers.Layer):
             return inputs
         _trace.record(self, self.output_mode)
         centers = tf.cast(self.centers.value, tf.float32)
-        logits = harmonic_logits(inputs, centers, self.eta, self.eps)
+        logits = harmonic_logits(inputs, centers, self.resolved_eta(), self.eps)
         return tf.nn.softmax(logits) if self.output_mode == "probabilities" else logits
 
     def compute_output_shape(self, input_shape):

@@ -18,8 +18,14 @@ import math
 import tensorflow as tf
 
 from harmonic_tf import _inputs
-from harmonic_tf.distances import expanded_sq_distances, logits_from_sq, true_sq_distances
-from harmonic_tf.exact import dense_coefficients, true_pull
+from harmonic_tf.distances import (
+    expanded_sq_distances,
+    log_distances,
+    logits_from_sq,
+    reference_point,
+    true_sq_distances,
+)
+from harmonic_tf.exact import dense_coefficients, true_eta_term, true_pull
 from harmonic_tf.sampling import RandomStream, Sampler, get_sampler
 
 NEGATIVES = ("shared", "per_example")
@@ -32,7 +38,7 @@ def sampled_harmonic_loss(
     class_centers: tf.Tensor,
     labels: tf.Tensor,
     k: int = 256,
-    eta: float | None = None,
+    eta: float | tf.Tensor | None = None,
     eps: float = 1e-9,
     reduction: str = "mean",
     negatives: str = "shared",
@@ -54,7 +60,8 @@ def sampled_harmonic_loss(
       labels: ``[N]`` or ``[B, S]`` int in ``[0, V)`` or ``ignore_index``.
       k: negatives per step (``"shared"``) or per token (``"per_example"``, ``1 <= k <= V-1``).
         ``k=0`` is allowed with shared in-batch negatives only.
-      eta, eps: as in :func:`harmonic_loss`.
+      eta, eps: as in :func:`harmonic_loss`; a tensor ``eta`` gets the sampled estimate of its
+        gradient (the candidates' probabilities in place of the full softmax).
       reduction: ``"mean"`` over non-ignored tokens, ``"sum"`` or ``"none"``.
       negatives: ``"shared"``: one set of ``k`` ids for the whole batch (fast path);
         ``"per_example"``: ``k`` ids per token, none equal to that token's label.
@@ -297,36 +304,48 @@ class Candidates:
 
 
 def sampled_token_losses(
-    x: tf.Tensor, w: tf.Tensor, cand: Candidates, eta: float, eps: float, center_gradient: str
+    x: tf.Tensor,
+    w: tf.Tensor,
+    cand: Candidates,
+    eta: float | tf.Tensor,
+    eps: float,
+    center_gradient: str,
 ) -> tf.Tensor:
     """Per-token sampled loss ``[N]`` for float32 ``x [N, D]``, ``w [V, D]``."""
     labels = cand.labels
-    half_eta = 0.5 * eta
     neg_inf = -float("inf")
+    learn_eta = isinstance(eta, tf.Tensor)
 
     @tf.custom_gradient
-    def _loss(x, w):
-        d2_true, diff_true = true_sq_distances(x, w, labels)
-        z_true = logits_from_sq(d2_true, eta, eps) - cand.log_q_true
+    def _loss(x, w, eta_in):
+        e = eta_in if learn_eta else eta
+        half_eta = 0.5 * e
+        # Distances from a point near the data; only the gathered centers are shifted.
+        origin = reference_point(x)
+        x = x - origin
+        d2_true, diff_true = true_sq_distances(x, w, labels, origin)
+        z_true = logits_from_sq(d2_true, e, eps) - cand.log_q_true
         x_sq = tf.reduce_sum(tf.square(x), axis=-1)
-        columns = []
+        columns, dists = [], []
         if cand.per_example is not None:
-            w_pe = tf.gather(w, cand.per_example)  # [N, k, D]
+            w_pe = tf.gather(w, cand.per_example) - origin  # [N, k, D]
             cross = tf.einsum("nd,nkd->nk", x, w_pe)
             d2_pe = tf.maximum(
                 x_sq[:, None] - 2.0 * cross + tf.reduce_sum(tf.square(w_pe), -1), 0.0
             )
-            z_pe = logits_from_sq(d2_pe, eta, eps) - cand.log_q_per_example
+            z_pe = logits_from_sq(d2_pe, e, eps) - cand.log_q_per_example
             keep_pe = cand.keep(cand.per_example, cand.per_example_valid)
             z_pe = tf.where(keep_pe, z_pe, neg_inf)
             columns.append(z_pe)
+            dists.append(d2_pe)
         if cand.shared is not None:
-            w_sh = tf.gather(w, cand.shared)  # [K, D]
+            w_sh = tf.gather(w, cand.shared) - origin  # [K, D]
             d2_sh = expanded_sq_distances(x, w_sh, x_sq)
-            z_sh = logits_from_sq(d2_sh, eta, eps) + cand.shared_bias[None, :]
+            z_sh = logits_from_sq(d2_sh, e, eps) + cand.shared_bias[None, :]
             keep_sh = cand.keep(cand.shared, None)
             z_sh = tf.where(keep_sh, z_sh, neg_inf)
             columns.append(z_sh)
+            dists.append(d2_sh)
         # softplus(lse_negatives - z_true), not lse - z_true: no cancellation for tiny losses.
         margin = tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1) - z_true
         loss = tf.math.softplus(margin)
@@ -362,18 +381,26 @@ def sampled_token_losses(
                         - 2.0 * tf.matmul(c, x, transpose_a=True)
                     )
                     indices.append(cand.shared)
+            d_eta = None
+            if learn_eta:
+                # The candidates' probabilities stand in for the full softmax's.
+                d_eta = -true_eta_term(margin, d2_true, g, eps)
+                for z, d2 in zip(columns, dists, strict=True):
+                    p = tf.exp(z - lse[:, None])
+                    d_eta += tf.reduce_sum(g * tf.reduce_sum(p * log_distances(d2, eps), 1))
             if not candidates_move_centers:
-                return dx, _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps)
+                dw = _row_sampled_center_grad(x, w - origin, cand, diff_true, d2_true, g, e, eps)
+                return dx, dw, d_eta
             values, indices = tf.concat(values, 0), tf.concat(indices, 0)
             if center_gradient == "dense":
                 dw = tf.tensor_scatter_nd_add(tf.zeros_like(w), indices[:, None], values)
             else:
                 dw = tf.IndexedSlices(values, indices, tf.shape(w))
-            return dx, dw
+            return dx, dw, d_eta
 
         return loss, grad
 
-    return _loss(x, w)
+    return _loss(x, w, eta if learn_eta else tf.constant(0.0))
 
 
 def _computed_once(v: tf.Tensor) -> tf.Tensor:
@@ -388,7 +415,8 @@ def _computed_once(v: tf.Tensor) -> tf.Tensor:
 def _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps):
     """Dense ``[V, D]`` centers' gradient: every token's exact pull ``-(dz_y/dw_y)`` plus the
     push ``sum_j p_nj dz_nj/dw_j`` of the drawn tokens over all ``V`` classes, times ``N / S``
-    (unbiased: rows are drawn uniformly with replacement)."""
+    (unbiased: rows are drawn uniformly with replacement). ``x`` and ``w`` are measured from the
+    same reference point."""
     half_eta = 0.5 * eta
     rows = cand.center_rows
     scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])

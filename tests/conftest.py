@@ -70,13 +70,14 @@ def sampled_reference(
     eps=1e-9,
     ignore_index=-100,
     reduction="mean",
+    with_eta_grad=False,
 ):
     """float64 TF autodiff of the plain sampled loss over explicit candidates.
 
     Each token's candidates: its label, its per-example ids, the shared ids, and the in-batch
     ids (logQ 0; sampled ids equal to one of them are dropped).
     logQ_j = log(q_j * draws_n), draws_n = k_pe / (1 - q_y) + K.
-    Returns (loss, dL/dx, dL/dw) as float64 numpy."""
+    Returns (loss, dL/dx, dL/dw) as float64 numpy, and dL/deta with ``with_eta_grad``."""
     x = tf.constant(np.asarray(x, np.float64).reshape(-1, w.shape[1]))
     w = tf.constant(np.asarray(w, np.float64))
     y = np.asarray(y).reshape(-1)
@@ -103,8 +104,9 @@ def sampled_reference(
         lq_neg[:, : sampled.shape[1]] = log_q[sampled] + np.log(draws)[:, None]
         if correction == "all":
             lq_true = log_q[ys] + np.log(draws)
+    eta = tf.constant(eta, tf.float64)
     with tf.GradientTape() as tape:
-        tape.watch([x, w])
+        tape.watch([x, w, eta])
         d2_true = tf.reduce_sum(tf.square(x - tf.gather(w, ys)), -1)
         d2_neg = tf.reduce_sum(tf.square(x[:, None, :] - tf.gather(w, cand)), -1)
         z_true = -(eta / 2) * tf.math.log(d2_true + eps) - lq_true
@@ -120,8 +122,27 @@ def sampled_reference(
             out = target = tf.reduce_sum(losses)
         else:
             out = target = tf.reduce_sum(losses) / max(keep_tok.sum(), 1)
-    gx, gw = tape.gradient(target, [x, w])
-    return out.numpy(), gx.numpy(), tf.convert_to_tensor(gw).numpy()
+    gx, gw, g_eta = tape.gradient(target, [x, w, eta])
+    out = out.numpy(), gx.numpy(), tf.convert_to_tensor(gw).numpy()
+    return (*out, g_eta.numpy()) if with_eta_grad else out
+
+
+def harmax_autodiff(x, w, y, eta, eps=1e-9, ignore_index=-100):
+    """float64 TF autodiff of the plain exact formula, mean over non-ignored tokens:
+    ``(loss, dL/dx, dL/dw, dL/deta)``. Distances from the explicit difference ``x - w_i``."""
+    x = tf.constant(np.asarray(x, np.float64).reshape(-1, np.shape(w)[1]))
+    w = tf.constant(np.asarray(w, np.float64))
+    y = np.asarray(y).reshape(-1)
+    keep = y != ignore_index
+    eta = tf.constant(eta, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch([x, w, eta])
+        d2 = tf.reduce_sum(tf.square(x[:, None, :] - w[None, :, :]), -1)
+        z = -(eta / 2) * tf.math.log(d2 + eps)
+        losses = tf.reduce_logsumexp(z, 1) - tf.gather(z, np.where(keep, y, 0), batch_dims=1)
+        loss = tf.reduce_sum(tf.where(keep, losses, 0.0)) / max(keep.sum(), 1)
+    grads = tape.gradient(loss, [x, w, eta])
+    return (loss.numpy(), *(g.numpy() for g in grads))
 
 
 def maybe_jit(fn, mode: str):
