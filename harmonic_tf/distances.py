@@ -34,14 +34,18 @@ def true_sq_distances(
 
 
 def reference_point(x: tf.Tensor) -> tf.Tensor:
-    """``[D]``: the mean of the hidden states ``x [N, D]`` (0 for no rows), without gradient.
+    """``[D]``: the mean of the hidden states ``x [N, D]`` (0 for no rows) on a ``2^-16`` grid,
+    without gradient.
 
     Distances do not change when both sides move, so every path measures them from this point:
     the one-matmul expansion then keeps float32 accuracy when hidden states and centers share a
     large common offset (features after a ReLU, an un-normalised body), where from the origin
-    ``|x|^2 + |w|^2`` would dwarf ``d^2``."""
+    ``|x|^2 + |w|^2`` would dwarf ``d^2``. Both sides must move by the same float32 vector: XLA
+    re-fuses ``sum * (1/N)`` into each consumer, and a fused multiply-subtract then shifted the
+    centers by the unrounded mean (3.5e-4 off at a 1e4 offset); ``round`` cannot be contracted."""
     count = tf.cast(tf.shape(x)[0], x.dtype)
-    return tf.stop_gradient(tf.math.divide_no_nan(tf.reduce_sum(x, axis=0), count))
+    mean = tf.math.divide_no_nan(tf.reduce_sum(x, axis=0), count)
+    return tf.stop_gradient(tf.round(mean * 65536.0) / 65536.0)
 
 
 def logits_from_sq(d2: tf.Tensor, eta: float | tf.Tensor, eps: float) -> tf.Tensor:

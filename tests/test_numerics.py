@@ -1,0 +1,172 @@
+"""Numerics at sharp exponents: a large common offset of hidden states and centers, LayerNorm-scale
+inputs, a hidden state sitting on a center, half precision; every path, eagerly and under XLA.
+
+Inputs lie on a 1/64 grid, so ``x + 1e4`` is exact in float32: the offset problem and the plain
+one are the same problem, and the float64 reference of one is the reference of both."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import PLAIN_SAMPLED, harmax_autodiff, maybe_jit, sampled_reference
+
+import harmonic_tf as ht
+import harmonic_tf.exact as exact
+
+N, D, V = 48, 16, 61
+ETA = 4.0 * D  # the sharpest exponent the package documents
+OFFSET = 1e4
+
+
+def _grid(rng, shape, scale):
+    return np.round(rng.normal(size=shape) * scale * 64) / 64
+
+
+def _problem(scale=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    w = _grid(rng, (V, D), scale)
+    y = rng.integers(0, V, N)
+    # Hidden states scattered around their centers so that at eta = 4D the losses are O(1):
+    # nearer, every loss underflows and only relative-to-tiny rounding would be compared.
+    x = np.round((w[y] + rng.normal(size=(N, D)) * 2.5 * scale) * 64) / 64
+    y[::11] = -100
+    return x, w, y
+
+
+PATHS = ["logits", "dense", "two_pass", "fused", "shared", "per_example", "in_batch", "rows"]
+
+
+def _path_loss(path, x, w, y, eta):
+    if path == "logits":
+        z = ht.harmonic_logits(x, w, eta=eta)
+        keep = y != -100
+        losses = tf.reduce_logsumexp(z, 1) - tf.gather(z, tf.where(keep, y, 0), batch_dims=1)
+        return tf.reduce_sum(tf.where(keep, losses, 0.0)) / tf.reduce_sum(tf.cast(keep, tf.float32))
+    if path == "dense":
+        return ht.harmonic_loss(x, w, y, eta=eta)
+    if path == "fused":
+        return ht.harmonic_loss(x, w, y, eta=eta, chunk_size=16)
+    if path == "two_pass":
+        per_token = ht.harmonic_loss(x, w, y, eta=eta, chunk_size=16, reduction="none")
+        return tf.reduce_sum(per_token) / tf.reduce_sum(tf.cast(y != -100, tf.float32))
+    kwargs = dict(PLAIN_SAMPLED, seed=3, k=8)
+    if path == "per_example":
+        kwargs["negatives"] = "per_example"
+    if path == "in_batch":
+        kwargs["in_batch_negatives"] = 16
+    if path == "rows":
+        kwargs["exact_center_rows"] = 8
+    return ht.sampled_harmonic_loss(x, w, y, eta=eta, **kwargs)
+
+
+def _run(path, x, w, y, mode, eta=ETA):
+    def step(xt, wt, eta_t):
+        with tf.GradientTape() as tape:
+            tape.watch([xt, wt, eta_t])
+            loss = _path_loss(path, xt, wt, tf.constant(y), eta_t)
+        gx, gw, g_eta = tape.gradient(loss, [xt, wt, eta_t])
+        return loss, gx, tf.convert_to_tensor(gw), g_eta
+
+    args = (tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(eta, tf.float32))
+    return [t.numpy().astype(np.float64) for t in maybe_jit(step, mode)(*args)]
+
+
+def _rel(a, b):
+    return np.linalg.norm(np.ravel(a - b)) / max(np.linalg.norm(np.ravel(b)), 1e-30)
+
+
+@pytest.fixture(autouse=True)
+def _fused_when_asked(monkeypatch):
+    # chunk_size=16 makes the reduced loss fused only with tall enough chunks: force it here
+    # (and the two-pass path is the per-token one either way).
+    monkeypatch.setattr(exact, "MIN_FUSED_ROWS", 1)
+
+
+@pytest.mark.parametrize("mode", ["eager", "xla"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("scale", [1.0, 0.25], ids=["layernorm_scale", "small"])
+def test_common_offset_changes_nothing(path, mode, scale):
+    x, w, y = _problem(scale)
+    plain = _run(path, x, w, y, mode)
+    shifted = _run(path, x + OFFSET, w + OFFSET, y, mode)
+    assert all(np.all(np.isfinite(t)) for t in shifted)
+    for name, a, b in zip(["loss", "dx", "dw", "deta"], shifted, plain, strict=True):
+        assert _rel(a, b) < 1e-3, f"{name}: relative error {_rel(a, b):.2e} with a 1e4 offset"
+    if path in ("logits", "dense", "two_pass", "fused"):
+        ref = harmax_autodiff(x, w, y, ETA)
+        for name, a, b in zip(["loss", "dx", "dw", "deta"], shifted, ref, strict=True):
+            assert _rel(a, b) < 1e-3, f"{name}: relative error {_rel(a, b):.2e} vs float64"
+
+
+@pytest.mark.parametrize("path", ["shared", "per_example"])
+def test_sampled_with_offset_matches_float64_reference(path):
+    x, w, y = _problem()
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, V, (N, 8) if path == "per_example" else 8)
+    kwargs = dict(PLAIN_SAMPLED, negatives=path, k=8, sampled_ids=ids)
+    xt, wt = tf.constant(x + OFFSET, tf.float32), tf.constant(w + OFFSET, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, wt])
+        loss = ht.sampled_harmonic_loss(xt, wt, y, eta=ETA, **kwargs)
+    gx, gw = tape.gradient(loss, [xt, wt])
+    ref = sampled_reference(
+        x,
+        w,
+        y,
+        ETA,
+        per_example_ids=ids if path == "per_example" else None,
+        shared_ids=None if path == "per_example" else ids,
+        log_q=np.full(V, -np.log(V)),
+    )
+    assert _rel(float(loss), ref[0]) < 1e-3
+    assert _rel(gx.numpy(), ref[1]) < 1e-3
+    assert _rel(tf.convert_to_tensor(gw).numpy(), ref[2]) < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["eager", "xla"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("where", ["own", "wrong"])
+def test_hidden_state_on_a_center_at_sharp_eta(where, path, mode, dtype):
+    # d -> 0 is where (eta/2) / (d^2 + eps) is largest: gradients must stay finite.
+    x, w, y = _problem(seed=2)
+    x = x.copy()
+    if where == "own":
+        x[1] = w[y[1]]  # on its own center: the explicit difference gives d = 0 exactly
+        x[3] = w[y[3]] + 2.0**-10  # a hair away from it
+    else:
+        # On a wrong center. The expansion resolves that d^2 only down to float32 rounding of
+        # |x|^2 (~1e-6 here), far above eps = 1e-9, so the loss is finite but not float64's.
+        x[2] = w[(y[2] + 1) % V]
+
+    def step(xt, wt):
+        with tf.GradientTape() as tape:
+            tape.watch([xt, wt])
+            loss = _path_loss(path, xt, wt, tf.constant(y), ETA)
+        return loss, *tape.gradient(loss, [xt, wt])
+
+    xt, wt = tf.constant(x, dtype), tf.constant(w, dtype)
+    loss, gx, gw = maybe_jit(step, mode)(xt, wt)
+    gw = tf.convert_to_tensor(gw)
+    assert gx.dtype == xt.dtype and gw.dtype == wt.dtype
+    for t in (loss, gx, gw):
+        assert np.all(np.isfinite(tf.cast(t, tf.float32).numpy()))
+    if dtype == "float32" and where == "own":
+        # The token on its own center is already right: it gets (almost) no gradient.
+        assert np.abs(gx.numpy()[1]).max() < 1e-6
+        if path in ("logits", "dense", "two_pass", "fused"):
+            ref = harmax_autodiff(x, w, y, ETA)
+            assert _rel(float(loss), ref[0]) < 1e-3
+            assert _rel(gx.numpy(), ref[1]) < 1e-3
+
+
+def test_offset_without_the_reference_point_would_be_wrong():
+    # The check above can fail: the same expansion measured from the origin is far off.
+    from harmonic_tf.distances import expanded_sq_distances
+
+    x, w, y = _problem()
+    xo, wo = tf.constant(x + OFFSET, tf.float32), tf.constant(w + OFFSET, tf.float32)
+    d2_origin = expanded_sq_distances(xo, wo).numpy()
+    d2_true = ((x[:, None, :] - w[None, :, :]) ** 2).sum(-1)
+    assert _rel(d2_origin, d2_true) > 1e-2
+    loss = float(ht.harmonic_loss(xo, wo, y, eta=ETA))
+    assert _rel(loss, harmax_autodiff(x, w, y, ETA)[0]) < 1e-3
