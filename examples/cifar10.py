@@ -94,11 +94,24 @@ def load_cifar10(data_dir: str | None, limit: int | None = None):
     )
 
 
+def augmented(x, y, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled training batches with random flips and translations. The augmentation runs in
+    the input pipeline: inside the model, Keras's random layers make ``jit_compile=True`` fall
+    back to no XLA with only a warning."""
+    flip = keras.layers.RandomFlip("horizontal", seed=seed)
+    shift = keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 1)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
+
+    def augment(images, labels):
+        images = tf.cast(images, tf.float32)
+        return shift(flip(images, training=True), training=True), labels
+
+    return ds.batch(batch_size).map(augment, num_parallel_calls=2).prefetch(2)
+
+
 def features(inputs, width: int = 32, feature_dim: int = 64):
     """A small ResNet-style body: conv stem, three stages of two residual blocks, pooling."""
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.RandomFlip("horizontal")(x)
-    x = keras.layers.RandomTranslation(0.1, 0.1)(x)
     x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.ReLU()(x)
@@ -119,14 +132,23 @@ def features(inputs, width: int = 32, feature_dim: int = 64):
     return keras.layers.Dense(feature_dim)(x)
 
 
-def build(kind: str, seed: int, width: int):
+def eta_value(spec: str | None, dim: int) -> float | str | None:
+    """``--eta``: a number, ``learned``, a rule of ``D`` (``sqrt``, ``2sqrt``, ``D``, ``2D``, ...)
+    or ``None`` (the package default)."""
+    if spec is None or spec == "learned":
+        return spec
+    rules = {"sqrt": dim**0.5, "2sqrt": 2 * dim**0.5, "D/2": dim / 2, "D": dim, "2D": 2 * dim}
+    return float(rules[spec]) if spec in rules else float(spec)
+
+
+def build(kind: str, seed: int, width: int, eta: str | None = None):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input([32, 32, 3])
     h = features(inputs, width)
     if kind == "ce":
         model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
         return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True), "accuracy"
-    head = ht.HarmonicLMHead(10, name="harmonic_head")
+    head = ht.HarmonicLMHead(10, eta=eta_value(eta, h.shape[-1]), name="harmonic_head")
     model = keras.Model(inputs, head(h))
     if kind == "exact":
         loss = ht.HarmonicLoss(head)
@@ -148,16 +170,14 @@ RUN_NAMES = {"ce": "cross-entropy", "exact": "exact harmonic", "sampled": "sampl
 
 def train_run(kind, args, data):
     (x_train, y_train), (x_test, y_test) = data
-    model, loss, metric = build(kind, args.seed, args.width)
+    model, loss, metric = build(kind, args.seed, args.width, args.eta)
     steps = args.epochs * -(-len(x_train) // args.batch_size)
     lr = keras.optimizers.schedules.CosineDecay(args.lr, steps, alpha=0.05)
     model.compile(keras.optimizers.Adam(lr), loss=loss, metrics=[metric], jit_compile=True)
     print(f"\n== {RUN_NAMES[kind]}", flush=True)
     start = time.perf_counter()
     hist = model.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
+        augmented(x_train, y_train, args.batch_size, args.seed),
         epochs=args.epochs,
         validation_data=(x_test, y_test),
         verbose=args.verbose,
@@ -185,7 +205,12 @@ def pixel_centers(args, data):
     # All centers start at mid-grey: the labels break the symmetry, and no initial noise is left
     # in the picture.
     head = ht.HarmonicLMHead(
-        10, centers_initializer=keras.initializers.Constant(0.5), name="pixel_head"
+        10,
+        eta=eta_value(args.pixel_eta, 32 * 32 * 3),
+        centers_initializer=keras.initializers.Constant(0.5),
+        # The paper's L2 regularisation of the centers (pulls them toward 0: black).
+        centers_regularizer=keras.regularizers.L2(args.pixel_l2) if args.pixel_l2 else None,
+        name="pixel_head",
     )
     model = keras.Model(inputs, head(flat))
     model.compile(
@@ -197,7 +222,18 @@ def pixel_centers(args, data):
     print("\n== pixel-space linear harmonic classifier", flush=True)
     model.fit(x_train, y_train, batch_size=256, epochs=args.pixel_epochs, verbose=args.verbose)
     _, acc = model.evaluate(x_test, y_test, verbose=0)
-    return head.centers.numpy().reshape(10, 32, 32, 3), float(acc)
+    centers = head.centers.numpy().reshape(10, 32, 32, 3)
+    return centers, float(acc), prototype_correlations(centers, x_train, y_train)
+
+
+def prototype_correlations(centers: np.ndarray, x_train: np.ndarray, y_train: np.ndarray):
+    """Per class, the Pearson correlation of its center with the class's mean training image
+    (pixels in [0, 1]): how much the center looks like a prototype of its class."""
+    out = []
+    for c in range(10):
+        mean_image = x_train[y_train == c].astype(np.float64).mean(0) / 255.0
+        out.append(float(np.corrcoef(centers[c].ravel(), mean_image.ravel())[0, 1]))
+    return out
 
 
 def plot(results, centers, out_dir):
@@ -247,6 +283,11 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=32, help="filters of the first stage")
     p.add_argument("--pixel-epochs", type=int, default=10)
     p.add_argument("--pixel-lr", type=float, default=1e-2)
+    p.add_argument(
+        "--eta", default=None, help="CNN head exponent: number, rule of D (sqrt, 2D, ...), learned"
+    )
+    p.add_argument("--pixel-eta", default=None, help="pixel classifier's exponent, as --eta")
+    p.add_argument("--pixel-l2", type=float, default=0.0, help="L2 penalty on the pixel centers")
     p.add_argument("--limit", type=int, default=None, help="images per split (balanced)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=1)
@@ -266,7 +307,7 @@ def main(argv=None):
     print(f"CIFAR-10: {len(x_train):,} train / {len(x_test):,} test images")
     kinds = [] if args.runs == "none" else args.runs.split(",")
     results = [train_run(kind, args, data) for kind in kinds]
-    centers, pixel_acc = pixel_centers(args, data)
+    centers, pixel_acc, correlations = pixel_centers(args, data)
     os.makedirs(args.out, exist_ok=True)
     plot(results, centers, args.out)
     summary = {
@@ -274,6 +315,7 @@ def main(argv=None):
         "config": vars(args),
         "runs": results,
         "pixel_linear_harmonic_test_accuracy": pixel_acc,
+        "pixel_center_correlations": correlations,
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -282,6 +324,10 @@ def main(argv=None):
     for r in results:
         print(f"| {r['name']} | {r['test_accuracy']:.4f} | {r['seconds']:.0f} |")
     print(f"| pixel-space linear harmonic | {pixel_acc:.4f} | |")
+    print(
+        "pixel centers vs class mean images: correlation "
+        f"{np.mean(correlations):.3f} (min {np.min(correlations):.3f})"
+    )
     print(f"\nwrote {args.out}/results.json, curves.png, centers.png")
     return summary
 

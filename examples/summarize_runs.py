@@ -2,8 +2,11 @@
 
     python examples/summarize_runs.py lr runs/lr/*/results.json --out docs/lr_sweep.png
     python examples/summarize_runs.py seeds runs/seed*/results.json
+    python examples/summarize_runs.py eta runs/eta/pydoc/*/results.json --out docs/eta_pydoc.png
 
 ``lr``: final exact validation loss against the peak learning rate, one line per loss.
+``eta``: the exact harmonic loss over the (exponent, learning rate) grid, one row per exponent,
+with cross-entropy's row for comparison; ``--out`` draws loss against ``eta / D`` per rate.
 ``seeds``: per seed, each run's final loss and tokens/s, the sampled-minus-exact gap and the
 tokens/s ratio, then the means (a later file's run replaces an earlier one of the same seed and
 kind); ``--out`` draws every seed's validation curves.
@@ -69,6 +72,73 @@ def plot_lr(by_kind: dict, path: str) -> None:
     ax.set_ylabel("exact validation loss at the end (nats)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def eta_of(config: dict) -> str:
+    """The exponent a run used, as given on the command line (``None``: the package default)."""
+    return config.get("eta") or "default"
+
+
+def eta_table(runs: list[tuple[dict, dict]]) -> tuple[str, dict]:
+    """Rows: cross-entropy, then each exponent by increasing value; columns: learning rates."""
+    grid: dict[str, dict[float, float]] = defaultdict(dict)
+    ratio: dict[str, float] = {"cross-entropy": -1.0}
+    for config, run in runs:
+        if run["kind"] == "ce":
+            grid["cross-entropy"][lr_of(config, run)] = run["final_val_loss"]
+        elif run["kind"] == "exact":
+            name = f"eta = {eta_of(config)}"
+            grid[name][lr_of(config, run)] = run["final_val_loss"]
+            ratio[name] = _eta_over_d(eta_of(config), config["d_model"])
+    rates = sorted({lr for row in grid.values() for lr in row})
+    best = min(v for name, row in grid.items() if name != "cross-entropy" for v in row.values())
+    lines = ["| run | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | best |"]
+    lines.append("|---|" + "---|" * (len(rates) + 1))
+    for name in sorted(grid, key=lambda n: ratio.get(n, 0.0)):
+        row = grid[name]
+        cells = [
+            "-" if lr not in row else f"**{row[lr]:.3f}**" if row[lr] == best else f"{row[lr]:.3f}"
+            for lr in rates
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {min(row.values()):.3f} |")
+    return "\n".join(lines), {"grid": grid, "ratio": ratio}
+
+
+def _eta_over_d(spec: str, dim: int) -> float:
+    rules = {"sqrt": dim**-0.5, "2sqrt": 2 * dim**-0.5, "D/2": 0.5, "D": 1.0, "2D": 2.0, "4D": 4.0}
+    if spec == "default":
+        return dim**-0.5
+    return rules[spec] if spec in rules else float(spec) / dim
+
+
+def plot_eta(table: dict, path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid, ratio = table["grid"], table["ratio"]
+    rates = sorted({lr for name, row in grid.items() if name != "cross-entropy" for lr in row})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, lr in enumerate(rates):
+        points = sorted(
+            (ratio[name], row[lr])
+            for name, row in grid.items()
+            if name != "cross-entropy" and lr in row
+        )
+        ax.plot(*zip(*points, strict=True), marker="o", color=f"C{i}", label=f"harmonic, lr {lr:g}")
+    if "cross-entropy" in grid:
+        lr, value = min(grid["cross-entropy"].items(), key=lambda kv: kv[1])
+        ax.axhline(value, color="k", ls=":", label=f"cross-entropy, best (lr {lr:g})")
+    ax.set_xscale("log")
+    ax.set_xlabel("eta / D  (p ∝ d^-eta; D = hidden size)")
+    ax.set_ylabel("exact validation loss at the end (nats)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -142,15 +212,20 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("mode", choices=["lr", "seeds"])
+    p.add_argument("mode", choices=["lr", "seeds", "eta"])
     p.add_argument("results", nargs="+", help="results.json files of transformer_lm.py")
     p.add_argument("--out", help="PNG path for the plot")
+    p.add_argument("--title", default="", help="plot title")
     args = p.parse_args(argv)
     runs = load(args.results)
     if args.mode == "lr":
         text, by_kind = lr_table(runs)
         if args.out:
             plot_lr(by_kind, args.out)
+    elif args.mode == "eta":
+        text, table = eta_table(runs)
+        if args.out:
+            plot_eta(table, args.out, args.title)
     else:
         by_seed = by_seed_and_kind(runs)
         text = seeds_table(by_seed)

@@ -152,7 +152,8 @@ def build_lm(
     mlp_dim: int = 512,
     dropout: float = 0.1,
     seed: int = 0,
-    eta: float | None = None,
+    eta: float | str | None = None,
+    eta_init: float | None = None,
 ):
     """Pre-LayerNorm decoder-only transformer; the output head is tied to the token embedding:
     a dot product (``head="dot"``) or a :class:`HarmonicLMHead` (``head="harmonic"``, exponent
@@ -175,7 +176,9 @@ def build_lm(
     h = keras.layers.LayerNormalization(name="final_ln")(h)
     if head == "dot":
         return keras.Model(tokens, embedding(h, reverse=True), name="lm_dot"), None
-    lm_head = ht.HarmonicLMHead(tied_embedding=embedding, eta=eta, name="lm_head")
+    lm_head = ht.HarmonicLMHead(
+        tied_embedding=embedding, eta=eta, eta_init=eta_init, name="lm_head"
+    )
     return keras.Model(tokens, lm_head(h), name="lm_harmonic"), lm_head
 
 
@@ -266,6 +269,7 @@ def generate(model, vectorizer, prompt_ids, seq_len, length, rng, temperature=0.
 def run(kind, args, data, vectorizer, counts):
     train_ids, val_ids = data
     vocab_size = args.vocab_size
+    eta, eta_init = eta_value(args.eta, args.d_model)
     model, head = build_lm(
         vocab_size,
         args.seq_len,
@@ -276,7 +280,8 @@ def run(kind, args, data, vectorizer, counts):
         args.mlp_dim,
         args.dropout,
         seed=args.seed,
-        eta=eta_value(args.eta, args.d_model),
+        eta=eta,
+        eta_init=eta_init,
     )
     lr = args.lr_ce if kind == "ce" else args.lr_harmonic
     steps = args.steps[kind]
@@ -294,13 +299,19 @@ def run(kind, args, data, vectorizer, counts):
     eval_every = args.eval_every[kind]
     epochs = max(1, steps // eval_every)
     timer = TrainTimer(eval_every * args.batch * args.seq_len)
+    etas = [] if head is None else [float(head.resolved_eta())]
+    track_eta = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: (
+            head is not None and etas.append(float(head.resolved_eta()))
+        )
+    )
     print(f"\n== {RUN_NAMES[kind]} ({model.count_params():,} parameters)", flush=True)
     hist = model.fit(
         train_dataset(train_ids, args.seq_len, args.batch, args.seed),
         steps_per_epoch=eval_every,
         epochs=epochs,
         validation_data=val,
-        callbacks=[timer],
+        callbacks=[timer, track_eta],
         verbose=args.verbose,
     )
     val_losses = [float(initial)] + [float(v) for v in hist.history["val_loss"]]
@@ -318,6 +329,7 @@ def run(kind, args, data, vectorizer, counts):
         "final_val_loss": val_losses[-1],
         "final_val_ppl": math.exp(val_losses[-1]),
         "tokens_per_second": timer.tokens_per_second(),
+        "eta": etas,  # the head's exponent at each evaluation (changes only when learned)
         "samples": samples,
     }
 
@@ -395,8 +407,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--eta",
         default=None,
-        help=f"harmonic exponent: a number or a rule of D ({', '.join(ETA_RULES)}); "
-        "default: the package's",
+        help=f"harmonic exponent: a number, a rule of D ({', '.join(ETA_RULES)}), learned or "
+        "learned:START; default: the package's",
     )
     p.add_argument("--k", type=int, default=256, help="negatives of the sampled run")
     p.add_argument("--sampler", default="unigram", choices=["uniform", "log_uniform", "unigram"])
@@ -434,12 +446,16 @@ ETA_RULES = {
 }
 
 
-def eta_value(spec: str | None, dim: int) -> float | None:
-    """``--eta``: a number, a rule of ``D`` (``sqrt``, ``2sqrt``, ``D/2``, ``D``, ``2D``, ``4D``)
-    or ``None`` (the package default)."""
+def eta_value(spec: str | None, dim: int) -> tuple[float | str | None, float | None]:
+    """``--eta`` as the head's ``(eta, eta_init)``: a number, a rule of ``D`` (``sqrt``,
+    ``2sqrt``, ``D/2``, ``D``, ``2D``, ``4D``), ``learned`` or ``learned:START`` (a learned
+    exponent starting at a number or rule), or ``None`` (the package default)."""
     if spec is None:
-        return None
-    return ETA_RULES[spec](dim) if spec in ETA_RULES else float(spec)
+        return None, None
+    if spec.startswith("learned"):
+        start = spec.partition(":")[2]
+        return "learned", eta_value(start, dim)[0] if start else None
+    return (ETA_RULES[spec](dim) if spec in ETA_RULES else float(spec)), None
 
 
 def parse_steps(spec: str, kinds: list[str]) -> dict[str, int]:

@@ -32,7 +32,9 @@ class HarmonicLMHead(keras.layers.Layer):
       units: number of classes ``V`` (alias: ``vocab_size``); taken from the embedding if tied.
       eta: harmonic exponent on the plain L2 distance: a number, ``None`` (the default rule,
         :func:`harmonic_tf.default_eta`), or ``"learned"``: a trainable scalar weight ``log_eta``
-        (positive by construction, starting at the default rule), trained by every loss path.
+        (positive by construction, starting at ``eta_init``), trained by every loss path.
+      eta_init: the learned exponent's start (``None``: the default rule); only with
+        ``eta="learned"``.
       eps: added to squared distances before the log.
       tied_embedding: an ``Embedding``/``ReversibleEmbedding`` layer whose matrix is the
         centers, or its name (resolved among the layers feeding this head, as after a reload).
@@ -60,6 +62,7 @@ class HarmonicLMHead(keras.layers.Layer):
         output_mode: str = "logits",
         training_output: str = "logits",
         vocab_size: int | None = None,
+        eta_init: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -74,6 +77,10 @@ class HarmonicLMHead(keras.layers.Layer):
             raise ValueError(f"`eta` must be a positive number, None or {LEARNED!r}, got {eta!r}.")
         if eta != LEARNED and eta is not None:
             _inputs.check_positive("eta", eta)
+        if eta_init is not None:
+            if eta != LEARNED:
+                raise ValueError(f"`eta_init` goes with eta={LEARNED!r}, got eta={eta!r}.")
+            _inputs.check_positive("eta_init", eta_init)
         _inputs.check_positive("eps", eps)
         _inputs.check_choice("output_mode", output_mode, OUTPUTS)
         _inputs.check_choice("training_output", training_output, TRAINING_OUTPUTS)
@@ -98,6 +105,7 @@ class HarmonicLMHead(keras.layers.Layer):
             units = tied_embedding.input_dim
         self.units = units
         self.eta = eta
+        self.eta_init = eta_init
         self.eps = eps
         self.output_mode = output_mode
         self.training_output = training_output
@@ -164,7 +172,9 @@ class HarmonicLMHead(keras.layers.Layer):
                 name="log_eta",
                 shape=(),
                 dtype="float32",
-                initializer=keras.initializers.Constant(math.log(_inputs.default_eta(dim))),
+                initializer=keras.initializers.Constant(
+                    math.log(self.eta_init or _inputs.default_eta(dim))
+                ),
                 autocast=False,
             )
         if self._tied_name is not None and self._tied_layer is None:
@@ -209,6 +219,7 @@ class HarmonicLMHead(keras.layers.Layer):
         config.update(
             units=self.units,
             eta=self.eta,
+            eta_init=self.eta_init,
             eps=self.eps,
             tied_embedding=self._tied_name,
             centers_initializer=keras.initializers.serialize(self.centers_initializer),
