@@ -22,10 +22,18 @@ import tensorflow as tf
 from harmonic_tf import _inputs
 from harmonic_tf.distances import (
     expanded_sq_distances,
-    log_distances,
     logits_from_sq,
     reference_point,
     true_sq_distances,
+)
+from harmonic_tf.gradients import (
+    center_grad,
+    coefficients,
+    eta_gradient,
+    expected_l,
+    hidden_grad,
+    true_eta_term,
+    true_pull,
 )
 
 
@@ -141,7 +149,6 @@ def fused_weighted_loss(
     @tf.custom_gradient
     def _loss(x, w, eta_in):
         e = eta_in if learn_eta else eta
-        half_eta = 0.5 * e
         origin = reference_point(x)
         x, w = x - origin, w - origin
         x_chunks = tf.reshape(tf.pad(x, [[0, pad], [0, 0]]), [num_chunks, rows, dim])
@@ -161,18 +168,15 @@ def fused_weighted_loss(
             lse = z_true + loss
             if learn_eta:
                 d_eta += eta_gradient(z, lse, margin, d2_true, gc, e, eps)
-            c = dense_coefficients(z, lse, gc, e)
-            pull = true_pull(margin, d2_true, diff_true, gc, half_eta, eps)
-            dxc = pull + 2.0 * tf.reduce_sum(c, axis=1)[:, None] * xc - 2.0 * tf.matmul(c, w)
+            c = coefficients(z, lse, gc, e, eps)
+            pull = true_pull(margin, d2_true, diff_true, gc, e, eps)
             return (
                 i + 1,
                 total,
                 d_eta,
                 # Accumulated in place: a separate c^T x sum would be a second [V, D] buffer.
-                dw
-                + 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w
-                - 2.0 * tf.matmul(c, xc, transpose_a=True),
-                dx_parts.write(i, dxc),
+                dw + center_grad(c, xc, w),
+                dx_parts.write(i, pull + hidden_grad(c, xc, w)),
                 pulls.write(i, pull),
             )
 
@@ -219,7 +223,6 @@ def exact_token_losses(
     @tf.custom_gradient
     def _loss(x, w, eta_in):
         e = eta_in if learn_eta else eta
-        half_eta = 0.5 * e
         origin = reference_point(x)
         x, w = x - origin, w - origin
         d2_true, diff_true = true_sq_distances(x, w, labels)
@@ -236,57 +239,27 @@ def exact_token_losses(
         def grad(upstream):
             g = tf.cast(upstream, tf.float32)
             lse = z_true + loss
-            pull = true_pull(margin, d2_true, diff_true, g, half_eta, eps)
+            pull = true_pull(margin, d2_true, diff_true, g, e, eps)
             if chunk_size is None:
-                c = dense_coefficients(z, lse, g, e)
-                row_sum = tf.reduce_sum(c, axis=1)
-                cw = tf.matmul(c, w)
-                dw = 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w - 2.0 * tf.matmul(
-                    c, x, transpose_a=True
-                )
+                c = coefficients(z, lse, g, e, eps)
+                dx, dw = hidden_grad(c, x, w), center_grad(c, x, w)
                 d_eta = eta_gradient(z, lse, margin, d2_true, g, e, eps) if learn_eta else None
             else:
-                row_sum, cw, dw, expected_l = _chunked_backward(
+                dx, dw, other_l = _chunked_backward(
                     x, w, labels, lse, g, e, eps, chunk_size, learn_eta
                 )
                 d_eta = (
-                    tf.reduce_sum(g * expected_l) - true_eta_term(margin, d2_true, g, eps)
+                    tf.reduce_sum(g * other_l) - true_eta_term(margin, d2_true, g, eps)
                     if learn_eta
                     else None
                 )
-            dx = pull + 2.0 * row_sum[:, None] * x - 2.0 * cw
+            dx += pull
             dw = tf.tensor_scatter_nd_add(dw, labels[:, None], -pull)
             return dx, dw, d_eta
 
         return loss, grad
 
     return _loss(x, w, eta if learn_eta else tf.constant(0.0))
-
-
-def eta_gradient(z, lse, margin, d2_true, g, eta, eps):
-    """``sum_n g_n dL_n/deta`` from ``[N, M]`` logits of the other classes (the true column and
-    masked columns at -inf): ``sum_i p_i l_i`` over them, where ``l_i = z_i / eta``, minus the
-    true class's ``(1 - p_y) l_y``."""
-    return tf.reduce_sum(g * expected_other_l(z, lse, eta)) - true_eta_term(margin, d2_true, g, eps)
-
-
-def expected_other_l(z, lse, eta):
-    """``[N]``: ``sum_i p_i z_i / eta`` over the finite columns of ``z`` (``p = exp(z - lse)``)."""
-    p = tf.exp(z - lse[:, None])
-    return tf.reduce_sum(tf.where(p > 0.0, p * z, 0.0), axis=1) / eta
-
-
-def true_eta_term(margin, d2_true, g, eps):
-    """``sum_n g_n (1 - p_y) l_y`` with ``1 - p_y = sigmoid(margin)``; 0 where ``g`` is 0."""
-    term = g * tf.math.sigmoid(margin) * log_distances(d2_true, eps)
-    return tf.reduce_sum(tf.where(g == 0.0, 0.0, term))
-
-
-def true_pull(margin, d2_true, diff_true, g, half_eta, eps):
-    """True-class term of dL/dx, ``2 c_y (x - w_y)`` with ``c_y = (p_y - 1) * -(eta/2) /
-    (d2_y + eps)`` and ``1 - p_y = sigmoid(lse_other - z_y)``, from the explicit difference."""
-    c_true = tf.math.sigmoid(margin) * half_eta / (d2_true + eps) * g
-    return 2.0 * c_true[:, None] * diff_true
 
 
 def _true_column(labels: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
@@ -298,12 +271,6 @@ def _dense_other_logits(x, w, labels, eta, eps, w_sq=None):
     z = logits_from_sq(expanded_sq_distances(x, w, None, w_sq), eta, eps)
     ids = tf.range(tf.shape(w)[0])
     return tf.where(_true_column(labels, ids), -float("inf"), z)
-
-
-def dense_coefficients(z, lse, g, eta):
-    """``c = -(eta/2) p / (d2 + eps)`` from the stored logits alone: ``1 / (d2 + eps) =
-    exp(-2 z / eta)``. Columns at -inf (the true class) give 0."""
-    return -0.5 * eta * tf.exp(z * (1.0 + 2.0 / eta) - lse[:, None]) * g[:, None]
 
 
 def _chunks(w: tf.Tensor, chunk_size: int):
@@ -350,38 +317,32 @@ def _chunked_lse_other(x, w, labels, eta, eps, chunk_size):
 
 def _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size, learn_eta=False):
     """Recomputes each chunk's distances (a loop of its own, so XLA cannot merge it with the
-    forward one) and accumulates ``sum_i c_i``, ``c @ W``, the chunk's center gradient and, for a
-    learned exponent, ``sum_i p_i l_i`` over the other classes (else that output is ``None``)."""
+    forward one) and accumulates the other classes' ``dL/dx``, each chunk's center gradient and,
+    for a learned exponent, ``sum_i p_i l_i`` over them (else that output is ``None``)."""
     vocab_size, dim = int(w.shape[0]), int(w.shape[1])
     num_chunks, w_chunks, w_sq = _chunks(w, chunk_size)
     x_sq = tf.reduce_sum(tf.square(x), axis=-1)
-    half_eta = 0.5 * eta
 
-    def body(i, row_sum, cw, expected_l, dw_chunks):
+    def body(i, dx, other_l, dw_chunks):
         w_c = w_chunks[i]
         d2, ids = _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size)
         keep = tf.logical_and(tf.logical_not(_true_column(labels, ids)), ids[None, :] < vocab_size)
         z = tf.where(keep, logits_from_sq(d2, eta, eps), -float("inf"))
-        c = -half_eta * tf.exp(z - lse[:, None]) / (d2 + eps) * g[:, None]
+        c = coefficients(z, lse, g, eta, eps, d2)
         if learn_eta:
-            expected_l += expected_other_l(z, lse, eta)
-        dw_c = 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w_c - 2.0 * tf.matmul(
-            c, x, transpose_a=True
-        )
+            other_l += expected_l(z, lse, eta)
         return (
             i + 1,
-            row_sum + tf.reduce_sum(c, axis=1),
-            cw + tf.matmul(c, w_c),
-            expected_l,
-            dw_chunks.write(i, dw_c),
+            dx + hidden_grad(c, x, w_c),
+            other_l,
+            dw_chunks.write(i, center_grad(c, x, w_c)),
         )
 
-    _, row_sum, cw, expected_l, dw_chunks = tf.while_loop(
+    _, dx, other_l, dw_chunks = tf.while_loop(
         lambda i, *_: i < num_chunks,
         body,
         (
             tf.constant(0),
-            tf.zeros_like(lse),
             tf.zeros_like(x),
             tf.zeros_like(lse),
             tf.TensorArray(tf.float32, size=num_chunks, element_shape=[chunk_size, dim]),
@@ -389,4 +350,4 @@ def _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size, learn_eta=Fals
         maximum_iterations=num_chunks,
     )
     dw = tf.reshape(dw_chunks.stack(), [num_chunks * chunk_size, dim])[:vocab_size]
-    return row_sum, cw, dw, expected_l if learn_eta else None
+    return dx, dw, other_l if learn_eta else None

@@ -20,12 +20,18 @@ import tensorflow as tf
 from harmonic_tf import _inputs
 from harmonic_tf.distances import (
     expanded_sq_distances,
-    log_distances,
     logits_from_sq,
     reference_point,
     true_sq_distances,
 )
-from harmonic_tf.exact import dense_coefficients, true_eta_term, true_pull
+from harmonic_tf.gradients import (
+    center_grad,
+    coefficients,
+    expected_l,
+    hidden_grad,
+    true_eta_term,
+    true_pull,
+)
 from harmonic_tf.sampling import RandomStream, Sampler, get_sampler
 
 NEGATIVES = ("shared", "per_example")
@@ -319,7 +325,6 @@ def sampled_token_losses(
     @tf.custom_gradient
     def _loss(x, w, eta_in):
         e = eta_in if learn_eta else eta
-        half_eta = 0.5 * e
         # Distances from a point near the data; only the gathered centers are shifted.
         origin = reference_point(x)
         x = x - origin
@@ -353,18 +358,14 @@ def sampled_token_losses(
 
         def grad(upstream):
             g = tf.cast(upstream, tf.float32)
-
-            def coefficients(z, d2):
-                # Masked columns have z = -inf, so their coefficient is 0.
-                return -half_eta * tf.exp(z - lse[:, None]) / (d2 + eps) * g[:, None]
-
-            pull = true_pull(margin, d2_true, diff_true, g, half_eta, eps)
+            # Masked columns have z = -inf, so their coefficients are 0.
+            pull = true_pull(margin, d2_true, diff_true, g, e, eps)
             dx = pull
             # With center rows the candidates' centers gradient is not needed at all.
             candidates_move_centers = cand.center_rows is None
             values, indices = [-pull], [labels]
             if cand.per_example is not None:
-                c = coefficients(z_pe, d2_pe)
+                c = coefficients(z_pe, lse, g, e, eps, d2_pe)
                 dx += 2.0 * tf.reduce_sum(c, 1)[:, None] * x - 2.0 * tf.einsum(
                     "nk,nkd->nd", c, w_pe
                 )
@@ -373,21 +374,17 @@ def sampled_token_losses(
                     values.append(tf.reshape(dw_pe, [-1, x.shape[1]]))
                     indices.append(tf.reshape(cand.per_example, [-1]))
             if cand.shared is not None:
-                c = coefficients(z_sh, d2_sh)
-                dx += 2.0 * tf.reduce_sum(c, 1)[:, None] * x - 2.0 * tf.matmul(c, w_sh)
+                c = coefficients(z_sh, lse, g, e, eps, d2_sh)
+                dx += hidden_grad(c, x, w_sh)
                 if candidates_move_centers:
-                    values.append(
-                        2.0 * tf.reduce_sum(c, 0)[:, None] * w_sh
-                        - 2.0 * tf.matmul(c, x, transpose_a=True)
-                    )
+                    values.append(center_grad(c, x, w_sh))
                     indices.append(cand.shared)
             d_eta = None
             if learn_eta:
                 # The candidates' probabilities stand in for the full softmax's.
                 d_eta = -true_eta_term(margin, d2_true, g, eps)
                 for z, d2 in zip(columns, dists, strict=True):
-                    p = tf.exp(z - lse[:, None])
-                    d_eta += tf.reduce_sum(g * tf.reduce_sum(p * log_distances(d2, eps), 1))
+                    d_eta += tf.reduce_sum(g * expected_l(z, lse, eps=eps, d2=d2))
             if not candidates_move_centers:
                 dw = _row_sampled_center_grad(x, w - origin, cand, diff_true, d2_true, g, e, eps)
                 return dx, dw, d_eta
@@ -417,13 +414,11 @@ def _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps):
     push ``sum_j p_nj dz_nj/dw_j`` of the drawn tokens over all ``V`` classes, times ``N / S``
     (unbiased: rows are drawn uniformly with replacement). ``x`` and ``w`` are measured from the
     same reference point."""
-    half_eta = 0.5 * eta
     rows = cand.center_rows
     scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
     x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * scale
-    d2 = expanded_sq_distances(x_r, w)  # [S, V]
-    z = logits_from_sq(d2, eta, eps)
-    c = dense_coefficients(z, tf.reduce_logsumexp(z, axis=1), g_r, eta)
-    push = 2.0 * tf.reduce_sum(c, 0)[:, None] * w - 2.0 * tf.matmul(c, x_r, transpose_a=True)
-    pull = -2.0 * (half_eta * g / (d2_true + eps))[:, None] * diff_true
+    z = logits_from_sq(expanded_sq_distances(x_r, w), eta, eps)  # [S, V]
+    push = center_grad(coefficients(z, tf.reduce_logsumexp(z, axis=1), g_r, eta, eps), x_r, w)
+    # Every token's exact pull: -(true_pull) at its label's row, with p_y = 0 (the push has it).
+    pull = -2.0 * (0.5 * eta * g / (d2_true + eps))[:, None] * diff_true
     return tf.tensor_scatter_nd_add(push, cand.labels[:, None], pull)
