@@ -7,8 +7,15 @@ from harmonic_tf.exact import harmonic_loss
 from harmonic_tf.layers import HarmonicLMHead
 from harmonic_tf.losses import HarmonicLoss
 from harmonic_tf.metrics import HarmonicAccuracy, HarmonicPerplexity
+from harmonic_tf.options import SampledOptions
 from harmonic_tf.sampled import sampled_harmonic_loss
-from harmonic_tf.sampling import LogUniformSampler, Sampler, UniformSampler, UnigramSampler
+from harmonic_tf.sampling import (
+    LogUniformSampler,
+    Sampler,
+    UniformSampler,
+    UnigramSampler,
+    label_counts,
+)
 
 __version__ = "0.1.0"
 
@@ -18,6 +25,7 @@ __all__ = [
     "HarmonicLMHead",
     "HarmonicLoss",
     "LogUniformSampler",
+    "SampledOptions",
     "Sampler",
     "UniformSampler",
     "UnigramSampler",
@@ -25,5 +33,6 @@ __all__ = [
     "harmonic_logits",
     "harmonic_loss",
     "harmonic_loss_approx",
+    "label_counts",
     "sampled_harmonic_loss",
 ]

@@ -79,6 +79,7 @@ class Prepared:
     num_tokens: int | None
     vocab_size: int
     dim: int
+    labels_rank: int
 
 
 def _static_dim(t: tf.Tensor, axis: int, name: str) -> int:
@@ -140,7 +141,8 @@ def prepare(hidden_states, class_centers, labels, ignore_index: int | None) -> P
             message=(f"`labels` must be in [0, {vocab_size}) or equal ignore_index={ignore_index}"),
         )
     safe = tf.where(tf.logical_or(ignored, invalid), tf.zeros_like(y), y)
-    return Prepared(x, w, safe, y, ignored, invalid, labels_shape, n, vocab_size, dim)
+    rank = x.shape.rank - 1
+    return Prepared(x, w, safe, y, ignored, invalid, labels_shape, n, vocab_size, dim, rank)
 
 
 def inside_xla() -> bool:
@@ -154,23 +156,57 @@ def inside_xla() -> bool:
     return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
 
 
-def token_weights(p: Prepared, reduction: str) -> tf.Tensor:
+def flat_weights(weights, p: Prepared) -> tf.Tensor:
+    """Per-token weights ``[N]`` from ``weights`` in the labels' shape, or ``[B]`` / ``[B, 1]``
+    (one per sequence) for ``[B, S]`` labels."""
+    wt = tf.convert_to_tensor(weights)
+    if not (wt.dtype.is_floating or wt.dtype.is_integer or wt.dtype == tf.bool):
+        raise TypeError(f"`weights` must be numeric, got dtype {wt.dtype.name}.")
+    wt = tf.cast(wt, tf.float32)
+    rank = wt.shape.rank
+    if rank is None:
+        raise ValueError(
+            f"`weights` must have a known rank: the labels' shape (rank {p.labels_rank}) or one "
+            "weight per sequence; give the tensor a static rank (e.g. tf.ensure_shape)."
+        )
+    if rank == p.labels_rank + 1 and wt.shape[-1] == 1:
+        wt = tf.squeeze(wt, -1)
+        rank -= 1
+    if rank > p.labels_rank:
+        raise ValueError(
+            f"`weights` must have the labels' shape (rank {p.labels_rank}) or fewer leading axes, "
+            f"got shape {wt.shape}."
+        )
+    for _ in range(p.labels_rank - rank):
+        wt = wt[..., None]
+    return tf.reshape(tf.broadcast_to(wt, p.labels_shape), [-1])
+
+
+def token_weights(p: Prepared, reduction: str, weights=None) -> tf.Tensor:
     """Per-token weights ``[N]`` that turn ``sum(w * loss)`` into the reduction: 0 where ignored,
-    NaN where the label is invalid, ``1/count`` (mean) or 1 (sum) elsewhere."""
+    NaN where the label is invalid, the given ``weights`` (default 1) elsewhere, divided by the
+    count of non-ignored tokens for ``"mean"``."""
     keep = tf.cast(tf.logical_not(p.ignored), tf.float32)
+    scaled = keep if weights is None else keep * flat_weights(weights, p)
     if reduction == "mean":
-        keep = tf.math.divide_no_nan(keep, tf.reduce_sum(keep))
-    return tf.where(p.invalid, float("nan"), keep)
+        scaled = tf.math.divide_no_nan(scaled, tf.reduce_sum(keep))
+    return tf.where(p.invalid, float("nan"), scaled)
 
 
-def finish(losses: tf.Tensor, p: Prepared, reduction: str) -> tf.Tensor:
-    """Zeroes ignored rows, poisons invalid rows with NaN (loss and gradient), then reduces."""
-    poison = tf.where(p.invalid, tf.fill(tf.shape(losses), float("nan")), tf.ones_like(losses))
-    losses = tf.where(p.ignored, tf.zeros_like(losses), losses * poison)
+def finish(
+    losses: tf.Tensor,
+    p: Prepared,
+    reduction: str,
+    also_invalid: tf.Tensor | None = None,
+    weights=None,
+) -> tf.Tensor:
+    """Reduces per-token ``losses [N]``: ignored rows count 0, invalid rows (and
+    ``also_invalid [N]`` ones) are NaN, loss and gradient; see :func:`token_weights`."""
+    per_token = token_weights(p, "sum" if reduction == "none" else reduction, weights)
+    if also_invalid is not None:
+        per_token = tf.where(also_invalid, float("nan"), per_token)
+    # Zero-weight rows must not turn 0 * inf into NaN.
+    losses = tf.where(per_token == 0.0, 0.0, per_token * losses)
     if reduction == "none":
         return tf.reshape(losses, p.labels_shape)
-    total = tf.reduce_sum(losses)
-    if reduction == "sum":
-        return total
-    count = tf.reduce_sum(tf.cast(tf.logical_not(p.ignored), tf.float32))
-    return tf.math.divide_no_nan(total, count)
+    return tf.reduce_sum(losses)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from harmonic_tf.options import SampledOptions
 from harmonic_tf.sampled import sampled_harmonic_loss
 
 
@@ -24,21 +25,19 @@ def harmonic_loss_approx(
     :func:`sampled_harmonic_loss` (shared negatives with logQ correction: faster and less biased).
 
     Example:
-    >>> loss = harmonic_loss_approx(tf.random.normal([4, 8]), tf.random.normal([10, 8]),
-    ...                             tf.constant([1, 2, 3, 4]), eta=16.0, k=4)
+    >>> x = tf.random.stateless_normal([4, 8], seed=[0, 1])
+    >>> w = tf.random.stateless_normal([10, 8], seed=[0, 2])
+    >>> loss = harmonic_loss_approx(x, w, tf.constant([1, 2, 3, 4]), eta=16.0, k=4)
+    >>> print(loss.shape, loss.dtype.name)
+    () float32
     """
     return sampled_harmonic_loss(
         hidden_states,
         class_centers,
         labels,
-        k=k,
+        SampledOptions.prototype(k),
         eta=eta,
         eps=eps,
         reduction=reduction,
-        negatives="per_example",
-        sampler="uniform",
-        log_q_correction="none",
-        in_batch_negatives=False,
-        exact_center_rows=0,
         ignore_index=None,
     )

@@ -46,6 +46,8 @@ def harmonic_loss(
     reduction: str = "mean",
     ignore_index: int | None = -100,
     chunk_size: int | None = None,
+    weights: tf.Tensor | None = None,
+    path: str = "auto",
 ) -> tf.Tensor:
     """Exact harmonic (HarMax) cross-entropy over all ``V`` classes.
 
@@ -59,45 +61,44 @@ def harmonic_loss(
       reduction: ``"mean"`` (over non-ignored tokens), ``"sum"`` or ``"none"`` (labels' shape).
       ignore_index: label value whose tokens contribute nothing (``None``: no label is ignored).
       chunk_size: ``None`` builds ``[N, V]`` logits once; an int never holds more than
-        ``[N, chunk_size]`` of them. Per-token losses (and any call without a gradient tape)
-        use a running log-sum-exp over vocabulary chunks, recomputed chunk by chunk in the
-        backward pass; a reduced loss under a tape is fused instead when that gives at least
-        128 tokens per chunk (``N * chunk_size // V >= 128``): full rows for that many tokens at
-        a time, gradients computed in the forward pass (3 matmuls instead of 4, as fused linear
-        cross-entropy kernels do).
+        ``[N, chunk_size]`` of them.
+      weights: per-token weights in the labels' shape, or one per sequence (``[B]``): the
+        reduction is ``sum(weights * loss)``, divided by the count of non-ignored tokens for
+        ``"mean"`` (Keras's ``sample_weight`` convention).
+      path: with ``chunk_size``: ``"two_pass"``: a running log-sum-exp over vocabulary chunks,
+        recomputed chunk by chunk in the backward pass; ``"fused"`` (reduced losses only):
+        ``N * chunk_size // V`` tokens at a time with their full rows, gradients computed in the
+        forward pass (3 matmuls instead of 4, as fused linear cross-entropy kernels do);
+        ``"auto"``: fused under a gradient tape when that gives at least ``MIN_FUSED_ROWS``
+        tokens per chunk, two-pass otherwise.
 
     Returns:
       float32 loss: a scalar, or per-token losses in the labels' shape for ``reduction="none"``.
 
     Example:
-    >>> x = tf.random.normal([8, 16]); w = tf.random.normal([100, 16])
-    >>> y = tf.random.uniform([8], 0, 100, tf.int32)
-    >>> loss = harmonic_loss(x, w, y, chunk_size=32)  # same value as chunk_size=None
+    >>> x = tf.random.stateless_normal([8, 16], seed=[0, 1])
+    >>> w = tf.random.stateless_normal([100, 16], seed=[0, 2])
+    >>> y = tf.constant([3, 14, 15, 92, 65, 35, 89, 79])
+    >>> dense = harmonic_loss(x, w, y, eta=32.0)
+    >>> chunked = harmonic_loss(x, w, y, eta=32.0, chunk_size=32)  # never a [8, 100] tensor
+    >>> print(f"{float(dense):.4f} {float(chunked):.4f}")
+    19.1420 19.1420
     """
     _inputs.check_choice("reduction", reduction, _inputs.REDUCTIONS)
+    _inputs.check_choice("path", path, PATHS)
     _inputs.check_positive("eps", eps)
     if chunk_size is not None:
         _inputs.check_int("chunk_size", chunk_size, 1)
     p = _inputs.prepare(hidden_states, class_centers, labels, ignore_index)
     eta = _inputs.resolve_eta(eta, p.dim)
-    if reduction == "none":
-        losses = exact_token_losses(p.x, p.w, p.labels, eta, eps, chunk_size)
-        return _inputs.finish(losses, p, reduction)
-    return weighted_exact_loss(p, _inputs.token_weights(p, reduction), eta, eps, chunk_size)
-
-
-def weighted_exact_loss(
-    p: _inputs.Prepared,
-    weights: tf.Tensor,
-    eta: float | tf.Tensor,
-    eps: float,
-    chunk_size: int | None,
-) -> tf.Tensor:
-    """``sum_n weights_n * loss_n`` (weights 0 where ignored), fused where that is cheaper."""
-    if _use_fused(p.num_tokens, p.vocab_size, chunk_size):
-        return fused_weighted_loss(p.x, p.w, p.labels, weights, eta, eps, chunk_size)
+    if _takes_fused_path(path, p, chunk_size, reduction):
+        per_token = _inputs.token_weights(p, reduction, weights)
+        return fused_weighted_loss(p.x, p.w, p.labels, per_token, eta, eps, chunk_size)
     losses = exact_token_losses(p.x, p.w, p.labels, eta, eps, chunk_size)
-    return tf.reduce_sum(tf.where(weights == 0.0, 0.0, weights * losses))
+    return _inputs.finish(losses, p, reduction, weights=weights)
+
+
+PATHS = ("auto", "fused", "two_pass")
 
 
 # The fused path adds one [V, D] update per token chunk of `rows` tokens; with fewer rows per
@@ -107,16 +108,26 @@ def weighted_exact_loss(
 MIN_FUSED_ROWS = 128
 
 
-def _use_fused(num_tokens: int | None, vocab_size: int, chunk_size: int | None) -> bool:
-    """Fused when chunked, the token count is static, each token chunk has at least
-    ``MIN_FUSED_ROWS`` tokens, and a gradient tape is recording (at trace time for tf.function):
-    without a tape the forward-only pass is 1 matmul, not 3."""
+def _takes_fused_path(path: str, p: _inputs.Prepared, chunk_size, reduction: str) -> bool:
+    """``"auto"``: fused when chunked, the token count is static, each token chunk has at
+    least ``MIN_FUSED_ROWS`` tokens, and a gradient tape is recording (at trace time for
+    tf.function): without a tape the forward-only pass is 1 matmul, not 3."""
     from tensorflow.python.eager import record
 
-    if chunk_size is None or chunk_size >= vocab_size or num_tokens is None:
+    if path == "fused":
+        if chunk_size is None or reduction == "none" or p.num_tokens is None:
+            raise ValueError(
+                "path='fused' needs `chunk_size`, a reduced loss (`reduction` 'mean' or 'sum') "
+                f"and a static token count; got chunk_size={chunk_size}, "
+                f"reduction={reduction!r}, hidden_states with {p.num_tokens} tokens."
+            )
+        return True
+    if path == "two_pass" or reduction == "none":
         return False
-    rows, _ = _fused_rows(num_tokens, vocab_size, chunk_size)
-    return rows >= min(MIN_FUSED_ROWS, num_tokens) and bool(record.could_possibly_record())
+    if chunk_size is None or chunk_size >= p.vocab_size or p.num_tokens is None:
+        return False
+    rows, _ = _fused_rows(p.num_tokens, p.vocab_size, chunk_size)
+    return rows >= min(MIN_FUSED_ROWS, p.num_tokens) and bool(record.could_possibly_record())
 
 
 def _fused_rows(n: int, vocab_size: int, chunk_size: int) -> tuple[int, int]:

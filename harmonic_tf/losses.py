@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from harmonic_tf import _inputs, _trace
-from harmonic_tf.exact import harmonic_loss, weighted_exact_loss
-from harmonic_tf.sampled import (
-    CENTER_GRADIENTS,
-    LOG_Q_CORRECTIONS,
-    NEGATIVES,
-    sampled_harmonic_loss,
-)
-from harmonic_tf.sampling import Sampler, UnigramSampler
+from harmonic_tf.exact import harmonic_loss
+from harmonic_tf.options import SampledOptions
+from harmonic_tf.sampled import sampled_harmonic_loss
 
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "none", None)
-# Constructor arguments kept as attributes of the same name and returned by get_config.
-_CONFIG_KEYS = (
-    "k",
-    "negatives",
-    "sampler",
-    "log_q_correction",
-    "in_batch_negatives",
-    "remove_accidental_hits",
-    "center_gradient",
-    "exact_center_rows",
-    "chunk_size",
-    "seed",
-    "ignore_index",
-    "require_trainable_centers",
-)
 
 
 def labels_from_keras(y_true, num_classes: int | None = None) -> tf.Tensor:
@@ -94,13 +73,13 @@ def _expand_weights(sample_weight, rank: int) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package="harmonic_tf")
 class HarmonicLoss(keras.losses.Loss):
-    """Harmonic loss for ``model.compile(loss=...)``: exact when ``k=None``, sampled otherwise.
+    """Harmonic loss for ``model.compile(loss=...)``: exact, or sampled in training.
 
     Bound to a :class:`HarmonicLMHead` (the layer, or its name after a reload). In training the
     head hands over hidden states and this loss runs :func:`harmonic_loss` (exact, optionally
     chunked) or :func:`sampled_harmonic_loss` on the head's centers; in ``evaluate`` the head
     returns full logits and this loss is always the **exact** harmonic loss, comparable across
-    ``k`` and with cross-entropy.
+    estimators and with cross-entropy.
 
     Shapes: ``y_true`` ``[B]`` or ``[B, S]`` class ids (Keras passes them as float32; they are
     rounded back), ``y_pred`` the head's output. Reduction ``"sum_over_batch_size"`` (= ``"mean"``)
@@ -108,10 +87,8 @@ class HarmonicLoss(keras.losses.Loss):
 
     Args:
       head: the ``HarmonicLMHead`` layer (or its name). ``None``: the only head in the model.
-      k: ``None`` for the exact loss, else the number of negatives (see
-        :func:`sampled_harmonic_loss` for ``negatives``, ``sampler``, ``log_q_correction``,
-        ``in_batch_negatives``, ``remove_accidental_hits``, ``center_gradient``,
-        ``exact_center_rows``).
+      sampled: ``None`` for the exact loss; a :class:`SampledOptions` (or ``True`` for the
+        measured defaults) for the sampled loss in training.
       chunk_size: for the exact training loss: vocabulary chunk (``None``: dense logits).
       seed: ``None`` draws fresh negatives each step; an int gives a reproducible sequence.
       ignore_index: label value of tokens that contribute nothing.
@@ -119,20 +96,13 @@ class HarmonicLoss(keras.losses.Loss):
         head the model never called); set ``False`` to train against frozen centers on purpose.
 
     Example:
-    >>> model.compile(optimizer="adam", loss=HarmonicLoss(head, k=256))  # measured defaults
+    >>> model.compile(optimizer="adam", loss=HarmonicLoss(head, sampled=True))  # doctest: +SKIP
     """
 
     def __init__(
         self,
         head=None,
-        k: int | None = None,
-        negatives: str = "shared",
-        sampler="log_uniform",
-        log_q_correction: str = "negatives",
-        in_batch_negatives: bool | int = 768,
-        remove_accidental_hits: bool = True,
-        center_gradient: str = "indexed_slices",
-        exact_center_rows: int = 128,
+        sampled: SampledOptions | bool | dict | None = None,
         chunk_size: int | None = None,
         seed: int | None = None,
         ignore_index: int | None = -100,
@@ -143,20 +113,23 @@ class HarmonicLoss(keras.losses.Loss):
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         _inputs.check_choice("reduction", reduction, REDUCTIONS)
-        if k is not None:
-            _inputs.check_int("k", k, 0)
         if chunk_size is not None:
             _inputs.check_int("chunk_size", chunk_size, 1)
-        _inputs.check_choice("negatives", negatives, NEGATIVES)
-        _inputs.check_choice("log_q_correction", log_q_correction, LOG_Q_CORRECTIONS)
-        _inputs.check_choice("center_gradient", center_gradient, CENTER_GRADIENTS)
-        if not isinstance(in_batch_negatives, bool):
-            _inputs.check_int("in_batch_negatives", in_batch_negatives, 0)
-        _inputs.check_int("exact_center_rows", exact_center_rows, 0)
-        if isinstance(sampler, dict):
-            sampler = UnigramSampler(**sampler)
-        for key in _CONFIG_KEYS:
-            setattr(self, key, locals()[key])
+        if sampled is True:
+            sampled = SampledOptions()
+        elif sampled is False:
+            sampled = None
+        elif isinstance(sampled, dict):
+            sampled = SampledOptions.from_config(sampled)
+        if sampled is not None and not isinstance(sampled, SampledOptions):
+            raise TypeError(
+                f"`sampled` must be None, True or a harmonic_tf.SampledOptions, got {sampled!r}."
+            )
+        self.sampled = sampled
+        self.chunk_size = chunk_size
+        self.seed = seed
+        self.ignore_index = ignore_index
+        self.require_trainable_centers = require_trainable_centers
         self._head = None
         self.head_name = head
         if head is None:
@@ -229,74 +202,40 @@ class HarmonicLoss(keras.losses.Loss):
             labels = labels_from_keras(y_true, head.units)
             if kind == "hidden_states":
                 self._check_trainable(head)
-                if self.k is None and self.reduction not in ("none", None):
-                    return self._exact_training_loss(head, labels, y_pred, sample_weight)
-                losses = self._training_losses(head, labels, y_pred)
-                ignored = (
-                    tf.equal(labels, self.ignore_index)
-                    if self.ignore_index is not None
-                    else tf.zeros_like(labels, tf.bool)
-                )
+                return self._training_loss(head, labels, y_pred, sample_weight)
             else:
                 logits = y_pred
                 if head.output_mode == "probabilities":
                     logits = tf.math.log(tf.maximum(tf.cast(y_pred, tf.float32), 1e-38))
                 if labels.shape.rank == logits.shape.rank and labels.shape[-1] == 1:
                     labels = tf.squeeze(labels, -1)
-                losses, ignored = exact_loss_from_logits(logits, labels, self.ignore_index)
+            losses, ignored = exact_loss_from_logits(logits, labels, self.ignore_index)
             return self._reduce(losses, ignored, sample_weight)
 
-    def _exact_training_loss(self, head, labels, hidden, sample_weight):
-        """Exact loss with the sample weights folded into per-token weights, so a chunked loss
-        can take the fused path (gradients in the forward pass)."""
+    def _training_loss(self, head, labels, hidden, sample_weight):
+        """The exact (optionally chunked, fused) or sampled loss on the head's centers."""
         if labels.shape.rank == hidden.shape.rank and labels.shape[-1] == 1:
             labels = tf.squeeze(labels, -1)
-        p = _inputs.prepare(hidden, head.centers, labels, self.ignore_index)
-        weights = _inputs.token_weights(p, "sum")
-        count = tf.reduce_sum(tf.cast(tf.logical_not(p.ignored), tf.float32))
-        if sample_weight is not None:
-            sw = _expand_weights(sample_weight, labels.shape.rank)
-            weights = weights * tf.reshape(tf.broadcast_to(sw, p.labels_shape), [-1])
-        if self.reduction != "sum":
-            weights = tf.math.divide_no_nan(weights, count)
-        eta = head.resolved_eta()
-        total = weighted_exact_loss(p, weights, eta, head.eps, self.chunk_size)
-        return total / tf.distribute.get_strategy().num_replicas_in_sync
-
-    def _training_losses(self, head, labels, hidden):
-        centers = head.centers
-        if labels.shape.rank == hidden.shape.rank and labels.shape[-1] == 1:
-            labels = tf.squeeze(labels, -1)
-        eta = head.resolved_eta()
-        if self.k is None:
-            return harmonic_loss(
-                hidden,
-                centers,
-                labels,
-                eta=eta,
-                eps=head.eps,
-                reduction="none",
-                ignore_index=self.ignore_index,
-                chunk_size=self.chunk_size,
-            )
-        return sampled_harmonic_loss(
-            hidden,
-            centers,
-            labels,
-            k=self.k,
-            eta=eta,
+        reduction = {"none": "none", None: "none", "sum": "sum"}.get(self.reduction, "mean")
+        common = dict(
+            eta=head.resolved_eta(),
             eps=head.eps,
-            reduction="none",
-            negatives=self.negatives,
-            sampler=self.sampler,
-            remove_accidental_hits=self.remove_accidental_hits,
-            log_q_correction=self.log_q_correction,
-            in_batch_negatives=self.in_batch_negatives,
-            center_gradient=self.center_gradient,
-            exact_center_rows=self.exact_center_rows,
-            seed=self._next_seed(head),
+            reduction=reduction,
             ignore_index=self.ignore_index,
+            weights=sample_weight,
         )
+        if self.sampled is None:
+            loss = harmonic_loss(hidden, head.centers, labels, chunk_size=self.chunk_size, **common)
+        else:
+            seed = self._next_seed(head)
+            loss = sampled_harmonic_loss(
+                hidden, head.centers, labels, self.sampled, seed=seed, **common
+            )
+        if reduction == "none":
+            return loss
+        # As Keras's own losses do: replicas' gradients are summed, and the reported loss is
+        # multiplied back by the replica count.
+        return loss / tf.distribute.get_strategy().num_replicas_in_sync
 
     def _reduce(self, losses, ignored, sample_weight):
         losses = tf.cast(losses, tf.float32)
@@ -313,18 +252,13 @@ class HarmonicLoss(keras.losses.Loss):
         return total / tf.distribute.get_strategy().num_replicas_in_sync
 
     def get_config(self) -> dict:
-        sampler = self.sampler
-        if isinstance(sampler, Sampler):
-            if not isinstance(sampler, UnigramSampler):
-                sampler = sampler.name
-            else:
-                sampler = sampler.get_config()
-        elif isinstance(sampler, np.ndarray):
-            sampler = sampler.tolist()
-        config = {key: getattr(self, key) for key in _CONFIG_KEYS}
-        return config | {
+        return {
             "name": self.name,
             "reduction": self.reduction,
             "head": self.head_name,
-            "sampler": sampler,
+            "sampled": None if self.sampled is None else self.sampled.get_config(),
+            "chunk_size": self.chunk_size,
+            "seed": self.seed,
+            "ignore_index": self.ignore_index,
+            "require_trainable_centers": self.require_trainable_centers,
         }

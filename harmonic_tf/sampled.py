@@ -5,9 +5,10 @@ Per token, over candidates ``C_n = {y_n} ∪ negatives``:
 ``logQ_j = log(expected count of j among the draws)``. Negatives come in two fixed-shape blocks:
 per-example ``[N, k]`` (gathered centers ``[N, k, D]``) and shared ``[K]`` (one ``[N, D] x [D, K]``
 matmul), the shared block holding sampled ids and/or the batch's distinct labels (logQ 0).
-With ``exact_center_rows=S`` the centers' gradient is dense: every token's exact pull plus ``S``
-drawn tokens' full-vocabulary push. With ``0`` it touches only the label and candidate rows,
-returned as ``tf.IndexedSlices`` or scattered into a dense ``[V, D]`` tensor.
+With center rows the centers' gradient is dense: every token's exact pull plus ``S`` drawn
+tokens' full-vocabulary push. Otherwise it touches only the label and candidate rows, returned
+as ``tf.IndexedSlices`` or scattered into a dense ``[V, D]`` tensor. What to do is a
+:class:`~harmonic_tf.SampledOptions`.
 """
 
 from __future__ import annotations
@@ -32,138 +33,83 @@ from harmonic_tf.gradients import (
     true_eta_term,
     true_pull,
 )
-from harmonic_tf.sampling import RandomStream, Sampler, get_sampler
-
-NEGATIVES = ("shared", "per_example")
-LOG_Q_CORRECTIONS = ("negatives", "all", "none")
-CENTER_GRADIENTS = ("indexed_slices", "dense")
+from harmonic_tf.options import SampledOptions
+from harmonic_tf.sampling import RandomStream, get_sampler
 
 
 def sampled_harmonic_loss(
     hidden_states: tf.Tensor,
     class_centers: tf.Tensor,
     labels: tf.Tensor,
-    k: int = 256,
+    options: SampledOptions | None = None,
+    *,
     eta: float | tf.Tensor | None = None,
     eps: float = 1e-9,
     reduction: str = "mean",
-    negatives: str = "shared",
-    sampler: str | Sampler = "log_uniform",
-    remove_accidental_hits: bool = True,
-    log_q_correction: str = "negatives",
-    in_batch_negatives: bool | int = 768,
-    center_gradient: str = "indexed_slices",
-    exact_center_rows: int = 128,
+    ignore_index: int | None = -100,
+    weights: tf.Tensor | None = None,
     sampled_ids: tf.Tensor | None = None,
     seed: int | tf.Tensor | None = None,
-    ignore_index: int | None = -100,
 ) -> tf.Tensor:
-    """Harmonic loss over the true class and ``k`` sampled negatives (training only).
+    """Harmonic loss over the true class and sampled negatives (training only: report the
+    exact loss for evaluation).
 
     Args:
       hidden_states: ``[N, D]`` or ``[B, S, D]`` float.
       class_centers: ``[V, D]`` float.
       labels: ``[N]`` or ``[B, S]`` int in ``[0, V)`` or ``ignore_index``.
-      k: negatives per step (``"shared"``) or per token (``"per_example"``, ``1 <= k <= V-1``).
-        ``k=0`` is allowed with shared in-batch negatives only.
-      eta, eps: as in :func:`harmonic_loss`; a tensor ``eta`` gets the sampled estimate of its
-        gradient (the candidates' probabilities in place of the full softmax).
-      reduction: ``"mean"`` over non-ignored tokens, ``"sum"`` or ``"none"``.
-      negatives: ``"shared"``: one set of ``k`` ids for the whole batch (fast path);
-        ``"per_example"``: ``k`` ids per token, none equal to that token's label.
-      sampler: ``"log_uniform"`` (ids sorted by frequency), ``"uniform"``, a
-        :class:`~harmonic_tf.Sampler`, or a 1-D array of token counts (unigram: measured best).
-      remove_accidental_hits: mask negatives equal to the token's own label.
-      log_q_correction: ``"negatives"`` subtracts ``log(expected count)`` from the negatives'
-        logits so the sampled denominator estimates the full one; ``"all"`` also from the true
-        logit (``tf.nn.sampled_softmax_loss``'s convention, biased); ``"none"`` corrects nothing.
-      in_batch_negatives: ``True`` adds the batch's distinct labels as shared negatives, each
-        once and uncorrected (their part of the denominator is exact); an int ``m`` keeps the
-        first ``m`` of them (batch order) in a fixed-shape block, far cheaper than ``N``.
-        Shared draws then come from ``q`` restricted to the other ids (per-example draws of
-        in-batch ids are dropped), so the draws estimate only the rest. Ignored positions
-        never count.
-      center_gradient: ``"indexed_slices"`` (rows touched only) or ``"dense"`` (``[V, D]``).
-      exact_center_rows: ``S > 0`` estimates the centers' push from ``S`` tokens drawn from
-        the batch, each over the full vocabulary and scaled by ``N / S``, plus every token's
-        exact pull on its label's center: every center moves every step as in exact training
-        (cost ``S x V``; the centers' gradient is dense). ``0``: from the sampled candidates.
-      sampled_ids: caller-given negatives, ``[k]`` (shared) or ``[N, k]`` (per example).
-      seed: an int or an int ``[2]`` tensor: the same seed gives the same negatives; ``None``
-        draws fresh negatives on every call.
-      ignore_index: label value whose tokens contribute nothing.
+      options: the estimator, a :class:`~harmonic_tf.SampledOptions` (``None``: the measured
+        defaults).
+      eta, eps, reduction, ignore_index, weights: as in :func:`harmonic_loss`; a tensor ``eta``
+        gets the sampled estimate of its gradient (the candidates' probabilities for the
+        softmax's).
+      sampled_ids: caller-given draws, ``[k]`` (shared) or ``[N, k]`` (per example).
+      seed: an int or an int ``[2]`` tensor: the same seed gives the same draws (eagerly, in
+        graph mode and under XLA alike); ``None`` draws fresh ones on every call.
 
     Returns:
       float32 scalar, or per-token losses in the labels' shape for ``reduction="none"``.
 
     Example:
-    >>> x = tf.random.normal([64, 32]); w = tf.Variable(tf.random.normal([1000, 32]))
-    >>> y = tf.random.uniform([64], 0, 1000, tf.int32)
+    >>> x = tf.random.stateless_normal([64, 32], seed=[0, 1])
+    >>> w = tf.Variable(tf.random.stateless_normal([1000, 32], seed=[0, 2]))
+    >>> y = tf.range(64) * 7
     >>> with tf.GradientTape() as tape:
-    ...     loss = sampled_harmonic_loss(x, w, y, k=128, seed=0)
-    >>> grad = tape.gradient(loss, w)  # dense: exact pulls + 128 tokens' full-vocabulary push
+    ...     loss = sampled_harmonic_loss(x, w, y, SampledOptions(k=128), seed=0)
+    >>> grad = tape.gradient(loss, w)
+    >>> print(type(grad).__name__, grad.shape)  # dense: exact pulls + 128 tokens' full push
+    EagerTensor (1000, 32)
+    >>> sparse = SampledOptions(k=128, center_gradient="indexed_slices")
+    >>> with tf.GradientTape() as tape:
+    ...     loss = sampled_harmonic_loss(x, w, y, sparse, seed=0)
+    >>> print(type(tape.gradient(loss, w)).__name__)  # only label and candidate rows
+    IndexedSlices
     """
+    options = SampledOptions() if options is None else options
+    if not isinstance(options, SampledOptions):
+        raise TypeError(f"`options` must be a harmonic_tf.SampledOptions, got {options!r}.")
     _inputs.check_choice("reduction", reduction, _inputs.REDUCTIONS)
-    _inputs.check_choice("negatives", negatives, NEGATIVES)
-    _inputs.check_choice("log_q_correction", log_q_correction, LOG_Q_CORRECTIONS)
-    _inputs.check_choice("center_gradient", center_gradient, CENTER_GRADIENTS)
     _inputs.check_positive("eps", eps)
-    if not isinstance(remove_accidental_hits, bool):
-        raise TypeError(f"`remove_accidental_hits` must be a bool, got {remove_accidental_hits!r}.")
     p = _inputs.prepare(hidden_states, class_centers, labels, ignore_index)
+    if options.negatives == "per_example":
+        _inputs.check_int("k", options.k, 1, p.vocab_size - 1)
     eta = _inputs.resolve_eta(eta, p.dim)
-    sampler = get_sampler(sampler, p.vocab_size)
-    _inputs.check_int("exact_center_rows", exact_center_rows, 0)
-    num_in_batch = _check_in_batch(in_batch_negatives, p.num_tokens)
-    in_batch_on = num_in_batch is not None or in_batch_negatives is True
-    if negatives == "per_example":
-        _inputs.check_int("k", k, 1, p.vocab_size - 1)
-    else:
-        _inputs.check_int("k", k, 0 if in_batch_on else 1)
     rng = RandomStream(seed)
-    valid_token = tf.logical_not(tf.logical_or(p.ignored, p.invalid))
-
-    blocks = Candidates(p.labels, remove_accidental_hits)
-    if in_batch_on:
-        if num_in_batch is None:
-            num_in_batch = tf.shape(p.labels)[0]
-        blocks.set_in_batch(
-            *distinct_labels(p.labels, valid_token, num_in_batch, p.vocab_size), p.vocab_size
-        )
-    if negatives == "per_example":
-        ids = _given_ids(sampled_ids, [p.num_tokens, k], p, "[N, k]")
-        if ids is None:
-            ids = sampler.sample_excluding(p.labels, k, rng)
-        else:
-            ids = blocks.mark_bad_ids(ids, p.vocab_size)
-        blocks.per_example = ids
-    elif k > 0:
-        ids = _given_ids(sampled_ids, [k], p, "[k]")
-        if ids is not None:
-            blocks.shared = blocks.mark_bad_ids(ids, p.vocab_size)
-        elif blocks.in_batch is not None:
-            blocks.set_shared_outside(*sampler.sample_outside(blocks.in_batch_member, k, rng))
-        else:
-            blocks.shared = sampler.sample([k], rng)
-
-    blocks.finalize(sampler, log_q_correction)
-    if exact_center_rows:
-        blocks.center_rows = rng.integers([exact_center_rows], tf.shape(p.labels)[0])
-    losses = sampled_token_losses(p.x, p.w, blocks, eta, eps, center_gradient)
-    if blocks.bad_ids is not None:
-        p.invalid = tf.logical_or(
-            p.invalid, tf.logical_and(blocks.bad_ids, tf.logical_not(p.ignored))
-        )
-    return _inputs.finish(losses, p, reduction)
+    cand = build_candidates(p, options, rng, sampled_ids)
+    center_rows = None
+    if options.center_gradient == "rows":
+        center_rows = rng.integers([options.center_rows], tf.shape(p.labels)[0])
+    losses = sampled_token_losses(p.x, p.w, cand, eta, eps, options.center_gradient, center_rows)
+    bad = None if cand.bad_ids is None else tf.logical_and(cand.bad_ids, tf.logical_not(p.ignored))
+    return _inputs.finish(losses, p, reduction, also_invalid=bad, weights=weights)
 
 
-def _check_in_batch(in_batch_negatives, num_tokens):
-    """Returns None (off) or the capacity m of the distinct-label block."""
-    if in_batch_negatives is False:
+def _in_batch_capacity(in_batch_negatives, num_tokens):
+    """The capacity m of the distinct-label block: None (off), or an int or None-for-dynamic."""
+    if in_batch_negatives == 0:
         return None
-    if in_batch_negatives is True:
+    if in_batch_negatives == "all":
         return num_tokens  # None when the batch size is not static: sized at run time
-    _inputs.check_int("in_batch_negatives", in_batch_negatives, 0)
     # A batch never holds more distinct labels than tokens.
     return min(in_batch_negatives, num_tokens or in_batch_negatives) or None
 
@@ -189,7 +135,7 @@ def distinct_labels(
     return ids[:capacity], tf.range(capacity) < count
 
 
-def _given_ids(sampled_ids, shape, p, shape_name):
+def _given_ids(sampled_ids, shape, vocab_size, shape_name):
     if sampled_ids is None:
         return None
     ids = tf.convert_to_tensor(sampled_ids)
@@ -200,14 +146,14 @@ def _given_ids(sampled_ids, shape, p, shape_name):
     ids = tf.cast(ids, tf.int32)
     if not _inputs.inside_xla():
         tf.debugging.assert_equal(
-            tf.reduce_any(tf.logical_or(ids < 0, ids >= p.vocab_size)),
+            tf.reduce_any(tf.logical_or(ids < 0, ids >= vocab_size)),
             False,
-            message=f"`sampled_ids` must be in [0, {p.vocab_size})",
+            message=f"`sampled_ids` must be in [0, {vocab_size})",
         )
     return ids
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Candidates:
     """The candidate set of one loss call (ids, masks and logQ terms; no gradient flows here).
 
@@ -216,75 +162,15 @@ class Candidates:
     dropped), weighted by ``1 / expected count``. The sum over the in-batch ids is exact and
     the sampled one is unbiased for the remainder, whatever the sampler."""
 
-    labels: tf.Tensor
+    labels: tf.Tensor  # [N] int32
     remove_accidental_hits: bool
     per_example: tf.Tensor | None = None  # [N, k] ids
     per_example_valid: tf.Tensor | None = None  # [N, k] bool: off for ids in the in-batch block
-    shared: tf.Tensor | None = None  # [K] ids; after finalize, sampled then in-batch columns
-    shared_valid: tf.Tensor | None = None  # [K] bool
-    in_batch: tf.Tensor | None = None  # [m] distinct labels
-    in_batch_filled: tf.Tensor | None = None  # [m] bool
-    in_batch_member: tf.Tensor | None = None  # [V] bool: id is in the in-batch block
-    bad_ids: tf.Tensor | None = None  # [N] bool: rows that saw an out-of-range given id
+    shared: tf.Tensor | None = None  # [K] ids: sampled then in-batch columns
+    shared_bias: tf.Tensor | None = None  # [K] added to the shared logits: -logQ, or -inf
     log_q_true: tf.Tensor | float = 0.0  # [N] subtracted from the true logit
     log_q_per_example: tf.Tensor | float = 0.0  # [N, k]
-    log_q_shared: tf.Tensor | float = 0.0  # [K]
-    shared_bias: tf.Tensor | None = None  # [K] added to the shared logits: -logQ, or -inf
-    log_q_outside: tf.Tensor | None = None  # [K] log q of shared draws restricted outside
-    center_rows: tf.Tensor | None = None  # [S] tokens whose full-vocabulary push moves centers
-
-    def set_in_batch(self, ids: tf.Tensor, filled: tf.Tensor, vocab_size: int) -> None:
-        self.in_batch, self.in_batch_filled = ids, filled
-        # Unfilled slots scatter to row V, which is cut off.
-        rows = tf.where(filled, ids, vocab_size)[:, None]
-        counts = tf.scatter_nd(rows, tf.ones_like(ids), [vocab_size + 1])
-        self.in_batch_member = counts[:vocab_size] > 0
-
-    def set_shared_outside(self, ids: tf.Tensor, log_q: tf.Tensor, ok: tf.Tensor) -> None:
-        """Shared draws from ``q`` restricted to ids outside the in-batch block."""
-        self.shared, self.shared_valid, self.log_q_outside = ids, ok, log_q
-
-    def finalize(self, sampler: Sampler, correction: str) -> None:
-        """Sets the logQ terms and merges the in-batch block into the shared columns.
-
-        Expected count of id j among the sampled draws for token n:
-        ``q_j * (k_pe / (1 - q_{y_n}) + K_shared)``: per-example draws exclude the label, so
-        their probabilities are renormalised; shared draws are not. In-batch ids: logQ 0."""
-        member = self.in_batch_member
-        if member is not None:
-            if self.shared is not None and self.log_q_outside is None:
-                self.shared_valid = tf.logical_not(tf.gather(member, self.shared))
-            if self.per_example is not None:
-                self.per_example_valid = tf.logical_not(tf.gather(member, self.per_example))
-        if correction != "none":
-            log_q_label = sampler.log_prob(self.labels)
-            draws = 0.0 if self.shared is None else float(self.shared.shape[0])
-            if self.per_example is not None:
-                draws = float(self.per_example.shape[1]) / -tf.math.expm1(log_q_label) + draws
-            log_draws = tf.math.log(draws * tf.ones_like(log_q_label))
-            if self.per_example is not None:
-                self.log_q_per_example = sampler.log_prob(self.per_example) + log_draws[:, None]
-            if self.shared is not None:
-                log_q = self.log_q_outside
-                log_q = sampler.log_prob(self.shared) if log_q is None else log_q
-                # Shared draws never share a call with per-example ones: draws is K here.
-                self.log_q_shared = log_q + math.log(draws)
-            if correction == "all":
-                self.log_q_true = log_q_label + log_draws
-        if self.in_batch is not None:
-            if self.shared is None:
-                self.shared, self.shared_valid = self.in_batch, self.in_batch_filled
-            else:
-                self.shared = tf.concat([self.shared, self.in_batch], 0)
-                self.shared_valid = tf.concat([self.shared_valid, self.in_batch_filled], 0)
-                if correction != "none":
-                    m = tf.shape(self.in_batch)[0]
-                    self.log_q_shared = tf.concat([self.log_q_shared, tf.zeros([m])], 0)
-        if self.shared is not None:
-            bias = -self.log_q_shared * tf.ones(tf.shape(self.shared))
-            if self.shared_valid is not None:
-                bias = tf.where(self.shared_valid, bias, -float("inf"))
-            self.shared_bias = _computed_once(bias)
+    bad_ids: tf.Tensor | None = None  # [N] bool: rows that saw an out-of-range given id
 
     def keep(self, ids: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
         """Mask of usable candidate columns for ``ids`` ([N, k] or [K]) as ``[N, cols]``."""
@@ -296,17 +182,109 @@ class Candidates:
             keep = tf.logical_and(keep, valid if valid.shape.rank == 2 else valid[None, :])
         return tf.broadcast_to(keep, [tf.shape(self.labels)[0], tf.shape(ids2)[1]])
 
-    def mark_bad_ids(self, ids: tf.Tensor, vocab_size: int) -> tf.Tensor:
-        """Clamps given ids into range and remembers which rows saw a bad one (their loss is NaN:
-        under XLA no assert runs, and a clamped row must not pass for a real one)."""
+
+def build_candidates(
+    p: _inputs.Prepared,
+    options: SampledOptions,
+    rng: RandomStream,
+    sampled_ids: tf.Tensor | None = None,
+) -> Candidates:
+    """Draws (or takes) the negatives and computes their logQ terms and masks.
+
+    Expected count of id j among the draws for token n:
+    ``q_j * (k_pe / (1 - q_{y_n}) + K_shared)``: per-example draws exclude the label, so their
+    probabilities are renormalised; shared draws are not. With an in-batch block, shared draws
+    come from ``q`` restricted to the ids outside it (per-example draws of in-batch ids are
+    dropped) and in-batch ids have logQ 0."""
+    labels, vocab_size = p.labels, p.vocab_size
+    sampler = get_sampler(options.sampler, vocab_size)
+    valid_token = tf.logical_not(tf.logical_or(p.ignored, p.invalid))
+    bad_rows = None
+
+    def given(shape, shape_name):
+        nonlocal bad_rows
+        ids = _given_ids(sampled_ids, shape, vocab_size, shape_name)
+        if ids is None:
+            return None
+        # Clamped into range; rows that saw a bad id get a NaN loss (under XLA no assert runs,
+        # and a clamped row must not pass for a real one).
         bad = tf.logical_or(ids < 0, ids >= vocab_size)
-        rows = (
-            tf.reduce_any(bad, axis=1)
-            if ids.shape.rank == 2
-            else tf.fill(tf.shape(self.labels), tf.reduce_any(bad))
-        )
-        self.bad_ids = rows if self.bad_ids is None else tf.logical_or(self.bad_ids, rows)
+        if ids.shape.rank == 1:
+            bad_rows = tf.fill(tf.shape(labels), tf.reduce_any(bad))
+        else:
+            bad_rows = tf.reduce_any(bad, axis=1)
         return tf.where(bad, tf.zeros_like(ids), ids)
+
+    in_batch = member = None
+    capacity = _in_batch_capacity(options.in_batch_negatives, p.num_tokens)
+    if options.in_batch_negatives != 0:
+        capacity = tf.shape(labels)[0] if capacity is None else capacity
+        in_batch = distinct_labels(labels, valid_token, capacity, vocab_size)
+        # Unfilled slots scatter to row V, which is cut off.
+        rows = tf.where(in_batch[1], in_batch[0], vocab_size)[:, None]
+        member = tf.scatter_nd(rows, tf.ones_like(in_batch[0]), [vocab_size + 1])[:vocab_size] > 0
+
+    k = options.k
+    per_example = per_example_valid = shared = shared_valid = log_q_shared = None
+    if options.negatives == "per_example":
+        per_example = given([p.num_tokens, k], "[N, k]")
+        if per_example is None:
+            per_example = sampler.sample_excluding(labels, k, rng)
+        if member is not None:
+            per_example_valid = tf.logical_not(tf.gather(member, per_example))
+    elif k > 0:
+        shared = given([k], "[k]")
+        if shared is None and member is not None:
+            shared, log_q_shared, shared_valid = sampler.sample_outside(member, k, rng)
+        elif shared is None:
+            shared = sampler.sample([k], rng)
+        if shared_valid is None and member is not None:
+            shared_valid = tf.logical_not(tf.gather(member, shared))
+
+    log_q_true = log_q_per_example = 0.0
+    if options.log_q_correction != "none":
+        log_q_label = sampler.log_prob(labels)
+        draws = 0.0 if shared is None else float(k)
+        if per_example is not None:
+            draws = float(k) / -tf.math.expm1(log_q_label) + draws
+        log_draws = tf.math.log(draws * tf.ones_like(log_q_label))
+        if per_example is not None:
+            log_q_per_example = sampler.log_prob(per_example) + log_draws[:, None]
+        if shared is not None:
+            log_q = sampler.log_prob(shared) if log_q_shared is None else log_q_shared
+            # Shared draws never share a call with per-example ones: draws is K here.
+            log_q_shared = log_q + math.log(draws)
+        if options.log_q_correction == "all":
+            log_q_true = log_q_label + log_draws
+    else:
+        log_q_shared = None
+
+    if in_batch is not None:
+        if shared is None:
+            shared, shared_valid = in_batch
+            log_q_shared = None
+        else:
+            shared = tf.concat([shared, in_batch[0]], 0)
+            shared_valid = tf.concat([shared_valid, in_batch[1]], 0)
+            if log_q_shared is not None:
+                log_q_shared = tf.concat([log_q_shared, tf.zeros(tf.shape(in_batch[0]))], 0)
+    shared_bias = None
+    if shared is not None:
+        bias = tf.zeros(tf.shape(shared)) if log_q_shared is None else -log_q_shared
+        if shared_valid is not None:
+            bias = tf.where(shared_valid, bias, -float("inf"))
+        shared_bias = _computed_once(bias)
+    return Candidates(
+        labels=labels,
+        remove_accidental_hits=options.remove_accidental_hits,
+        per_example=per_example,
+        per_example_valid=per_example_valid,
+        shared=shared,
+        shared_bias=shared_bias,
+        log_q_true=log_q_true,
+        log_q_per_example=log_q_per_example,
+        bad_ids=bad_rows,
+    )
 
 
 def sampled_token_losses(
@@ -316,8 +294,10 @@ def sampled_token_losses(
     eta: float | tf.Tensor,
     eps: float,
     center_gradient: str,
+    center_rows: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """Per-token sampled loss ``[N]`` for float32 ``x [N, D]``, ``w [V, D]``."""
+    """Per-token sampled loss ``[N]`` for float32 ``x [N, D]``, ``w [V, D]``; with
+    ``center_rows [S]`` (token positions) the centers' gradient comes from those rows."""
     labels = cand.labels
     neg_inf = -float("inf")
     learn_eta = isinstance(eta, tf.Tensor)
@@ -362,7 +342,7 @@ def sampled_token_losses(
             pull = true_pull(margin, d2_true, diff_true, g, e, eps)
             dx = pull
             # With center rows the candidates' centers gradient is not needed at all.
-            candidates_move_centers = cand.center_rows is None
+            candidates_move_centers = center_rows is None
             values, indices = [-pull], [labels]
             if cand.per_example is not None:
                 c = coefficients(z_pe, lse, g, e, eps, d2_pe)
@@ -386,7 +366,9 @@ def sampled_token_losses(
                 for z, d2 in zip(columns, dists, strict=True):
                     d_eta += tf.reduce_sum(g * expected_l(z, lse, eps=eps, d2=d2))
             if not candidates_move_centers:
-                dw = _row_sampled_center_grad(x, w - origin, cand, diff_true, d2_true, g, e, eps)
+                dw = _row_sampled_center_grad(
+                    x, w - origin, labels, center_rows, diff_true, d2_true, g, e, eps
+                )
                 return dx, dw, d_eta
             values, indices = tf.concat(values, 0), tf.concat(indices, 0)
             if center_gradient == "dense":
@@ -409,16 +391,15 @@ def _computed_once(v: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.stack([v, tf.fill(tf.shape(v), -float("inf"))], axis=1), axis=1)
 
 
-def _row_sampled_center_grad(x, w, cand, diff_true, d2_true, g, eta, eps):
+def _row_sampled_center_grad(x, w, labels, rows, diff_true, d2_true, g, eta, eps):
     """Dense ``[V, D]`` centers' gradient: every token's exact pull ``-(dz_y/dw_y)`` plus the
     push ``sum_j p_nj dz_nj/dw_j`` of the drawn tokens over all ``V`` classes, times ``N / S``
     (unbiased: rows are drawn uniformly with replacement). ``x`` and ``w`` are measured from the
     same reference point."""
-    rows = cand.center_rows
     scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
     x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * scale
     z = logits_from_sq(expanded_sq_distances(x_r, w), eta, eps)  # [S, V]
     push = center_grad(coefficients(z, tf.reduce_logsumexp(z, axis=1), g_r, eta, eps), x_r, w)
     # Every token's exact pull: -(true_pull) at its label's row, with p_y = 0 (the push has it).
     pull = -2.0 * (0.5 * eta * g / (d2_true + eps))[:, None] * diff_true
-    return tf.tensor_scatter_nd_add(push, cand.labels[:, None], pull)
+    return tf.tensor_scatter_nd_add(push, labels[:, None], pull)

@@ -267,3 +267,45 @@ def get_sampler(sampler, vocab_size: int) -> Sampler:
             f"`sampler` covers {result.vocab_size} ids but `class_centers` has V = {vocab_size} rows."
         )
     return result
+
+
+def label_counts(labels, vocab_size: int, ignore_index: int | None = -100) -> np.ndarray:
+    """``[V]`` float64 count of each class id among ``labels``: the unigram sampler's input
+    (``SampledOptions(sampler=label_counts(...))``), for ids not sorted by frequency (a BPE
+    tokenizer's).
+
+    ``labels``: an array or tensor of ids, or a ``tf.data.Dataset`` of id batches, ``(x, y)`` or
+    ``(x, y, sample_weight)`` tuples (``y`` counted; ``sample_weight`` 0 skips a position).
+    Ids equal to ``ignore_index`` are skipped; any other id outside ``[0, V)`` raises.
+
+    Example:
+    >>> label_counts([[1, 1, 3], [0, -100, 1]], vocab_size=4)
+    array([1., 3., 0., 1.])
+    """
+    _inputs.check_int("vocab_size", vocab_size, 2)
+    counts = np.zeros(vocab_size, np.float64)
+    batches = labels.as_numpy_iterator() if isinstance(labels, tf.data.Dataset) else [labels]
+    for batch in batches:
+        weight = None
+        if isinstance(batch, tuple):
+            if len(batch) not in (2, 3):
+                raise ValueError(
+                    "`labels` as a dataset must yield ids, (x, y) or (x, y, sample_weight); got "
+                    f"tuples of {len(batch)}."
+                )
+            weight = batch[2] if len(batch) == 3 else None
+            batch = batch[1]
+        ids = np.asarray(batch)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"`labels` must hold integer class ids, got dtype {ids.dtype}.")
+        keep = np.ones(ids.shape, bool) if ignore_index is None else ids != ignore_index
+        if weight is not None:
+            keep &= np.broadcast_to(np.asarray(weight) != 0, ids.shape)
+        ids = ids[keep]
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(
+                f"`labels` must be in [0, {vocab_size}) or {ignore_index}, got ids from "
+                f"{ids.min()} to {ids.max()}."
+            )
+        counts += np.bincount(ids.ravel(), minlength=vocab_size)
+    return counts

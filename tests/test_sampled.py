@@ -5,14 +5,15 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import PLAIN_SAMPLED, harmax_numpy, log_q_numpy, maybe_jit, sampled_reference
+from conftest import maybe_jit
+from reference import PLAIN, harmax_numpy, log_q_numpy, sampled_reference
 
 import harmonic_tf as ht
 
 N, D, V, K = 12, 6, 29, 7
 NEGATIVES = ["shared", "per_example"]
 CORRECTIONS = ["negatives", "all", "none"]
-IN_BATCH = [False, True, 5]
+IN_BATCH = [0, "all", 5]
 CENTER_GRADIENTS = ["indexed_slices", "dense"]
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -36,14 +37,12 @@ def _ids(seed, negatives, y):
     return rng.integers(0, V, (N, K))  # hits possible: remove_accidental_hits masks them
 
 
-def _run_ours(x, w, y, ids, mode, rank3, **kw):
+def _run_ours(x, w, y, ids, mode, rank3, options, **call):
     # The autodiff reference is the plain sampled formula: candidates only, no center rows.
-    kw = PLAIN_SAMPLED | kw
-
     def run(xt, wt, yt, idt):
         with tf.GradientTape() as tape:
             tape.watch([xt, wt])
-            loss = ht.sampled_harmonic_loss(xt, wt, yt, sampled_ids=idt, **kw)
+            loss = ht.sampled_harmonic_loss(xt, wt, yt, options, sampled_ids=idt, **call)
             target = tf.reduce_sum(loss)
         gx, gw = tape.gradient(target, [xt, wt])
         return loss, gx, gw
@@ -58,7 +57,7 @@ def _run_ours(x, w, y, ids, mode, rank3, **kw):
 def _reference(x, w, y, ids, negatives, in_batch, correction, reduction, sampler="uniform"):
     valid = y[y != -100]
     distinct = valid[np.sort(np.unique(valid, return_index=True)[1])]  # first-seen order
-    in_batch_ids = None if in_batch is False else distinct[: None if in_batch is True else in_batch]
+    in_batch_ids = None if in_batch == 0 else distinct[: None if in_batch == "all" else in_batch]
     return sampled_reference(
         x,
         w,
@@ -78,21 +77,15 @@ def _check(case, mode):
     seed = 11
     x, w, y = _data(seed, ignore)
     ids = _ids(seed, negatives, y)
-    loss, gx, gw = _run_ours(
-        x,
-        w,
-        y,
-        ids,
-        mode,
-        rank3,
-        eta=2.5,
+    options = PLAIN.replace(
         k=K,
         negatives=negatives,
         log_q_correction=correction,
         in_batch_negatives=in_batch,
         center_gradient=center_gradient,
-        reduction=reduction,
-        seed=seed,
+    )
+    loss, gx, gw = _run_ours(
+        x, w, y, ids, mode, rank3, options, eta=2.5, reduction=reduction, seed=seed
     )
     ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, in_batch, correction, reduction)
     if center_gradient == "indexed_slices":
@@ -139,20 +132,9 @@ def test_log_q_of_nonuniform_samplers(sampler, negatives):
     x, w, y = _data(5, ignore=True)
     ids = _ids(5, negatives, y)
     spec = np.arange(1, V + 1) if sampler == "unigram" else sampler
-    loss, gx, gw = _run_ours(
-        x,
-        w,
-        y,
-        ids,
-        "graph",
-        False,
-        eta=2.5,
-        k=K,
-        negatives=negatives,
-        sampler=spec,
-        in_batch_negatives=True,
-    )
-    ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, True, "negatives", "mean", sampler)
+    options = PLAIN.replace(k=K, negatives=negatives, sampler=spec, in_batch_negatives="all")
+    loss, gx, gw = _run_ours(x, w, y, ids, "graph", False, options, eta=2.5)
+    ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, "all", "negatives", "mean", sampler)
     np.testing.assert_allclose(float(loss), ref, rtol=2e-5)
     np.testing.assert_allclose(gx.numpy(), ref_gx, rtol=2e-4, atol=2e-6)
     np.testing.assert_allclose(tf.convert_to_tensor(gw).numpy(), ref_gw, rtol=2e-4, atol=2e-6)
@@ -161,7 +143,8 @@ def test_log_q_of_nonuniform_samplers(sampler, negatives):
 def test_accidental_hits_kept_when_asked():
     x, w, y = _data(3, ignore=False)
     ids = _ids(3, "shared", y)
-    loss, _, _ = _run_ours(x, w, y, ids, "eager", False, eta=2.5, k=K, remove_accidental_hits=False)
+    options = PLAIN.replace(k=K, remove_accidental_hits=False)
+    loss, _, _ = _run_ours(x, w, y, ids, "eager", False, options, eta=2.5)
     ref = sampled_reference(
         x, w, y, 2.5, shared_ids=ids, log_q=log_q_numpy("uniform", V), remove_hits=False
     )[0]
@@ -171,7 +154,7 @@ def test_accidental_hits_kept_when_asked():
 def test_indexed_slices_touch_only_label_and_sampled_rows():
     x, w, y = _data(4, ignore=True)
     ids = np.array([3, 3, 9, 20, 21, 22, 23])
-    _, _, gw = _run_ours(x, w, y, ids, "xla", False, eta=2.5, k=K)
+    _, _, gw = _run_ours(x, w, y, ids, "xla", False, PLAIN.replace(k=K), eta=2.5)
     assert isinstance(gw, tf.IndexedSlices)
     touched = set(np.unique(gw.indices.numpy()))
     assert touched <= set(ids) | set(y[y >= 0]) | {0}  # 0: ignored rows' safe index, zero values
@@ -186,11 +169,12 @@ def test_seed_reproducible_and_unseeded_fresh():
     w = tf.random.normal([500, 8])
     y = tf.random.uniform([32], 0, 500, tf.int32)
     for negatives in NEGATIVES:
-        a = ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives, seed=7)
-        b = ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives, seed=7)
-        c = ht.sampled_harmonic_loss(x, w, y, k=16, negatives=negatives, seed=8)
+        options = ht.SampledOptions(k=16, negatives=negatives)
+        a = ht.sampled_harmonic_loss(x, w, y, options, seed=7)
+        b = ht.sampled_harmonic_loss(x, w, y, options, seed=7)
+        c = ht.sampled_harmonic_loss(x, w, y, options, seed=8)
         assert float(a) == float(b) and float(a) != float(c)
-        f = tf.function(lambda n=negatives: ht.sampled_harmonic_loss(x, w, y, k=16, negatives=n))
+        f = tf.function(lambda o=options: ht.sampled_harmonic_loss(x, w, y, o))
         assert float(f()) != float(f())
 
 
@@ -199,11 +183,10 @@ def test_seeded_negatives_identical_eager_graph_xla():
     w = tf.random.normal([200, 8])
     y = tf.random.uniform([16], 0, 200, tf.int32)
     for negatives, sampler in itertools.product(NEGATIVES, ["uniform", "log_uniform", [1.0] * 200]):
+        options = ht.SampledOptions(k=8, negatives=negatives, sampler=sampler, in_batch_negatives=4)
 
-        def f(negatives=negatives, sampler=sampler):
-            return ht.sampled_harmonic_loss(
-                x, w, y, k=8, negatives=negatives, sampler=sampler, seed=3, in_batch_negatives=4
-            )
+        def f(options=options):
+            return ht.sampled_harmonic_loss(x, w, y, options, seed=3)
 
         vals = {float(f()), float(tf.function(f)()), float(tf.function(f, jit_compile=True)())}
         assert len(vals) == 1 or np.ptp(list(vals)) < 1e-5, (negatives, sampler, vals)
@@ -231,7 +214,7 @@ def test_approx_matches_reference_with_its_own_negatives(monkeypatch, rng):
 
 
 @pytest.mark.parametrize("negatives", NEGATIVES)
-@pytest.mark.parametrize("in_batch", [False, True, 3])
+@pytest.mark.parametrize("in_batch", [0, "all", 3])
 def test_sampled_denominator_is_unbiased(negatives, in_batch):
     # exp(loss) - 1 = sum over candidates of exp(z_j - logQ_j) / exp(z_y): its mean over draws
     # must be the exact sum over j != y (in-batch ids exactly, sampled draws for the rest).
@@ -251,11 +234,10 @@ def test_sampled_denominator_is_unbiased(negatives, in_batch):
             tf.constant(x, tf.float32),
             tf.constant(w, tf.float32),
             tf.constant(y),
-            k=6,
+            ht.SampledOptions(
+                k=6, negatives=negatives, sampler=counts, in_batch_negatives=in_batch
+            ),
             eta=eta,
-            negatives=negatives,
-            sampler=counts,
-            in_batch_negatives=in_batch,
             reduction="none",
             seed=seed,
         )
@@ -269,14 +251,16 @@ def test_sampled_denominator_is_unbiased(negatives, in_batch):
 def test_in_batch_capacity_above_batch_is_all_distinct_labels():
     x, w, y = _data(6, ignore=True)
     args = [tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y)]
-    everything = ht.sampled_harmonic_loss(*args, k=0, eta=2.5, in_batch_negatives=True)
-    large = ht.sampled_harmonic_loss(*args, k=0, eta=2.5, in_batch_negatives=10 * N)
+    everything = ht.sampled_harmonic_loss(
+        *args, PLAIN.replace(k=0, in_batch_negatives="all"), eta=2.5
+    )
+    large = ht.sampled_harmonic_loss(*args, PLAIN.replace(k=0, in_batch_negatives=10 * N), eta=2.5)
     assert float(everything) == float(large)
-    ref = _reference(x, w, y, None, "shared", True, "negatives", "mean")[0]
+    ref = _reference(x, w, y, None, "shared", "all", "negatives", "mean")[0]
     np.testing.assert_allclose(float(large), ref, rtol=2e-5)
 
 
-@pytest.mark.parametrize("in_batch", [False, True])
+@pytest.mark.parametrize("in_batch", [0, "all"])
 def test_exact_center_rows_gradient_is_unbiased_for_the_exact_one(in_batch):
     # Centers: every token's exact pull plus S drawn tokens' full-vocabulary push (x N / S);
     # averaged over draws it is the exact loss's centers' gradient. The loss itself and the
@@ -285,14 +269,21 @@ def test_exact_center_rows_gradient_is_unbiased_for_the_exact_one(in_batch):
     valid = y != -100
     _, _, exact_gw = harmax_numpy(x[valid], w, y[valid], 2.5, reduction="sum")
     args = [tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y)]
-    kw = dict(k=5, eta=2.5, reduction="sum", in_batch_negatives=in_batch)
+    plain_options = ht.SampledOptions(
+        k=5, in_batch_negatives=in_batch, center_gradient="indexed_slices"
+    )
+    rows_options = plain_options.replace(center_gradient="rows", center_rows=4)
 
     @tf.function(jit_compile=True)
     def grads(seed):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(args[:2])
-            rows = ht.sampled_harmonic_loss(*args, exact_center_rows=4, seed=seed, **kw)
-            plain = ht.sampled_harmonic_loss(*args, seed=seed, **kw)
+            rows = ht.sampled_harmonic_loss(
+                *args, rows_options, eta=2.5, reduction="sum", seed=seed
+            )
+            plain = ht.sampled_harmonic_loss(
+                *args, plain_options, eta=2.5, reduction="sum", seed=seed
+            )
         gx_rows, gw_rows = tape.gradient(rows, args[:2])
         return rows, plain, gx_rows, tape.gradient(plain, args[0]), gw_rows
 
@@ -307,16 +298,16 @@ def test_exact_center_rows_gradient_is_unbiased_for_the_exact_one(in_batch):
     assert np.all(np.abs(gw[0]).sum(1) > 0)
 
 
-@pytest.mark.parametrize("in_batch", [True, 5, 100])
+@pytest.mark.parametrize("in_batch", ["all", 5, 100])
 def test_in_batch_with_unknown_batch_size(in_batch):
     x, w, y = _data(7, ignore=True)
+    options = ht.SampledOptions(k=0, in_batch_negatives=in_batch)
     f = tf.function(
-        lambda x, y: ht.sampled_harmonic_loss(
-            x, tf.constant(w, tf.float32), y, k=0, eta=2.5, in_batch_negatives=in_batch
-        ),
+        lambda x, y: ht.sampled_harmonic_loss(x, tf.constant(w, tf.float32), y, options, eta=2.5),
         input_signature=[tf.TensorSpec([None, D]), tf.TensorSpec([None], tf.int64)],
     )
-    ref = _reference(x, w, y, None, "shared", min(in_batch, N), "negatives", "mean")[0]
+    capacity = in_batch if in_batch == "all" else min(in_batch, N)
+    ref = _reference(x, w, y, None, "shared", capacity, "negatives", "mean")[0]
     np.testing.assert_allclose(float(f(x.astype(np.float32), y)), ref, rtol=2e-5)
     # An empty batch has no in-batch negatives at all: the loss is 0, not an error.
     assert float(f(np.zeros([0, D], np.float32), np.zeros([0], np.int64))) == 0.0
@@ -342,7 +333,9 @@ def test_candidate_logits_fusion_holds_no_concatenation():
     w = tf.random.normal([vocab, dim])
     y = tf.random.uniform([n], 0, vocab, tf.int32, seed=1)
     loss = tf.function(
-        lambda a, b, c: ht.sampled_harmonic_loss(a, b, c, k=k, in_batch_negatives=m, seed=0),
+        lambda a, b, c: ht.sampled_harmonic_loss(
+            a, b, c, ht.SampledOptions(k=k, in_batch_negatives=m), seed=0
+        ),
         jit_compile=True,
     )
     hlo = loss.experimental_get_compiler_ir(x, w, y)(stage="optimized_hlo")

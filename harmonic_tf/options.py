@@ -1,0 +1,156 @@
+"""``SampledOptions``: how the sampled loss estimates the full softmax, validated once.
+
+The measured defaults are this class's defaults and nowhere else; named presets give the other
+estimators people compare with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from harmonic_tf import _inputs
+from harmonic_tf.sampling import SAMPLERS, Sampler, UnigramSampler
+
+NEGATIVES = ("shared", "per_example")
+LOG_Q_CORRECTIONS = ("negatives", "all", "none")
+CENTER_GRADIENTS = ("rows", "indexed_slices", "dense")
+DEFAULT_CENTER_ROWS = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledOptions:
+    """The sampled harmonic loss's estimator (frozen; checked when made).
+
+    Per token the loss is over its label and candidate negatives: the batch's distinct labels
+    (an exact stratum: each counted once, uncorrected) and ``k`` draws from ``sampler`` for the
+    rest, each corrected by ``-log(expected count)`` so the sampled denominator estimates the
+    full one.
+
+    Attributes:
+      k: draws per training step (``negatives="shared"``, one ``[N, D] x [D, K]`` matmul) or per
+        token (``"per_example"``, none equal to that token's label, ``1 <= k <= V - 1``).
+        ``k=0`` is allowed with shared in-batch negatives only.
+      negatives: ``"shared"`` or ``"per_example"``.
+      sampler: ``"log_uniform"`` (ids sorted by frequency), ``"uniform"``, a
+        :class:`~harmonic_tf.Sampler`, or a 1-D array of token counts (a unigram sampler; the
+        best measured choice: see :func:`~harmonic_tf.label_counts`).
+      log_q_correction: ``"negatives"`` (the draws only: unbiased), ``"all"`` (the true logit
+        too: ``tf.nn.sampled_softmax_loss``'s convention, biased) or ``"none"``.
+      remove_accidental_hits: mask a token's draws equal to its own label.
+      in_batch_negatives: capacity ``m`` of the exact stratum (the first ``m`` distinct labels
+        of the batch; past it labels fall to the draws), ``"all"`` (``N`` columns) or 0 (off).
+      center_gradient: ``"rows"``: dense and unbiased, every token's exact pull plus the full
+        push of ``center_rows`` tokens drawn from the batch, scaled by ``N / center_rows``;
+        ``"indexed_slices"``: only the label and candidate rows, as ``tf.IndexedSlices``;
+        ``"dense"``: the same scattered into a ``[V, D]`` tensor.
+      center_rows: tokens whose full-vocabulary push moves the centers (``"rows"`` only;
+        default 128).
+
+    Example:
+    >>> options = SampledOptions(k=512)
+    >>> print(options.k, options.in_batch_negatives, options.center_rows)
+    512 768 128
+    >>> print(SampledOptions.prototype().negatives)
+    per_example
+    """
+
+    k: int = 256
+    negatives: str = "shared"
+    sampler: str | Sampler = "log_uniform"
+    log_q_correction: str = "negatives"
+    remove_accidental_hits: bool = True
+    in_batch_negatives: int | str = 768
+    center_gradient: str = "rows"
+    center_rows: int | None = None
+
+    def __post_init__(self):
+        _inputs.check_choice("negatives", self.negatives, NEGATIVES)
+        _inputs.check_choice("log_q_correction", self.log_q_correction, LOG_Q_CORRECTIONS)
+        _inputs.check_choice("center_gradient", self.center_gradient, CENTER_GRADIENTS)
+        if not isinstance(self.remove_accidental_hits, bool):
+            raise TypeError(
+                f"`remove_accidental_hits` must be a bool, got {self.remove_accidental_hits!r}."
+            )
+        if self.in_batch_negatives != "all":
+            _inputs.check_int("in_batch_negatives", self.in_batch_negatives, 0)
+        in_batch = self.in_batch_negatives != 0
+        if self.negatives == "per_example":
+            _inputs.check_int("k", self.k, 1)
+        else:
+            _inputs.check_int("k", self.k, 0 if in_batch else 1)
+        rows = self.center_rows
+        if self.center_gradient == "rows":
+            rows = DEFAULT_CENTER_ROWS if rows is None else rows
+            _inputs.check_int("center_rows", rows, 1)
+        elif rows is not None:
+            raise ValueError(
+                f"`center_rows` goes with center_gradient='rows', got center_rows={rows} with "
+                f"center_gradient={self.center_gradient!r}."
+            )
+        object.__setattr__(self, "center_rows", rows)
+        object.__setattr__(self, "sampler", _sampler_from(self.sampler))
+
+    def replace(self, **changes) -> SampledOptions:
+        """A copy with ``changes`` (checked again). A change of ``center_gradient`` away from
+        ``"rows"`` drops ``center_rows``."""
+        if changes.get("center_gradient", "rows") != "rows":
+            changes.setdefault("center_rows", None)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def tf_sampled_softmax(cls, k: int = 256) -> SampledOptions:
+        """``tf.nn.sampled_softmax_loss``'s estimator: ``k`` shared log-uniform draws, logQ on
+        the true logit too, accidental hits removed, sparse center gradient (no in-batch
+        stratum). Its draws are with replacement where TensorFlow's are unique."""
+        return cls(
+            k=k,
+            log_q_correction="all",
+            in_batch_negatives=0,
+            center_gradient="indexed_slices",
+        )
+
+    @classmethod
+    def prototype(cls, k: int = 100) -> SampledOptions:
+        """The user's PyTorch ``harmonic_loss_approx``: ``k`` uniform negatives per token (none
+        equal to its label), no correction, sparse center gradient."""
+        return cls(
+            k=k,
+            negatives="per_example",
+            sampler="uniform",
+            log_q_correction="none",
+            in_batch_negatives=0,
+            center_gradient="indexed_slices",
+        )
+
+    def get_config(self) -> dict:
+        """Plain Python values; ``SampledOptions.from_config`` rebuilds the same options."""
+        config = dataclasses.asdict(self)
+        sampler = self.sampler
+        if isinstance(sampler, UnigramSampler):
+            config["sampler"] = sampler.get_config()
+        elif isinstance(sampler, Sampler):
+            config["sampler"] = sampler.name
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> SampledOptions:
+        return cls(**config)
+
+
+def _sampler_from(sampler) -> str | Sampler:
+    """A name, a Sampler, or counts (a list/array, or a UnigramSampler config dict)."""
+    if isinstance(sampler, str):
+        _inputs.check_choice("sampler", sampler, [*SAMPLERS, "<Sampler>", "<token counts>"])
+        return sampler
+    if isinstance(sampler, Sampler):
+        return sampler
+    if isinstance(sampler, dict):
+        return UnigramSampler(**sampler)
+    if isinstance(sampler, (list, tuple, np.ndarray)):
+        return UnigramSampler(sampler)
+    raise ValueError(
+        "`sampler` must be 'uniform', 'log_uniform', a harmonic_tf.Sampler or a 1-D array of "
+        f"token counts, got {sampler!r}."
+    )
