@@ -27,7 +27,7 @@ REFERENCE = {"n": 4096, "d": 512, "v": 50257, "k": 256}
 CHUNK = 2048
 # Like for like with tf.nn.sampled_softmax_loss: only the k draws (no in-batch negatives, no
 # center rows).
-PLAIN = {"in_batch_negatives": False, "exact_center_rows": 0}
+PLAIN = {"in_batch_negatives": 0, "center_gradient": "indexed_slices"}
 
 # name -> (description, needs torch)
 CONFIGS = {
@@ -118,9 +118,10 @@ def run_single(
     elif base == "harmonic_chunked":
         fn = grads(lambda: ht.harmonic_loss(x, w, y, chunk_size=CHUNK))
     elif base == "sampled_shared":
-        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, k=k, **PLAIN))
+        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, ht.SampledOptions(k=k, **PLAIN)))
     elif base == "sampled_per_example":
-        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, k=k, negatives="per_example", **PLAIN))
+        options = ht.SampledOptions(k=k, negatives="per_example", **PLAIN)
+        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, options))
     else:
         raise ValueError(f"unknown configuration {name!r}")
     step_fn = tf.function(fn, jit_compile=jit)

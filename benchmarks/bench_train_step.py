@@ -50,7 +50,7 @@ def run_single(kind: str, args) -> dict:
     if kind == "ce":
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     elif kind == "sampled":
-        loss = ht.HarmonicLoss(head, k=256, sampler=counts, seed=0)
+        loss = ht.HarmonicLoss(head, sampled=ht.SampledOptions(sampler=counts), seed=0)
     else:
         loss = ht.HarmonicLoss(head, chunk_size=args.chunk_size or None)
     model.compile(keras.optimizers.Adam(1e-3), loss=loss, jit_compile=True)

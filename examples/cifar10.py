@@ -153,15 +153,7 @@ def build(kind: str, seed: int, width: int, eta: str | None = None):
     if kind == "exact":
         loss = ht.HarmonicLoss(head)
     else:  # the user's CIFAR-10 setting: 4 negatives per image, none equal to its label
-        # The user's CIFAR-10 setting: 4 per-image negatives and nothing else.
-        loss = ht.HarmonicLoss(
-            head,
-            k=4,
-            negatives="per_example",
-            in_batch_negatives=False,
-            exact_center_rows=0,
-            seed=seed,
-        )
+        loss = ht.HarmonicLoss(head, sampled=ht.SampledOptions.prototype(k=4), seed=seed)
     return model, loss, ht.HarmonicAccuracy(ignore_index=None)
 
 

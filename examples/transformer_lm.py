@@ -228,20 +228,18 @@ def make_loss(kind: str, head, args, counts: np.ndarray):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if kind == "exact":
         return ht.HarmonicLoss(head, chunk_size=args.chunk_size)
-    sampler = counts if args.sampler == "unigram" else args.sampler
     in_batch = args.in_batch_negatives
-    in_batch = {"all": True, "none": False}.get(in_batch, in_batch)
-    if isinstance(in_batch, str):
-        in_batch = int(in_batch)
-    return ht.HarmonicLoss(
-        head,
+    in_batch = 0 if in_batch == "none" else in_batch if in_batch == "all" else int(in_batch)
+    rows = args.exact_center_rows
+    options = ht.SampledOptions(
         k=args.k,
-        sampler=sampler,
+        sampler=counts if args.sampler == "unigram" else args.sampler,
         log_q_correction=args.log_q_correction,
         in_batch_negatives=in_batch,
-        exact_center_rows=args.exact_center_rows,
-        seed=args.seed + 1000,
+        center_gradient="rows" if rows else "indexed_slices",
+        center_rows=rows or None,
     )
+    return ht.HarmonicLoss(head, sampled=options, seed=args.seed + 1000)
 
 
 def generate(model, vectorizer, prompt_ids, seq_len, length, rng, temperature=0.8, top_k=40):

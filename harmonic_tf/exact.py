@@ -82,7 +82,7 @@ def harmonic_loss(
     >>> dense = harmonic_loss(x, w, y, eta=32.0)
     >>> chunked = harmonic_loss(x, w, y, eta=32.0, chunk_size=32)  # never a [8, 100] tensor
     >>> print(f"{float(dense):.4f} {float(chunked):.4f}")
-    19.1420 19.1420
+    13.1943 13.1943
     """
     _inputs.check_choice("reduction", reduction, _inputs.REDUCTIONS)
     _inputs.check_choice("path", path, PATHS)
@@ -102,9 +102,8 @@ PATHS = ("auto", "fused", "two_pass")
 
 
 # The fused path adds one [V, D] update per token chunk of `rows` tokens; with fewer rows per
-# chunk that memory traffic costs more than the two-pass path's extra matmul (measured on
-# XLA:CPU with benchmarks/bench_loss.py: V=131,072 or N=1,024 at chunk 2,048 ran 1.4-1.9x slower
-# fused than two-pass).
+# chunk that memory traffic costs more than the two-pass path's extra matmul (measured with
+# benchmarks/bench_loss.py: at V=131,072 or N=1,024 with chunk 2,048, fused ran slower).
 MIN_FUSED_ROWS = 128
 
 

@@ -96,7 +96,14 @@ class HarmonicLoss(keras.losses.Loss):
         head the model never called); set ``False`` to train against frozen centers on purpose.
 
     Example:
-    >>> model.compile(optimizer="adam", loss=HarmonicLoss(head, sampled=True))  # doctest: +SKIP
+    >>> inputs = keras.Input([16])
+    >>> head = HarmonicLMHead(10)
+    >>> model = keras.Model(inputs, head(keras.layers.Dense(8)(inputs)))
+    >>> model.compile("adam", loss=HarmonicLoss(head, sampled=SampledOptions(k=4)))
+    >>> x, y = np.ones([32, 16], "float32"), np.arange(32) % 10
+    >>> history = model.fit(x, y, epochs=2, verbose=0)  # sampled loss
+    >>> print(len(history.history["loss"]), model.predict(x, verbose=0).shape)
+    2 (32, 10)
     """
 
     def __init__(

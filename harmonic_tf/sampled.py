@@ -121,7 +121,8 @@ def distinct_labels(
     ``(ids [m], filled [m])``; unfilled slots hold id 0.
 
     A label's first position comes from a scatter-min over ``[V]``; no sort: inside a
-    jit-compiled Keras train step a 2,048-label ``tf.sort`` took 1.5 s on this CPU."""
+    jit-compiled Keras train step on XLA:CPU a ``tf.sort`` of the labels cost more than the
+    whole step (README, "Training quality")."""
     n = tf.shape(labels)[0]
     positions = tf.range(n)
     safe = tf.where(valid, labels, vocab_size)
@@ -385,9 +386,8 @@ def sampled_token_losses(
 def _computed_once(v: tf.Tensor) -> tf.Tensor:
     """``v`` as a buffer of its own. XLA on the CPU fuses a small vector's concatenation into
     every element of its ``[N, K]`` consumer, which then neither vectorizes nor runs on two
-    threads (forward 13.8 against 6.1 ms, with the backward 22.5 against 15.5, for N=2048,
-    K=1024). A reduction is not fused into its consumer, and ``max(v, -inf)`` is ``v`` (a no-op
-    scatter, tried first, is simplified away)."""
+    threads (2x slower; ``tests/test_sampled.py`` checks the HLO). A reduction is not fused
+    into its consumer, and ``max(v, -inf)`` is ``v`` (a no-op scatter is simplified away)."""
     return tf.reduce_max(tf.stack([v, tf.fill(tf.shape(v), -float("inf"))], axis=1), axis=1)
 
 

@@ -25,7 +25,12 @@ def data():
 
 
 # Sparse centers gradient: only the candidates move the centers (no in-batch ids, no rows).
-SPARSE = {"in_batch_negatives": False, "exact_center_rows": 0}
+SPARSE = ht.SampledOptions(in_batch_negatives=0, center_gradient="indexed_slices")
+
+
+def _sampled(k):
+    """The loss's estimator: exact for ``k=None``, else the defaults with ``k`` draws."""
+    return None if k is None else ht.SampledOptions(k=k)
 
 
 def _model(k=None, seed=0, head_kwargs=None, **loss_kwargs):
@@ -34,7 +39,7 @@ def _model(k=None, seed=0, head_kwargs=None, **loss_kwargs):
     h = keras.layers.Dense(D, name="proj")(keras.layers.Dense(32, activation="relu")(inp))
     head = ht.HarmonicLMHead(V, name="head", **(head_kwargs or {}))
     model = keras.Model(inp, head(h))
-    loss = ht.HarmonicLoss(head, k=k, seed=1, **loss_kwargs)
+    loss = ht.HarmonicLoss(head, sampled=_sampled(k), seed=1, **loss_kwargs)
     return model, head, loss
 
 
@@ -94,7 +99,9 @@ def test_frozen_head_fails_loudly(data):
     # On purpose: allowed, and the centers stay fixed.
     model, head, _ = _model(k=8)
     head.trainable = False
-    model.compile("adam", loss=ht.HarmonicLoss(head, k=8, require_trainable_centers=False))
+    model.compile(
+        "adam", loss=ht.HarmonicLoss(head, sampled=_sampled(8), require_trainable_centers=False)
+    )
     before = head.centers.numpy().copy()
     model.fit(x, y, epochs=1, verbose=0)
     np.testing.assert_array_equal(head.centers.numpy(), before)
@@ -105,7 +112,7 @@ def test_loss_bound_to_a_head_outside_the_model_fails(data):
     model, _, _ = _model()
     stray = ht.HarmonicLMHead(V, name="stray_head")
     stray.build((None, D))
-    model.compile("adam", loss=ht.HarmonicLoss(stray, k=8))
+    model.compile("adam", loss=ht.HarmonicLoss(stray, sampled=_sampled(8)))
     with pytest.raises(ValueError, match="stray_head"):
         model.fit(x, y, epochs=1, verbose=0)
 
@@ -122,7 +129,7 @@ def test_save_load_roundtrip_and_continue(tmp_path, data, k):
     np.testing.assert_array_equal(
         loaded.predict(x[:16], verbose=0), model.predict(x[:16], verbose=0)
     )
-    assert isinstance(loaded.loss, ht.HarmonicLoss) and loaded.loss.k == k
+    assert isinstance(loaded.loss, ht.HarmonicLoss) and loaded.loss.sampled == _sampled(k)
     before = loaded.evaluate(x, y, verbose=0)
     loaded.fit(x, y, epochs=2, verbose=0)
     assert loaded.evaluate(x, y, verbose=0)[0] < before[0]
@@ -148,7 +155,7 @@ def test_tied_embedding_trains_one_matrix_and_survives_reload(tmp_path, embeddin
     model, emb, head = _tied_lm(embedding_cls)
     assert head.centers is emb.embeddings
     assert len(model.trainable_weights) == 3  # embedding + Dense kernel and bias: no extra matrix
-    model.compile(keras.optimizers.Adam(1e-2), loss=ht.HarmonicLoss(head, k=8))
+    model.compile(keras.optimizers.Adam(1e-2), loss=ht.HarmonicLoss(head, sampled=_sampled(8)))
     before = emb.embeddings.numpy().copy()
     model.fit(x, y, epochs=2, verbose=0)
     assert not np.allclose(emb.embeddings.numpy(), before)
@@ -178,7 +185,9 @@ def test_gradient_tape_loop(data):
     @tf.function(jit_compile=True)
     def step(xb, yb):
         with tf.GradientTape() as tape:
-            loss = ht.sampled_harmonic_loss(body(xb, training=True), head.centers, yb, k=8)
+            loss = ht.sampled_harmonic_loss(
+                body(xb, training=True), head.centers, yb, ht.SampledOptions(k=8)
+            )
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
@@ -196,13 +205,13 @@ def test_sgd_updates_only_touched_center_rows(data):
     xb, yb = x[:16], np.where(y[:16] < 20, y[:16], 0)
     model.compile(
         keras.optimizers.SGD(0.1),
-        loss=ht.HarmonicLoss(head, k=4, sampler=ht.UniformSampler(V), **SPARSE),
+        loss=ht.HarmonicLoss(head, sampled=SPARSE.replace(k=4, sampler=ht.UniformSampler(V))),
         jit_compile=True,
     )
     model(xb)
     before = head.centers.numpy().copy()
     # Pin negatives through a loss whose sampler only draws ids 30..33.
-    model.loss.sampler = _FixedSampler(V, ids)
+    model.loss.sampled = model.loss.sampled.replace(sampler=_FixedSampler(V, ids))
     model.train_on_batch(xb, yb)
     changed = set(np.flatnonzero(np.abs(head.centers.numpy() - before).sum(1)))
     assert changed and changed <= set(yb) | set(ids)
@@ -226,7 +235,7 @@ def test_indexed_slices_reach_the_optimizer():
     head.build((None, D))
     with tf.GradientTape() as tape:
         loss = ht.sampled_harmonic_loss(
-            tf.random.normal([8, D]), head.centers, tf.range(8), k=4, **SPARSE
+            tf.random.normal([8, D]), head.centers, tf.range(8), SPARSE.replace(k=4)
         )
     (grad,) = tape.gradient(loss, [head.centers])
     assert isinstance(grad, tf.IndexedSlices)
@@ -269,7 +278,7 @@ def test_ignore_index_and_sample_weight(data):
     # In training too: ignored tokens give no gradient at all.
     only_ignored = np.full_like(y, -100)
     before = [w.numpy().copy() for w in model.trainable_weights]
-    model.compile(keras.optimizers.SGD(0.1), loss=ht.HarmonicLoss(head, k=8))
+    model.compile(keras.optimizers.SGD(0.1), loss=ht.HarmonicLoss(head, sampled=_sampled(8)))
     model.train_on_batch(x[:32], only_ignored[:32])
     for b, w in zip(before, model.trainable_weights, strict=True):
         np.testing.assert_array_equal(b, w.numpy())
@@ -290,9 +299,12 @@ def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer(center_rows):
     @tf.function(jit_compile=True)
     def step(xb, yb):
         with tf.GradientTape() as tape:
-            loss = ht.sampled_harmonic_loss(
-                body(xb), head.centers, yb, k=64, seed=0, exact_center_rows=center_rows
+            options = (
+                ht.SampledOptions(k=64, center_rows=center_rows)
+                if center_rows
+                else ht.SampledOptions(k=64, center_gradient="indexed_slices")
             )
+            loss = ht.sampled_harmonic_loss(body(xb), head.centers, yb, options, seed=0)
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
@@ -323,7 +335,8 @@ DISTRIBUTED = textwrap.dedent(
         keras.utils.set_random_seed(0)
         inp = keras.Input([8]); head = ht.HarmonicLMHead(40, name="head")
         model = keras.Model(inp, head(keras.layers.Dense(12)(inp)))
-        model.compile(keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(head, k=k, seed=3))
+        sampled = None if k is None else ht.SampledOptions(k=k)
+        model.compile(keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(head, sampled=sampled, seed=3))
         return model
     single = build(None)
     single_loss = single.evaluate(x, y, batch_size=64, verbose=0)

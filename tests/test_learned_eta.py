@@ -5,10 +5,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import PLAIN_SAMPLED, harmax_autodiff, harmax_numpy, maybe_jit, sampled_reference
+from reference import PLAIN, harmax_autodiff, harmax_numpy, sampled_reference
 
 import harmonic_tf as ht
-import harmonic_tf.exact as exact
+from conftest import maybe_jit
 
 MODES = ["eager", "graph", "xla"]
 EXACT_PATHS = ["dense", "two_pass", "fused"]
@@ -27,10 +27,7 @@ def _exact(path):
     def loss(x, w, y, eta):
         if path == "dense":
             return ht.harmonic_loss(x, w, y, eta=eta)
-        if path == "fused":
-            return ht.harmonic_loss(x, w, y, eta=eta, chunk_size=16)
-        per_token = ht.harmonic_loss(x, w, y, eta=eta, chunk_size=16, reduction="none")
-        return tf.reduce_sum(per_token) / tf.reduce_sum(tf.cast(y != -100, tf.float32))
+        return ht.harmonic_loss(x, w, y, eta=eta, chunk_size=16, path=path)
 
     return loss
 
@@ -50,16 +47,9 @@ def _grads(fn, x, w, y, eta, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("path", EXACT_PATHS)
 @pytest.mark.parametrize("eta", [3.0, 16.0, 64.0])
-def test_exact_eta_gradient_matches_autodiff(path, mode, eta, monkeypatch):
-    fused_calls = []
-    original = exact.fused_weighted_loss
-    monkeypatch.setattr(exact, "MIN_FUSED_ROWS", 1 if path == "fused" else 10**9)
-    monkeypatch.setattr(
-        exact, "fused_weighted_loss", lambda *a: fused_calls.append(1) or original(*a)
-    )
+def test_exact_eta_gradient_matches_autodiff(path, mode, eta):
     x, w, y = _problem()
     loss, gx, gw, g_eta = _grads(_exact(path), x, w, y, eta, mode)
-    assert bool(fused_calls) == (path == "fused")
     ref = harmax_autodiff(x, w, y, eta)
     np.testing.assert_allclose(loss, ref[0], rtol=1e-5)
     np.testing.assert_allclose(gx, ref[1], rtol=1e-3, atol=1e-5)
@@ -88,18 +78,16 @@ def test_sampled_eta_gradient_matches_autodiff(case, mode):
     rng = np.random.default_rng(7)
     per_example = case == "per_example"
     ids = rng.integers(0, v, (n, 6) if per_example else 12)
-    kwargs = dict(PLAIN_SAMPLED, negatives="per_example" if per_example else "shared")
+    options = PLAIN.replace(k=ids.shape[-1], negatives="per_example" if per_example else "shared")
     in_batch = None
     if case == "in_batch":
-        kwargs["in_batch_negatives"] = True
+        options = options.replace(in_batch_negatives="all")
         in_batch = list(dict.fromkeys(int(t) for t in y if t != -100))
-    if case == "center_rows":
-        kwargs["exact_center_rows"] = 16  # moves the centers' gradient, not eta's
+    if case == "center_rows":  # moves the centers' gradient, not eta's
+        options = options.replace(center_gradient="rows", center_rows=16)
 
     def fn(xt, wt, yt, eta_t):
-        return ht.sampled_harmonic_loss(
-            xt, wt, yt, k=ids.shape[-1], eta=eta_t, sampled_ids=ids, seed=5, **kwargs
-        )
+        return ht.sampled_harmonic_loss(xt, wt, yt, options, eta=eta_t, sampled_ids=ids, seed=5)
 
     eta = 12.0
     loss, gx, _, g_eta = _grads(fn, x, w, y, eta, mode)
@@ -168,7 +156,12 @@ def _blobs(n=256, seed=0):
 
 @pytest.mark.parametrize(
     "loss_kwargs",
-    [{}, {"chunk_size": 2}, {"k": 2, **PLAIN_SAMPLED}, {"k": 2, "exact_center_rows": 8}],
+    [
+        {},
+        {"chunk_size": 2},
+        {"sampled": PLAIN.replace(k=2)},
+        {"sampled": ht.SampledOptions(k=2, center_rows=8)},
+    ],
     ids=["exact", "chunked", "sampled", "sampled_center_rows"],
 )
 def test_learned_eta_trains_through_fit_and_reloads(loss_kwargs, tmp_path):
@@ -203,7 +196,8 @@ def test_learned_eta_gradient_is_chain_rule_through_log_eta():
     hidden = model.get_layer("body")(x)
     eta = float(head.resolved_eta())
     ref = harmax_autodiff(hidden.numpy(), head.centers.numpy(), y, eta)
-    np.testing.assert_allclose(float(g_log_eta), ref[3] * eta, rtol=1e-4)
+    # float32 against float64 at the default (sharp) exponent 2D = 16.
+    np.testing.assert_allclose(float(g_log_eta), ref[3] * eta, rtol=1e-3)
 
 
 def test_learned_eta_checkpoint_round_trip(tmp_path):

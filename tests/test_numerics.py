@@ -7,10 +7,10 @@ one are the same problem, and the float64 reference of one is the reference of b
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import PLAIN_SAMPLED, harmax_autodiff, maybe_jit, sampled_reference
+from conftest import maybe_jit
+from reference import PLAIN, harmax_autodiff, sampled_reference
 
 import harmonic_tf as ht
-import harmonic_tf.exact as exact
 
 N, D, V = 48, 16, 61
 ETA = 4.0 * D  # the sharpest exponent the package documents
@@ -43,19 +43,15 @@ def _path_loss(path, x, w, y, eta):
         return tf.reduce_sum(tf.where(keep, losses, 0.0)) / tf.reduce_sum(tf.cast(keep, tf.float32))
     if path == "dense":
         return ht.harmonic_loss(x, w, y, eta=eta)
-    if path == "fused":
-        return ht.harmonic_loss(x, w, y, eta=eta, chunk_size=16)
-    if path == "two_pass":
-        per_token = ht.harmonic_loss(x, w, y, eta=eta, chunk_size=16, reduction="none")
-        return tf.reduce_sum(per_token) / tf.reduce_sum(tf.cast(y != -100, tf.float32))
-    kwargs = dict(PLAIN_SAMPLED, seed=3, k=8)
-    if path == "per_example":
-        kwargs["negatives"] = "per_example"
-    if path == "in_batch":
-        kwargs["in_batch_negatives"] = 16
-    if path == "rows":
-        kwargs["exact_center_rows"] = 8
-    return ht.sampled_harmonic_loss(x, w, y, eta=eta, **kwargs)
+    if path in ("fused", "two_pass"):
+        return ht.harmonic_loss(x, w, y, eta=eta, chunk_size=16, path=path)
+    options = {
+        "shared": PLAIN.replace(k=8),
+        "per_example": PLAIN.replace(k=8, negatives="per_example"),
+        "in_batch": PLAIN.replace(k=8, in_batch_negatives=16),
+        "rows": PLAIN.replace(k=8, center_gradient="rows", center_rows=8),
+    }[path]
+    return ht.sampled_harmonic_loss(x, w, y, options, eta=eta, seed=3)
 
 
 def _run(path, x, w, y, mode, eta=ETA):
@@ -72,13 +68,6 @@ def _run(path, x, w, y, mode, eta=ETA):
 
 def _rel(a, b):
     return np.linalg.norm(np.ravel(a - b)) / max(np.linalg.norm(np.ravel(b)), 1e-30)
-
-
-@pytest.fixture(autouse=True)
-def _fused_when_asked(monkeypatch):
-    # chunk_size=16 makes the reduced loss fused only with tall enough chunks: force it here
-    # (and the two-pass path is the per-token one either way).
-    monkeypatch.setattr(exact, "MIN_FUSED_ROWS", 1)
 
 
 @pytest.mark.parametrize("mode", ["eager", "xla"])
@@ -102,11 +91,11 @@ def test_sampled_with_offset_matches_float64_reference(path):
     x, w, y = _problem()
     rng = np.random.default_rng(5)
     ids = rng.integers(0, V, (N, 8) if path == "per_example" else 8)
-    kwargs = dict(PLAIN_SAMPLED, negatives=path, k=8, sampled_ids=ids)
+    options = PLAIN.replace(negatives=path, k=8)
     xt, wt = tf.constant(x + OFFSET, tf.float32), tf.constant(w + OFFSET, tf.float32)
     with tf.GradientTape() as tape:
         tape.watch([xt, wt])
-        loss = ht.sampled_harmonic_loss(xt, wt, y, eta=ETA, **kwargs)
+        loss = ht.sampled_harmonic_loss(xt, wt, y, options, eta=ETA, sampled_ids=ids)
     gx, gw = tape.gradient(loss, [xt, wt])
     ref = sampled_reference(
         x,

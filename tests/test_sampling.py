@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import log_q_numpy
+from reference import log_q_numpy
 from scipy import stats
 
 import harmonic_tf as ht

@@ -36,18 +36,14 @@ def test_exact_loss_argument_errors(kwargs, error, pattern):
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
-        (dict(k=0, in_batch_negatives=False), ValueError, "`k`"),
-        (dict(k=10, negatives="per_example"), ValueError, r"`k` must be >= 1 and <= 9"),
-        (dict(negatives="some"), ValueError, "negatives"),
-        (dict(sampler="zipf"), ValueError, "sampler"),
-        (dict(sampler=ht.UniformSampler(11)), ValueError, "sampler"),
+        (
+            dict(options=ht.SampledOptions(k=10, negatives="per_example")),
+            ValueError,
+            r"`k` must be >= 1 and <= 9",
+        ),
+        (dict(options=ht.SampledOptions(sampler=ht.UniformSampler(11))), ValueError, "sampler"),
+        (dict(options=dict(k=3)), TypeError, "options"),
         (dict(reduction="avg"), ValueError, "reduction"),
-        (dict(center_gradient="sparse"), ValueError, "center_gradient"),
-        (dict(log_q_correction="true"), ValueError, "log_q_correction"),
-        (dict(in_batch_negatives=-1), ValueError, "in_batch_negatives"),
-        (dict(in_batch_negatives=2.5), TypeError, "in_batch_negatives"),
-        (dict(exact_center_rows=-1), ValueError, "exact_center_rows"),
-        (dict(exact_center_rows=1.5), TypeError, "exact_center_rows"),
         (dict(sampled_ids=tf.constant([[1, 2]])), ValueError, "sampled_ids"),
         (dict(sampled_ids=tf.constant([1.0, 2.0, 3.0])), TypeError, "sampled_ids"),
         (dict(seed=tf.constant([1.0, 2.0])), ValueError, "seed"),
@@ -55,9 +51,35 @@ def test_exact_loss_argument_errors(kwargs, error, pattern):
     ],
 )
 def test_sampled_loss_argument_errors(kwargs, error, pattern):
-    args = dict(k=3) | kwargs
+    args = dict(options=ht.SampledOptions(k=3)) | kwargs
     with pytest.raises(error, match=pattern):
         ht.sampled_harmonic_loss(X, W, Y, **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        (dict(k=0, in_batch_negatives=0), ValueError, "`k`"),
+        (dict(k=0, negatives="per_example"), ValueError, "`k`"),
+        (dict(k=-1), ValueError, "`k`"),
+        (dict(negatives="some"), ValueError, "negatives"),
+        (dict(sampler="zipf"), ValueError, "sampler"),
+        (dict(sampler=object()), ValueError, "sampler"),
+        (dict(center_gradient="sparse"), ValueError, "center_gradient"),
+        (dict(log_q_correction="true"), ValueError, "log_q_correction"),
+        (dict(in_batch_negatives=-1), ValueError, "in_batch_negatives"),
+        (dict(in_batch_negatives=2.5), TypeError, "in_batch_negatives"),
+        (dict(in_batch_negatives=True), TypeError, "in_batch_negatives"),
+        (dict(center_rows=0), ValueError, "center_rows"),
+        (dict(center_rows=1.5), TypeError, "center_rows"),
+        # No knob that is silently ignored: center rows only with center_gradient="rows".
+        (dict(center_gradient="dense", center_rows=64), ValueError, "center_rows"),
+        (dict(remove_accidental_hits=1), TypeError, "remove_accidental_hits"),
+    ],
+)
+def test_sampled_options_errors(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        ht.SampledOptions(**kwargs)
 
 
 @pytest.mark.parametrize(
@@ -71,7 +93,7 @@ def test_unigram_counts_errors(counts, pattern):
 
 def test_unigram_counts_of_wrong_length():
     with pytest.raises(ValueError, match="sampler"):
-        ht.sampled_harmonic_loss(X, W, Y, k=3, sampler=np.ones(9))
+        ht.sampled_harmonic_loss(X, W, Y, ht.SampledOptions(k=3, sampler=np.ones(9)))
 
 
 BAD_LABELS = tf.constant([0, 1, 2, 3, 10, 5])
@@ -82,8 +104,8 @@ BAD_LABELS = tf.constant([0, 1, 2, 3, 10, 5])
     [
         lambda y: ht.harmonic_loss(X, W, y),
         lambda y: ht.harmonic_loss(X, W, y, chunk_size=3),
-        lambda y: ht.sampled_harmonic_loss(X, W, y, k=3),
-        lambda y: ht.sampled_harmonic_loss(X, W, y, k=3, negatives="per_example"),
+        lambda y: ht.sampled_harmonic_loss(X, W, y, ht.SampledOptions(k=3)),
+        lambda y: ht.sampled_harmonic_loss(X, W, y, ht.SampledOptions.prototype(3)),
     ],
 )
 def test_out_of_range_labels(loss_fn):
@@ -103,7 +125,8 @@ def test_out_of_range_labels_poison_gradients_under_xla():
     @tf.function(jit_compile=True)
     def grads(y):
         with tf.GradientTape() as tape:
-            loss = ht.sampled_harmonic_loss(X, w, y, k=3, center_gradient="dense")
+            options = ht.SampledOptions(k=3, center_gradient="dense")
+            loss = ht.sampled_harmonic_loss(X, w, y, options)
         return tape.gradient(loss, w)
 
     assert np.isnan(grads(BAD_LABELS).numpy()).any()
@@ -112,9 +135,12 @@ def test_out_of_range_labels_poison_gradients_under_xla():
 
 def test_out_of_range_sampled_ids():
     with pytest.raises(tf.errors.InvalidArgumentError, match="sampled_ids"):
-        ht.sampled_harmonic_loss(X, W, Y, k=3, sampled_ids=tf.constant([1, 2, 10]))
+        ht.sampled_harmonic_loss(
+            X, W, Y, ht.SampledOptions(k=3), sampled_ids=tf.constant([1, 2, 10])
+        )
     f = tf.function(
-        lambda ids: ht.sampled_harmonic_loss(X, W, Y, k=3, sampled_ids=ids), jit_compile=True
+        lambda ids: ht.sampled_harmonic_loss(X, W, Y, ht.SampledOptions(k=3), sampled_ids=ids),
+        jit_compile=True,
     )
     assert np.isnan(float(f(tf.constant([1, 2, 10]))))
     assert np.isfinite(float(f(tf.constant([1, 2, 9]))))
@@ -123,12 +149,8 @@ def test_out_of_range_sampled_ids():
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
-        (dict(negatives="some"), "negatives"),
-        (dict(log_q_correction="true"), "log_q_correction"),
-        (dict(center_gradient="sparse"), "center_gradient"),
-        (dict(in_batch_negatives=-2), "in_batch_negatives"),
-        (dict(exact_center_rows=-3), "exact_center_rows"),
-        (dict(k=-1), "`k`"),
+        (dict(sampled={"k": -1}), "`k`"),
+        (dict(sampled={"center_gradient": "sparse"}), "center_gradient"),
         (dict(chunk_size=0), "chunk_size"),
         (dict(reduction="avg"), "reduction"),
     ],
@@ -137,6 +159,8 @@ def test_keras_loss_rejects_bad_arguments_at_construction(kwargs, pattern):
     head = ht.HarmonicLMHead(10)
     with pytest.raises(ValueError, match=pattern):
         ht.HarmonicLoss(head, **kwargs)
+    with pytest.raises(TypeError, match="sampled"):
+        ht.HarmonicLoss(head, sampled=256)
 
 
 def test_keras_loss_needs_a_head_and_head_needs_units():
@@ -152,7 +176,24 @@ def test_keras_loss_needs_a_head_and_head_needs_units():
 
 def test_keras_loss_config_round_trip():
     head = ht.HarmonicLMHead(10, name="h")
-    loss = ht.HarmonicLoss(head, k=4, sampler=ht.UnigramSampler(np.arange(1, 11)), seed=3)
+    options = ht.SampledOptions(k=4, sampler=ht.UnigramSampler(np.arange(1, 11)))
+    loss = ht.HarmonicLoss(head, sampled=options, seed=3)
     clone = ht.HarmonicLoss.from_config(loss.get_config())
     assert clone.get_config() == loss.get_config()
-    assert clone.head_name == "h" and clone.k == 4 and clone.seed == 3
+    assert clone.head_name == "h" and clone.sampled.k == 4 and clone.seed == 3
+    np.testing.assert_array_equal(clone.sampled.sampler.counts, np.arange(1, 11))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ht.SampledOptions(),
+        ht.SampledOptions.tf_sampled_softmax(64),
+        ht.SampledOptions.prototype(),
+        ht.SampledOptions(k=0, in_batch_negatives="all", center_gradient="dense"),
+    ],
+)
+def test_sampled_options_config_round_trip(options):
+    clone = ht.SampledOptions.from_config(options.get_config())
+    assert clone.get_config() == options.get_config()
+    assert clone.replace() == clone

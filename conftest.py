@@ -1,0 +1,18 @@
+"""Doctest namespace: the names the package's docstring examples use."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import harmonic_tf as ht  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(doctest_namespace):
+    doctest_namespace.update(tf=tf, np=np, keras=keras, ht=ht)
+    doctest_namespace.update({name: getattr(ht, name) for name in ht.__all__})
