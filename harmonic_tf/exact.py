@@ -29,6 +29,7 @@ from harmonic_tf.distances import (
 from harmonic_tf.gradients import (
     center_grad,
     coefficients,
+    custom_gradient_with_eta,
     eta_gradient,
     expected_l,
     hidden_grad,
@@ -156,9 +157,7 @@ def fused_weighted_loss(
     pad = num_chunks * rows - n
     learn_eta = isinstance(eta, tf.Tensor)
 
-    @tf.custom_gradient
-    def _loss(x, w, eta_in):
-        e = eta_in if learn_eta else eta
+    def _loss(x, w, e):
         origin = reference_point(x)
         x, w = x - origin, w - origin
         x_chunks = tf.reshape(tf.pad(x, [[0, pad], [0, 0]]), [num_chunks, rows, dim])
@@ -213,7 +212,7 @@ def fused_weighted_loss(
 
         return total, grad
 
-    return _loss(x, w, eta if learn_eta else tf.constant(0.0))
+    return custom_gradient_with_eta(_loss, x, w, eta)
 
 
 def exact_token_losses(
@@ -230,9 +229,7 @@ def exact_token_losses(
         chunk_size = None
     learn_eta = isinstance(eta, tf.Tensor)
 
-    @tf.custom_gradient
-    def _loss(x, w, eta_in):
-        e = eta_in if learn_eta else eta
+    def _loss(x, w, e):
         origin = reference_point(x)
         x, w = x - origin, w - origin
         d2_true, diff_true = true_sq_distances(x, w, labels)
@@ -269,7 +266,7 @@ def exact_token_losses(
 
         return loss, grad
 
-    return _loss(x, w, eta if learn_eta else tf.constant(0.0))
+    return custom_gradient_with_eta(_loss, x, w, eta)
 
 
 def _true_column(labels: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:

@@ -16,6 +16,20 @@ import tensorflow as tf
 from harmonic_tf.distances import log_distances
 
 
+def custom_gradient_with_eta(fn, x: tf.Tensor, w: tf.Tensor, eta):
+    """``fn(x, w, eta) -> (loss, grad)`` with ``grad(upstream) -> (dx, dw, d_eta)``, under
+    ``tf.custom_gradient``. A tensor ``eta`` (a learned exponent) is an input, so ``d_eta``
+    reaches it (a tensor captured by the closure would get no gradient, silently); a number
+    stays a Python constant of the traced math, and ``fn`` returns ``d_eta=None`` for it."""
+    learn = isinstance(eta, tf.Tensor)
+
+    @tf.custom_gradient
+    def call(x, w, eta_in):
+        return fn(x, w, eta_in if learn else eta)
+
+    return call(x, w, eta if learn else tf.constant(0.0))
+
+
 def coefficients(z, lse, g, eta, eps: float, d2=None) -> tf.Tensor:
     """``c = -(eta/2) p / (d2 + eps)`` for the other classes' ``[N, M]`` logits ``z``, times the
     per-token upstream ``g [N]``; columns at -inf (the true class, masked ones) give 0.

@@ -28,6 +28,7 @@ from harmonic_tf.distances import (
 from harmonic_tf.gradients import (
     center_grad,
     coefficients,
+    custom_gradient_with_eta,
     expected_l,
     hidden_grad,
     true_eta_term,
@@ -303,9 +304,7 @@ def sampled_token_losses(
     neg_inf = -float("inf")
     learn_eta = isinstance(eta, tf.Tensor)
 
-    @tf.custom_gradient
-    def _loss(x, w, eta_in):
-        e = eta_in if learn_eta else eta
+    def _loss(x, w, e):
         # Distances from a point near the data; only the gathered centers are shifted.
         origin = reference_point(x)
         x = x - origin
@@ -380,7 +379,7 @@ def sampled_token_losses(
 
         return loss, grad
 
-    return _loss(x, w, eta if learn_eta else tf.constant(0.0))
+    return custom_gradient_with_eta(_loss, x, w, eta)
 
 
 def _computed_once(v: tf.Tensor) -> tf.Tensor:
