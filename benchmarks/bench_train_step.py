@@ -31,11 +31,12 @@ def run_single(kind: str, args) -> dict:
     sys.path.insert(0, os.path.join(HERE, "..", "examples"))
     import keras
     import tensorflow as tf
-    import transformer_lm
 
     import harmonic_tf as ht
 
-    model, head = transformer_lm.build_lm(
+    import small_lm
+
+    model, head = small_lm.build_lm(
         args.vocab_size, args.seq_len, "dot" if kind == "ce" else "harmonic", seed=0
     )
     rng = np.random.default_rng(0)

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import harmax_numpy
 
 import harmonic_tf as ht
+
 from conftest import maybe_jit
+from reference import harmax_numpy
 
 MODES = ["eager", "graph", "xla"]
 

@@ -6,6 +6,7 @@ import os
 import sys
 
 import pytest
+
 from conftest import shared_data_path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
@@ -34,16 +35,16 @@ def test_transformer_lm_quick_on_tiny_shakespeare(tmp_path):
 
 @pytest.mark.parametrize("corpus, tokens", [("pydoc", "words"), ("stdlib", "code")])
 def test_transformer_lm_builtin_corpus_loads(corpus, tokens):
-    import transformer_lm
+    import small_lm
 
-    text = transformer_lm.embedded_corpus() if corpus == "pydoc" else transformer_lm.stdlib_corpus()
+    text = small_lm.embedded_corpus() if corpus == "pydoc" else small_lm.stdlib_corpus()
     assert len(text) > (100_000 if corpus == "pydoc" else 5_000_000)
-    vectorizer = transformer_lm.build_vocabulary(text[:50_000], 500, tokens)
-    ids = transformer_lm.encode(vectorizer, text[50_000:60_000])
+    vectorizer = small_lm.build_vocabulary(text[:50_000], 500, tokens)
+    ids = small_lm.encode(vectorizer, text[50_000:60_000])
     vocab = vectorizer.get_vocabulary()
     assert ids.min() >= 1 and ids.max() < len(vocab)
     # Same tokens as the regex (the pilot's for words; out-of-vocabulary maps to id 1).
-    expected = transformer_lm.tokenize(text[50_000:60_000], tokens)
+    expected = small_lm.tokenize(text[50_000:60_000], tokens)
     index = {w: i for i, w in enumerate(vocab)}
     assert [index.get(t, 1) for t in expected][:300] == ids.tolist()[:300]
 
@@ -82,8 +83,9 @@ def test_cifar10_quick_on_shared_images(tmp_path):
 def test_cifar10_reads_cifar_batches_py(tmp_path, layout):
     import pickle
 
-    import cifar10
     import numpy as np
+
+    import cifar10
 
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
@@ -134,9 +136,10 @@ def test_summarize_runs_tables(tmp_path):
 def test_lm_dropout_is_bernoulli_fresh_per_step_and_compiles():
     import numpy as np
     import tensorflow as tf
-    import transformer_lm
 
-    layer = transformer_lm.Dropout(0.25, seed=3)
+    import small_lm
+
+    layer = small_lm.Dropout(0.25, seed=3)
     x = tf.ones([200, 500])
     step = tf.function(lambda: layer(x, training=True), jit_compile=True)
     a, b = step().numpy(), step().numpy()
@@ -147,20 +150,30 @@ def test_lm_dropout_is_bernoulli_fresh_per_step_and_compiles():
     assert 0.05 < ((a == 0) != (b == 0)).mean()  # a fresh mask every step
     np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
     with pytest.raises(ValueError, match="noise_shape"):
-        transformer_lm.Dropout(0.1, noise_shape=(None, 1))
+        small_lm.Dropout(0.1, noise_shape=(None, 1))
 
 
 def test_lm_attention_dropout_is_the_example_dropout_and_saves(tmp_path):
     import keras
     import numpy as np
-    import transformer_lm
 
-    model, _ = transformer_lm.build_lm(50, 8, "harmonic", num_layers=1, seed=0)
+    import small_lm
+
+    model, _ = small_lm.build_lm(50, 8, "harmonic", num_layers=1, seed=0)
     attention = model.get_layer("block0_attention")
-    assert isinstance(attention._dropout_layer, transformer_lm.Dropout)
+    assert isinstance(attention._dropout_layer, small_lm.Dropout)
     tokens = np.arange(16).reshape(2, 8) % 50
     path = tmp_path / "lm.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded.get_layer("block0_attention")._dropout_layer, transformer_lm.Dropout)
+    assert isinstance(loaded.get_layer("block0_attention")._dropout_layer, small_lm.Dropout)
     np.testing.assert_allclose(loaded.predict(tokens, verbose=0), model.predict(tokens, verbose=0))
+
+
+def test_minimal_lm_runs_and_learns():
+    import math
+
+    import minimal_lm
+
+    val_loss = minimal_lm.main(["--steps", "20"])
+    assert math.isfinite(val_loss) and val_loss < math.log(2000) - 1.0  # well below uniform

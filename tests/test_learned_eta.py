@@ -5,10 +5,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import PLAIN, harmax_autodiff, harmax_numpy, sampled_reference
 
 import harmonic_tf as ht
+
 from conftest import maybe_jit
+from reference import PLAIN, harmax_autodiff, harmax_numpy, sampled_reference
 
 MODES = ["eager", "graph", "xla"]
 EXACT_PATHS = ["dense", "two_pass", "fused"]

@@ -7,10 +7,11 @@ one are the same problem, and the float64 reference of one is the reference of b
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import maybe_jit
-from reference import PLAIN, harmax_autodiff, sampled_reference
 
 import harmonic_tf as ht
+
+from conftest import maybe_jit
+from reference import PLAIN, harmax_autodiff, sampled_reference
 
 N, D, V = 48, 16, 61
 ETA = 4.0 * D  # the sharpest exponent the package documents

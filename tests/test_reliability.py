@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from reference import PLAIN, harmax_numpy, log_q_numpy, sampled_reference
 
 import harmonic_tf as ht
+
+from reference import PLAIN, harmax_numpy, log_q_numpy, sampled_reference
 
 DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
 

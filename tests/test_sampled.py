@@ -5,10 +5,11 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import maybe_jit
-from reference import PLAIN, harmax_numpy, log_q_numpy, sampled_reference
 
 import harmonic_tf as ht
+
+from conftest import maybe_jit
+from reference import PLAIN, harmax_numpy, log_q_numpy, sampled_reference
 
 N, D, V, K = 12, 6, 29, 7
 NEGATIVES = ["shared", "per_example"]

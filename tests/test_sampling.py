@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import log_q_numpy
 from scipy import stats
 
 import harmonic_tf as ht
 from harmonic_tf.sampling import RandomStream, get_sampler, search_right
+
+from reference import log_q_numpy
 
 V = 50
 DRAWS = 200_000
