@@ -131,10 +131,7 @@ def prepare(hidden_states, class_centers, labels, ignore_index: int | None) -> P
     w = tf.cast(w, tf.float32)
     y = tf.reshape(tf.cast(y, tf.int32), [-1])
     n = x.shape[0]
-    if ignore_index is None:
-        ignored = tf.zeros_like(y, dtype=tf.bool)
-    else:
-        ignored = tf.equal(y, ignore_index)
+    ignored = ignored_mask(y, ignore_index)
     invalid = tf.logical_and(
         tf.logical_not(ignored), tf.logical_or(tf.less(y, 0), tf.greater_equal(y, vocab_size))
     )
@@ -149,6 +146,13 @@ def prepare(hidden_states, class_centers, labels, ignore_index: int | None) -> P
     return Prepared(x, w, safe, y, ignored, invalid, labels_shape, n, vocab_size, dim, labels_rank)
 
 
+def ignored_mask(labels: tf.Tensor, ignore_index: int | None) -> tf.Tensor:
+    """Where ``labels`` equals ``ignore_index`` (all False for ``None``)."""
+    if ignore_index is None:
+        return tf.zeros_like(labels, dtype=tf.bool)
+    return tf.equal(labels, ignore_index)
+
+
 def inside_xla() -> bool:
     """True while tracing a function compiled with ``jit_compile=True``."""
     from tensorflow.python.framework import ops
@@ -160,7 +164,7 @@ def inside_xla() -> bool:
     return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
 
 
-def flat_weights(weights, p: Prepared) -> tf.Tensor:
+def flat_weights(weights, labels_shape: tf.Tensor, labels_rank: int) -> tf.Tensor:
     """Per-token weights ``[N]`` from ``weights`` in the labels' shape, or ``[B]`` / ``[B, 1]``
     (one per sequence) for ``[B, S]`` labels."""
     wt = tf.convert_to_tensor(weights)
@@ -170,20 +174,20 @@ def flat_weights(weights, p: Prepared) -> tf.Tensor:
     rank = wt.shape.rank
     if rank is None:
         raise ValueError(
-            f"`weights` must have a known rank: the labels' shape (rank {p.labels_rank}) or one "
+            f"`weights` must have a known rank: the labels' shape (rank {labels_rank}) or one "
             "weight per sequence; give the tensor a static rank (e.g. tf.ensure_shape)."
         )
-    if rank == p.labels_rank + 1 and wt.shape[-1] == 1:
+    if rank == labels_rank + 1 and wt.shape[-1] == 1:
         wt = tf.squeeze(wt, -1)
         rank -= 1
-    if rank > p.labels_rank:
+    if rank > labels_rank:
         raise ValueError(
-            f"`weights` must have the labels' shape (rank {p.labels_rank}) or fewer leading axes, "
+            f"`weights` must have the labels' shape (rank {labels_rank}) or fewer leading axes, "
             f"got shape {wt.shape}."
         )
-    for _ in range(p.labels_rank - rank):
+    for _ in range(labels_rank - rank):
         wt = wt[..., None]
-    return tf.reshape(tf.broadcast_to(wt, p.labels_shape), [-1])
+    return tf.reshape(tf.broadcast_to(wt, labels_shape), [-1])
 
 
 def token_weights(p: Prepared, reduction: str, weights=None) -> tf.Tensor:
@@ -191,7 +195,9 @@ def token_weights(p: Prepared, reduction: str, weights=None) -> tf.Tensor:
     NaN where the label is invalid, the given ``weights`` (default 1) elsewhere, divided by the
     count of non-ignored tokens for ``"mean"``."""
     keep = tf.cast(tf.logical_not(p.ignored), tf.float32)
-    scaled = keep if weights is None else keep * flat_weights(weights, p)
+    scaled = (
+        keep if weights is None else keep * flat_weights(weights, p.labels_shape, p.labels_rank)
+    )
     if reduction == "mean":
         scaled = tf.math.divide_no_nan(scaled, tf.reduce_sum(keep))
     return tf.where(p.invalid, float("nan"), scaled)

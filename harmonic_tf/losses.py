@@ -13,10 +13,13 @@ from harmonic_tf.sampled import sampled_harmonic_loss
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "none", None)
 
 
-def labels_from_keras(y_true, num_classes: int | None = None) -> tf.Tensor:
+def labels_from_keras(y_true, output_rank: int, num_classes: int | None = None) -> tf.Tensor:
     """Keras hands labels over as float32 (exact below 2**24): round them back to int32.
-    A trailing axis of size 1 (``[B, 1]`` labels for ``[B, V]`` outputs) is squeezed."""
+    A trailing axis of size 1 (``[B, 1]`` labels for ``[B, V]`` outputs of rank
+    ``output_rank``) is squeezed."""
     y = tf.convert_to_tensor(y_true)
+    if y.shape.rank == output_rank and y.shape[-1] == 1:
+        y = tf.squeeze(y, -1)
     if num_classes is not None and num_classes >= 2**24 and y.dtype == tf.float32:
         raise ValueError(
             f"float32 labels cannot represent class ids >= 2**24 exactly (V = {num_classes}); "
@@ -30,11 +33,7 @@ def labels_from_keras(y_true, num_classes: int | None = None) -> tf.Tensor:
 def exact_loss_from_logits(logits, labels, ignore_index):
     """Per-token ``logsumexp(z) - z_y`` from full logits (evaluation path), 0 where ignored."""
     logits = tf.cast(logits, tf.float32)
-    ignored = (
-        tf.equal(labels, ignore_index)
-        if ignore_index is not None
-        else tf.zeros_like(labels, tf.bool)
-    )
+    ignored = _inputs.ignored_mask(labels, ignore_index)
     safe = tf.where(ignored, tf.zeros_like(labels), labels)
     vocab = tf.shape(logits)[-1]
     invalid = tf.logical_and(tf.logical_not(ignored), tf.logical_or(safe < 0, safe >= vocab))
@@ -61,14 +60,19 @@ def _in_keras_symbolic_build() -> bool:
     return in_symbolic_scope()
 
 
-def _expand_weights(sample_weight, rank: int) -> tf.Tensor:
-    """Keras sample weights: ``[B]`` per sequence or ``[B, S]`` per token (or ``[B, 1]``)."""
-    sw = tf.cast(sample_weight, tf.float32)
-    if sw.shape.rank == rank + 1 and sw.shape[-1] == 1:
-        sw = tf.squeeze(sw, -1)
-    while sw.shape.rank < rank:
-        sw = sw[..., None]
-    return sw
+def weighted(losses: tf.Tensor, sample_weight) -> tf.Tensor:
+    """Per-token ``losses`` times Keras sample weights (``[B]`` per sequence, ``[B, S]`` per
+    token, or ``[B, 1]``)."""
+    if sample_weight is None:
+        return losses
+    shape = tf.shape(losses)
+    return losses * tf.reshape(_inputs.flat_weights(sample_weight, shape, losses.shape.rank), shape)
+
+
+def per_replica(total: tf.Tensor) -> tf.Tensor:
+    """As Keras's own losses do: replicas' gradients are summed, and the reported loss is
+    multiplied back by the replica count."""
+    return total / tf.distribute.get_strategy().num_replicas_in_sync
 
 
 @keras.saving.register_keras_serializable(package="harmonic_tf")
@@ -206,23 +210,18 @@ class HarmonicLoss(keras.losses.Loss):
             return tf.zeros([], tf.float32)
         with tf.name_scope(self.name):
             head, kind = self._resolve_head()
-            labels = labels_from_keras(y_true, head.units)
+            labels = labels_from_keras(y_true, y_pred.shape.rank, head.units)
             if kind == "hidden_states":
                 self._check_trainable(head)
                 return self._training_loss(head, labels, y_pred, sample_weight)
-            else:
-                logits = y_pred
-                if head.output_mode == "probabilities":
-                    logits = tf.math.log(tf.maximum(tf.cast(y_pred, tf.float32), 1e-38))
-                if labels.shape.rank == logits.shape.rank and labels.shape[-1] == 1:
-                    labels = tf.squeeze(labels, -1)
+            logits = y_pred
+            if head.output_mode == "probabilities":
+                logits = tf.math.log(tf.maximum(tf.cast(y_pred, tf.float32), 1e-38))
             losses, ignored = exact_loss_from_logits(logits, labels, self.ignore_index)
             return self._reduce(losses, ignored, sample_weight)
 
     def _training_loss(self, head, labels, hidden, sample_weight):
         """The exact (optionally chunked, fused) or sampled loss on the head's centers."""
-        if labels.shape.rank == hidden.shape.rank and labels.shape[-1] == 1:
-            labels = tf.squeeze(labels, -1)
         reduction = {"none": "none", None: "none", "sum": "sum"}.get(self.reduction, "mean")
         common = dict(
             eta=head.resolved_eta(),
@@ -238,25 +237,17 @@ class HarmonicLoss(keras.losses.Loss):
             loss = sampled_harmonic_loss(
                 hidden, head.centers, labels, self.sampled, seed=seed, **common
             )
-        if reduction == "none":
-            return loss
-        # As Keras's own losses do: replicas' gradients are summed, and the reported loss is
-        # multiplied back by the replica count.
-        return loss / tf.distribute.get_strategy().num_replicas_in_sync
+        return loss if reduction == "none" else per_replica(loss)
 
     def _reduce(self, losses, ignored, sample_weight):
-        losses = tf.cast(losses, tf.float32)
-        if sample_weight is not None:
-            losses = losses * _expand_weights(sample_weight, losses.shape.rank)
+        losses = weighted(tf.cast(losses, tf.float32), sample_weight)
         if self.reduction in ("none", None):
             return losses
         total = tf.reduce_sum(losses)
         if self.reduction != "sum":
             count = tf.reduce_sum(tf.cast(tf.logical_not(ignored), tf.float32))
             total = tf.math.divide_no_nan(total, count)
-        # As Keras's own losses do: replicas' gradients are summed, and the reported loss is
-        # multiplied back by the replica count.
-        return total / tf.distribute.get_strategy().num_replicas_in_sync
+        return per_replica(total)
 
     def get_config(self) -> dict:
         return {

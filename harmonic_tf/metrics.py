@@ -7,8 +7,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from harmonic_tf import _trace
-from harmonic_tf.losses import exact_loss_from_logits, labels_from_keras
+from harmonic_tf import _inputs, _trace
+from harmonic_tf.losses import exact_loss_from_logits, labels_from_keras, weighted
 
 
 class _HarmonicMetric(keras.metrics.Metric):
@@ -24,16 +24,12 @@ class _HarmonicMetric(keras.metrics.Metric):
         _, kind = _trace.lookup(head_name)
         if kind == "hidden_states":
             return  # a training step of a bound loss: no logits exist here
-        labels = labels_from_keras(y_true)
-        if labels.shape.rank == y_pred.shape.rank and labels.shape[-1] == 1:
-            labels = tf.squeeze(labels, -1)
+        labels = labels_from_keras(y_true, y_pred.shape.rank)
         logits = tf.cast(y_pred, tf.float32)
         if kind == "probabilities":
             logits = tf.math.log(tf.maximum(logits, 1e-38))
         values, ignored = self._values(labels, logits)
-        weight = tf.cast(tf.logical_not(ignored), tf.float32)
-        if sample_weight is not None:
-            weight = weight * tf.reshape(tf.cast(sample_weight, tf.float32), tf.shape(weight))
+        weight = weighted(tf.cast(tf.logical_not(ignored), tf.float32), sample_weight)
         self.total.assign_add(tf.reduce_sum(values * weight))
         self.count.assign_add(tf.reduce_sum(weight))
 
@@ -54,11 +50,7 @@ class HarmonicAccuracy(_HarmonicMetric):
         super().__init__(name=name, ignore_index=ignore_index, head=head, **kw)
 
     def _values(self, labels, logits):
-        ignored = (
-            tf.equal(labels, self.ignore_index)
-            if self.ignore_index is not None
-            else tf.zeros_like(labels, tf.bool)
-        )
+        ignored = _inputs.ignored_mask(labels, self.ignore_index)
         hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
         return tf.cast(hit, tf.float32), ignored
 

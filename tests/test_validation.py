@@ -1,5 +1,6 @@
 """Bad input fails loudly, naming the argument; out-of-range labels never pass silently."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -197,3 +198,21 @@ def test_sampled_options_config_round_trip(options):
     clone = ht.SampledOptions.from_config(options.get_config())
     assert clone.get_config() == options.get_config()
     assert clone.replace() == clone
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_keras_loss_sample_weight_of_unknown_rank_is_named(training):
+    # tf.data can hand over sample weights with no static rank: a clear error, not a TypeError
+    # from deep inside the loss.
+    inputs = keras.Input([6])
+    head = ht.HarmonicLMHead(5, name="h")
+    model = keras.Model(inputs, head(keras.layers.Dense(4)(inputs)))
+    loss = ht.HarmonicLoss(head)
+    x, y = tf.ones([8, 6]), tf.zeros([8])
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+    def call(sw):
+        return loss(y, model(x, training=training), sample_weight=sw)
+
+    with pytest.raises(ValueError, match="`weights` must have a known rank"):
+        call.get_concrete_function()
