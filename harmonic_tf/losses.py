@@ -188,7 +188,7 @@ class HarmonicLoss(keras.losses.Loss):
                 "frozen centers on purpose."
             )
 
-    def _next_seed(self, head):
+    def next_seed(self, head):
         """``[seed, step]`` with the head's sampling-step counter: the sequence of negatives is
         reproducible and, since the counter is a weight of the model, survives checkpoints."""
         if self.seed is None:
@@ -233,7 +233,7 @@ class HarmonicLoss(keras.losses.Loss):
         if self.sampled is None:
             loss = harmonic_loss(hidden, head.centers, labels, chunk_size=self.chunk_size, **common)
         else:
-            seed = self._next_seed(head)
+            seed = self.next_seed(head)
             loss = sampled_harmonic_loss(
                 hidden, head.centers, labels, self.sampled, seed=seed, **common
             )

@@ -351,7 +351,7 @@ DISTRIBUTED = textwrap.dedent(
     # Two replicas, one seeded loss: different negatives per replica.
     loss = model.loss
     def draw():
-        seed = loss._next_seed(model.get_layer("head"))
+        seed = loss.next_seed(model.get_layer("head"))
         return ht.UniformSampler(1000).sample([16], ht.sampling.RandomStream(seed))
     per_replica = strategy.experimental_local_results(strategy.run(tf.function(draw)))
     assert not np.array_equal(per_replica[0].numpy(), per_replica[1].numpy())
