@@ -1,0 +1,112 @@
+"""What measuring distances from a reference point costs: forward+backward of the chunked exact
+and the sampled loss (package defaults) at the reference point, with the shift as shipped and
+with the shift replaced by zeros, in interleaved rounds in one process (XLA, median step time).
+
+    python benchmarks/bench_reference_point.py                  # N=4096, D=512, V=50,257
+    python benchmarks/bench_reference_point.py --vocab-size 8001 --rounds 5
+
+Writes reference_point.json and .md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import harmonic_tf as ht  # noqa: E402
+from harmonic_tf import distances, exact, sampled  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _no_shift(x):
+    return tf.zeros_like(x[0])
+
+
+def make_step(kind: str, shifted: bool, args):
+    """A jit-compiled forward+backward; ``shifted=False`` swaps the reference point for zeros
+    while the function is traced (the modules look it up by name at trace time)."""
+    x = tf.random.stateless_normal([args.tokens, args.dim], seed=[0, 1])
+    w = tf.Variable(tf.random.stateless_normal([args.vocab_size, args.dim], seed=[0, 2]))
+    y = tf.random.stateless_uniform([args.tokens], [0, 3], 0, args.vocab_size, tf.int32)
+
+    @tf.function(jit_compile=True)
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if kind == "exact":
+                loss = ht.harmonic_loss(x, w, y, chunk_size=args.chunk_size)
+            else:
+                loss = ht.sampled_harmonic_loss(x, w, y, seed=0)
+        gx, gw = tape.gradient(loss, [x, w])
+        return loss, tf.reduce_sum(gx), tf.reduce_sum(tf.convert_to_tensor(gw))
+
+    modules = (distances, exact, sampled)
+    saved = [m.reference_point for m in modules]
+    if not shifted:
+        for m in modules:
+            m.reference_point = _no_shift
+    try:
+        step()  # trace and compile with the chosen reference point
+    finally:
+        for m, f in zip(modules, saved, strict=True):
+            m.reference_point = f
+    return step
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--vocab-size", type=int, default=50257)
+    p.add_argument("--chunk-size", type=int, default=2048)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3, help="timed steps per round and variant")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = p.parse_args(argv)
+    times: dict[str, list[float]] = {}
+    steps = {
+        (kind, shifted): make_step(kind, shifted, args)
+        for kind in ("exact", "sampled")
+        for shifted in (True, False)
+    }
+    for _ in range(args.rounds):
+        for (kind, shifted), step in steps.items():
+            for _ in range(args.reps):
+                start = time.perf_counter()
+                [t.numpy() for t in step()]
+                times.setdefault(f"{kind} {'shifted' if shifted else 'unshifted'}", []).append(
+                    time.perf_counter() - start
+                )
+    median = {name: float(np.median(v)) * 1e3 for name, v in times.items()}
+    lines = [
+        f"Reference-point cost, N={args.tokens}, D={args.dim}, V={args.vocab_size:,} "
+        f"(chunk {args.chunk_size}), forward+backward under XLA, median of "
+        f"{args.rounds} interleaved rounds x {args.reps} steps:",
+        "",
+        "| loss | shifted (ms) | unshifted (ms) | cost |",
+        "|---|---|---|---|",
+    ]
+    for kind in ("exact", "sampled"):
+        a, b = median[f"{kind} shifted"], median[f"{kind} unshifted"]
+        lines.append(f"| {kind} | {a:,.1f} | {b:,.1f} | {100 * (a / b - 1):+.1f}% |")
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "reference_point")
+    with open(stem + ".json", "w") as f:
+        json.dump({"config": vars(args), "median_ms": median, "times_s": times}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(text + "\n")
+    return median
+
+
+if __name__ == "__main__":
+    main()
