@@ -7,6 +7,7 @@
 ``lr``: final exact validation loss against the peak learning rate, one line per loss.
 ``eta``: the exact harmonic loss over the (exponent, learning rate) grid, one row per exponent,
 with cross-entropy's row for comparison; ``--out`` draws loss against ``eta / D`` per rate.
+``learned``: runs with a learned exponent, where it started and ended.
 ``seeds``: per seed, each run's final loss and tokens/s, the sampled-minus-exact gap and the
 tokens/s ratio, then the means (a later file's run replaces an earlier one of the same seed and
 kind); ``--out`` draws every seed's validation curves.
@@ -89,7 +90,7 @@ def eta_table(runs: list[tuple[dict, dict]]) -> tuple[str, dict]:
     for config, run in runs:
         if run["kind"] == "ce":
             grid["cross-entropy"][lr_of(config, run)] = run["final_val_loss"]
-        elif run["kind"] == "exact":
+        elif run["kind"] == "exact" and not eta_of(config).startswith("learned"):
             name = f"eta = {eta_of(config)}"
             grid[name][lr_of(config, run)] = run["final_val_loss"]
             ratio[name] = _eta_over_d(eta_of(config), config["d_model"])
@@ -105,6 +106,21 @@ def eta_table(runs: list[tuple[dict, dict]]) -> tuple[str, dict]:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {min(row.values()):.3f} |")
     return "\n".join(lines), {"grid": grid, "ratio": ratio}
+
+
+def learned_table(runs: list[tuple[dict, dict]]) -> str:
+    """Runs with a learned exponent: where it started, where it ended, the final loss."""
+    lines = [
+        "| run | lr | eta at the start | eta at the end | exact val loss |",
+        "|---|---|---|---|---|",
+    ]
+    for config, run in runs:
+        if run["kind"] != "ce" and eta_of(config).startswith("learned") and run.get("eta"):
+            lines.append(
+                f"| {run['name']}, `--eta {eta_of(config)}` | {lr_of(config, run):g} | "
+                f"{run['eta'][0]:.1f} | {run['eta'][-1]:.1f} | {run['final_val_loss']:.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def _eta_over_d(spec: str, dim: int) -> float:
@@ -212,7 +228,7 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("mode", choices=["lr", "seeds", "eta"])
+    p.add_argument("mode", choices=["lr", "seeds", "eta", "learned"])
     p.add_argument("results", nargs="+", help="results.json files of transformer_lm.py")
     p.add_argument("--out", help="PNG path for the plot")
     p.add_argument("--title", default="", help="plot title")
@@ -222,6 +238,8 @@ def main(argv=None) -> str:
         text, by_kind = lr_table(runs)
         if args.out:
             plot_lr(by_kind, args.out)
+    elif args.mode == "learned":
+        text = learned_table(runs)
     elif args.mode == "eta":
         text, table = eta_table(runs)
         if args.out:

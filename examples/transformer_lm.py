@@ -237,7 +237,7 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--mlp-dim", type=int, default=512)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--lr-ce", type=float, default=1e-3)
+    p.add_argument("--lr-ce", type=float, default=3e-3)
     p.add_argument("--lr-harmonic", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument(
