@@ -343,3 +343,39 @@ def test_candidate_logits_fusion_holds_no_concatenation():
     bodies = _fused_computations_of(hlo, f"{n},{k + m}")
     assert bodies and any(" log(" in body for body in bodies)
     assert not [body for body in bodies if "concatenate(" in body]
+
+
+@pytest.mark.parametrize("preset", ["defaults", "tf_sampled_softmax", "prototype"])
+def test_presets_match_the_float64_reference(preset):
+    # Each named estimator with pinned draws against the plain formula it stands for.
+    x, w, y = _data(12, ignore=preset != "prototype")
+    per_example = preset == "prototype"
+    ids = _ids(12, "per_example" if per_example else "shared", y)
+    options = {
+        "defaults": ht.SampledOptions(k=K),
+        "tf_sampled_softmax": ht.SampledOptions.tf_sampled_softmax(K),
+        "prototype": ht.SampledOptions.prototype(K),
+    }[preset]
+    loss, gx, _ = _run_ours(x, w, y, ids, "xla", False, options, eta=2.5, seed=1)
+    valid = y[y != -100]
+    in_batch = (
+        valid[np.sort(np.unique(valid, return_index=True)[1])] if preset == "defaults" else None
+    )
+    sampler = "uniform" if per_example else "log_uniform"
+    ref = sampled_reference(
+        x,
+        w,
+        y,
+        2.5,
+        per_example_ids=ids if per_example else None,
+        shared_ids=None if per_example else ids,
+        in_batch_ids=in_batch,
+        log_q=log_q_numpy(sampler, V),
+        correction={"defaults": "negatives", "tf_sampled_softmax": "all", "prototype": "none"}[
+            preset
+        ],
+    )
+    np.testing.assert_allclose(float(loss), ref[0], rtol=2e-5)
+    # The hidden states' gradient is the candidates'; the defaults' centers gradient (center
+    # rows) is checked for unbiasedness in test_exact_center_rows_gradient_is_unbiased...
+    np.testing.assert_allclose(gx.numpy(), ref[1], rtol=2e-4, atol=2e-6)
