@@ -278,8 +278,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--eta", default=None, help="CNN head exponent: number, rule of D (sqrt, 2D, ...), learned"
     )
-    p.add_argument("--pixel-eta", default=None, help="pixel classifier's exponent, as --eta")
-    p.add_argument("--pixel-l2", type=float, default=0.0, help="L2 penalty on the pixel centers")
+    # The measured best for prototype-like pixel centers (README, "Prototypes"): a linear
+    # classifier on raw pixels wants a gentle exponent, and the L2 penalty smooths its centers.
+    p.add_argument("--pixel-eta", default="sqrt", help="pixel classifier's exponent, as --eta")
+    p.add_argument("--pixel-l2", type=float, default=1e-3, help="L2 penalty on the pixel centers")
     p.add_argument("--limit", type=int, default=None, help="images per split (balanced)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=1)
