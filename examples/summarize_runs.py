@@ -135,6 +135,7 @@ def plot_eta(table: dict, path: str, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (NullLocator below)
 
     grid, ratio = table["grid"], table["ratio"]
     rates = sorted({lr for name, row in grid.items() if name != "cross-entropy" for lr in row})
@@ -150,7 +151,11 @@ def plot_eta(table: dict, path: str, title: str = "") -> None:
         lr, value = min(grid["cross-entropy"].items(), key=lambda kv: kv[1])
         ax.axhline(value, color="k", ls=":", label=f"cross-entropy, best (lr {lr:g})")
     ax.set_xscale("log")
-    ax.set_xlabel("eta / D  (p ∝ d^-eta; D = hidden size)")
+    # One tick per exponent in the grid, named by its rule (minor log ticks would overlap).
+    ticks = sorted({(ratio[n], n.removeprefix("eta = ")) for n in grid if n != "cross-entropy"})
+    ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("eta  (p ∝ d^-eta; D = hidden size)")
     ax.set_ylabel("exact validation loss at the end (nats)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
