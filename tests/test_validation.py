@@ -216,3 +216,11 @@ def test_keras_loss_sample_weight_of_unknown_rank_is_named(training):
 
     with pytest.raises(ValueError, match="`weights` must have a known rank"):
         call.get_concrete_function()
+
+
+def test_keras_loss_sampled_true_means_the_defaults():
+    head = ht.HarmonicLMHead(10, name="h")
+    loss = ht.HarmonicLoss(head, sampled=True)
+    assert loss.sampled == ht.SampledOptions()
+    assert ht.HarmonicLoss.from_config(loss.get_config()).sampled == loss.sampled
+    assert ht.HarmonicLoss(head, sampled=False).sampled is None
