@@ -1,14 +1,9 @@
 """Exact full-vocabulary harmonic loss, dense or vocabulary-chunked, with hand-written gradients.
 
-Per token: ``loss = logsumexp_i(z_i) - z_y`` with ``z_i = -(eta/2) log(d_i^2 + eps)``.
-With ``c_i = dL/d(d_i^2) = (p_i - [i=y]) * (-(eta/2)) / (d_i^2 + eps)``:
-``dL/dx = 2 sum_i c_i (x - w_i)`` and ``dL/dw_i = -2 sum_n c_ni (x_n - w_i)``.
-The true-class term uses the explicit difference ``x - w_y``; the rest uses
-``2 (sum_i c_i) x - 2 c W`` (two matmuls), so no ``[N, V, D]`` tensor exists.
-
-With a tensor ``eta`` (a learned exponent) the backward pass also returns
-``dL/deta = sum_i (p_i - [i=y]) l_i`` with ``l_i = dz_i/deta = -(1/2) log(d_i^2 + eps)``.
-Every path measures distances from :func:`~harmonic_tf.distances.reference_point`.
+Per token: ``loss = logsumexp_i(z_i) - z_y`` with ``z_i = -(eta/2) log(d_i^2 + eps)``; the
+backward formulas (``dL/dx``, ``dL/dw`` and, for a tensor ``eta``, ``dL/deta``) are in
+:mod:`harmonic_tf.gradients`. Every path measures distances from
+:func:`~harmonic_tf.distances.reference_point`.
 
 The loss is ``softplus(lse_other - z_y)`` with ``lse_other`` the log-sum-exp over the *other*
 classes: ``lse - z_y`` would cancel catastrophically when the loss is tiny and the logits large
@@ -33,7 +28,6 @@ from harmonic_tf.gradients import (
     eta_gradient,
     expected_l,
     hidden_grad,
-    true_eta_term,
     true_pull,
 )
 
@@ -176,7 +170,7 @@ def fused_weighted_loss(
             total += tf.reduce_sum(tf.where(gc == 0.0, 0.0, gc * loss))
             lse = z_true + loss
             if learn_eta:
-                d_eta += eta_gradient(z, lse, margin, d2_true, gc, e, eps)
+                d_eta += eta_gradient(expected_l(z, lse, e), margin, d2_true, gc, eps)
             c = coefficients(z, lse, gc, e, eps)
             pull = true_pull(margin, d2_true, diff_true, gc, e, eps)
             return (
@@ -250,16 +244,12 @@ def exact_token_losses(
             if chunk_size is None:
                 c = coefficients(z, lse, g, e, eps)
                 dx, dw = hidden_grad(c, x, w), center_grad(c, x, w)
-                d_eta = eta_gradient(z, lse, margin, d2_true, g, e, eps) if learn_eta else None
+                other_l = expected_l(z, lse, e) if learn_eta else None
             else:
                 dx, dw, other_l = _chunked_backward(
                     x, w, labels, lse, g, e, eps, chunk_size, learn_eta
                 )
-                d_eta = (
-                    tf.reduce_sum(g * other_l) - true_eta_term(margin, d2_true, g, eps)
-                    if learn_eta
-                    else None
-                )
+            d_eta = eta_gradient(other_l, margin, d2_true, g, eps) if learn_eta else None
             dx += pull
             dw = tf.tensor_scatter_nd_add(dw, labels[:, None], -pull)
             return dx, dw, d_eta

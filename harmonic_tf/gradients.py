@@ -75,6 +75,7 @@ def true_eta_term(margin, d2_true, g, eps: float) -> tf.Tensor:
     return tf.reduce_sum(tf.where(g == 0.0, 0.0, term))
 
 
-def eta_gradient(z, lse, margin, d2_true, g, eta, eps: float) -> tf.Tensor:
-    """``sum_n g_n dL_n/deta`` from the other classes' unbiased ``[N, M]`` logits."""
-    return tf.reduce_sum(g * expected_l(z, lse, eta)) - true_eta_term(margin, d2_true, g, eps)
+def eta_gradient(other_l, margin, d2_true, g, eps: float) -> tf.Tensor:
+    """``sum_n g_n dL_n/deta`` from ``other_l [N]``, the other classes' ``sum_i p_i l_i``
+    (:func:`expected_l`, summed over chunks or candidate blocks)."""
+    return tf.reduce_sum(g * other_l) - true_eta_term(margin, d2_true, g, eps)

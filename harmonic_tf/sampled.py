@@ -29,9 +29,9 @@ from harmonic_tf.gradients import (
     center_grad,
     coefficients,
     custom_gradient_with_eta,
+    eta_gradient,
     expected_l,
     hidden_grad,
-    true_eta_term,
     true_pull,
 )
 from harmonic_tf.options import SampledOptions
@@ -362,9 +362,10 @@ def sampled_token_losses(
             d_eta = None
             if learn_eta:
                 # The candidates' probabilities stand in for the full softmax's.
-                d_eta = -true_eta_term(margin, d2_true, g, eps)
-                for z, d2 in zip(columns, dists, strict=True):
-                    d_eta += tf.reduce_sum(g * expected_l(z, lse, eps=eps, d2=d2))
+                other_l = sum(
+                    expected_l(z, lse, eps=eps, d2=d2) for z, d2 in zip(columns, dists, strict=True)
+                )
+                d_eta = eta_gradient(other_l, margin, d2_true, g, eps)
             if not candidates_move_centers:
                 dw = _row_sampled_center_grad(
                     x, w - origin, labels, center_rows, diff_true, d2_true, g, e, eps
