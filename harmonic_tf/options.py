@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from harmonic_tf import _inputs
-from harmonic_tf.sampling import SAMPLERS, Sampler, UnigramSampler
+from harmonic_tf.sampling import Sampler, UnigramSampler, sampler_spec
 
 NEGATIVES = ("shared", "per_example")
 LOG_Q_CORRECTIONS = ("negatives", "all", "none")
@@ -90,7 +88,7 @@ class SampledOptions:
                 f"center_gradient={self.center_gradient!r}."
             )
         object.__setattr__(self, "center_rows", rows)
-        object.__setattr__(self, "sampler", _sampler_from(self.sampler))
+        object.__setattr__(self, "sampler", sampler_spec(self.sampler))
 
     def replace(self, **changes) -> SampledOptions:
         """A copy with ``changes`` (checked again). A change of ``center_gradient`` away from
@@ -137,20 +135,3 @@ class SampledOptions:
     @classmethod
     def from_config(cls, config: dict) -> SampledOptions:
         return cls(**config)
-
-
-def _sampler_from(sampler) -> str | Sampler:
-    """A name, a Sampler, or counts (a list/array, or a UnigramSampler config dict)."""
-    if isinstance(sampler, str):
-        _inputs.check_choice("sampler", sampler, [*SAMPLERS, "<Sampler>", "<token counts>"])
-        return sampler
-    if isinstance(sampler, Sampler):
-        return sampler
-    if isinstance(sampler, dict):
-        return UnigramSampler(**sampler)
-    if isinstance(sampler, (list, tuple, np.ndarray)):
-        return UnigramSampler(sampler)
-    raise ValueError(
-        "`sampler` must be 'uniform', 'log_uniform', a harmonic_tf.Sampler or a 1-D array of "
-        f"token counts, got {sampler!r}."
-    )

@@ -246,21 +246,29 @@ class UnigramSampler(Sampler):
 SAMPLERS = {"uniform": UniformSampler, "log_uniform": LogUniformSampler}
 
 
-def get_sampler(sampler, vocab_size: int) -> Sampler:
-    """``"uniform"``, ``"log_uniform"``, a :class:`Sampler`, or a 1-D array of token counts
-    (a :class:`UnigramSampler`)."""
+def sampler_spec(sampler) -> str | Sampler:
+    """Checks a sampler given without its vocabulary size: a name (``"uniform"``,
+    ``"log_uniform"``), a :class:`Sampler`, or token counts (a 1-D list/array, or a
+    :class:`UnigramSampler` config dict), which become a :class:`UnigramSampler`."""
     if isinstance(sampler, str):
         _inputs.check_choice("sampler", sampler, [*SAMPLERS, "<Sampler>", "<token counts>"])
-        return SAMPLERS[sampler](vocab_size)
+        return sampler
     if isinstance(sampler, Sampler):
-        result = sampler
-    elif isinstance(sampler, (list, tuple, np.ndarray)):
-        result = UnigramSampler(sampler)
-    else:
-        raise ValueError(
-            "`sampler` must be 'uniform', 'log_uniform', a harmonic_tf.Sampler or a 1-D array "
-            f"of token counts, got {sampler!r}."
-        )
+        return sampler
+    if isinstance(sampler, dict):
+        return UnigramSampler(**sampler)
+    if isinstance(sampler, (list, tuple, np.ndarray)):
+        return UnigramSampler(sampler)
+    raise ValueError(
+        "`sampler` must be 'uniform', 'log_uniform', a harmonic_tf.Sampler or a 1-D array of "
+        f"token counts, got {sampler!r}."
+    )
+
+
+def get_sampler(sampler, vocab_size: int) -> Sampler:
+    """The :class:`Sampler` over ``vocab_size`` ids for anything :func:`sampler_spec` takes."""
+    spec = sampler_spec(sampler)
+    result = SAMPLERS[spec](vocab_size) if isinstance(spec, str) else spec
     if result.vocab_size != vocab_size:
         raise ValueError(
             f"`sampler` covers {result.vocab_size} ids but `class_centers` has V = {vocab_size} rows."
