@@ -9,7 +9,7 @@ import tensorflow as tf
 import harmonic_tf as ht
 
 from conftest import maybe_jit
-from reference import PLAIN, harmax_autodiff, harmax_numpy, sampled_reference
+from reference import PLAIN, harmax_autodiff, harmax_numpy, log_q_numpy, sampled_reference
 
 MODES = ["eager", "graph", "xla"]
 EXACT_PATHS = ["dense", "two_pass", "fused"]
@@ -100,7 +100,7 @@ def test_sampled_eta_gradient_matches_autodiff(case, mode):
         per_example_ids=ids if per_example else None,
         shared_ids=None if per_example else ids,
         in_batch_ids=in_batch,
-        log_q=np.full(v, -np.log(v)),
+        log_q=log_q_numpy("uniform", v),
         with_eta_grad=True,
     )
     np.testing.assert_allclose(loss, ref[0], rtol=1e-5)
