@@ -30,6 +30,8 @@ import tensorflow as tf  # noqa: E402
 
 import harmonic_tf as ht  # noqa: E402
 
+from exponents import eta_value  # noqa: E402
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -132,15 +134,6 @@ def features(inputs, width: int = 32, feature_dim: int = 64):
     return keras.layers.Dense(feature_dim)(x)
 
 
-def eta_value(spec: str | None, dim: int) -> float | str | None:
-    """``--eta``: a number, ``learned``, a rule of ``D`` (``sqrt``, ``2sqrt``, ``D``, ``2D``, ...)
-    or ``None`` (the package default)."""
-    if spec is None or spec == "learned":
-        return spec
-    rules = {"sqrt": dim**0.5, "2sqrt": 2 * dim**0.5, "D/2": dim / 2, "D": dim, "2D": 2 * dim}
-    return float(rules[spec]) if spec in rules else float(spec)
-
-
 def build(kind: str, seed: int, width: int, eta: str | None = None):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input([32, 32, 3])
@@ -148,7 +141,8 @@ def build(kind: str, seed: int, width: int, eta: str | None = None):
     if kind == "ce":
         model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
         return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True), "accuracy"
-    head = ht.HarmonicLMHead(10, eta=eta_value(eta, h.shape[-1]), name="harmonic_head")
+    eta, eta_init = eta_value(eta, h.shape[-1])
+    head = ht.HarmonicLMHead(10, eta=eta, eta_init=eta_init, name="harmonic_head")
     model = keras.Model(inputs, head(h))
     if kind == "exact":
         loss = ht.HarmonicLoss(head)
@@ -198,7 +192,7 @@ def pixel_centers(args, data):
     # in the picture.
     head = ht.HarmonicLMHead(
         10,
-        eta=eta_value(args.pixel_eta, 32 * 32 * 3),
+        eta=eta_value(args.pixel_eta, 32 * 32 * 3)[0],
         centers_initializer=keras.initializers.Constant(0.5),
         # The paper's L2 regularisation of the centers (pulls them toward 0: black).
         centers_regularizer=keras.regularizers.L2(args.pixel_l2) if args.pixel_l2 else None,
@@ -276,7 +270,9 @@ def parse_args(argv=None):
     p.add_argument("--pixel-epochs", type=int, default=10)
     p.add_argument("--pixel-lr", type=float, default=1e-2)
     p.add_argument(
-        "--eta", default=None, help="CNN head exponent: number, rule of D (sqrt, 2D, ...), learned"
+        "--eta",
+        default=None,
+        help="CNN head exponent: number, rule of D (sqrt, 2D, ...), learned or learned:START",
     )
     # The measured best for prototype-like pixel centers (README, "Prototypes"): a linear
     # classifier on raw pixels wants a gentle exponent, and the L2 penalty smooths its centers.

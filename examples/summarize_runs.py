@@ -21,6 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from exponents import eta_value
+
 
 def load(paths: list[str]) -> list[tuple[dict, dict]]:
     """``(config, run)`` for every run of every file."""
@@ -124,10 +126,9 @@ def learned_table(runs: list[tuple[dict, dict]]) -> str:
 
 
 def _eta_over_d(spec: str, dim: int) -> float:
-    rules = {"sqrt": dim**-0.5, "2sqrt": 2 * dim**-0.5, "D/2": 0.5, "D": 1.0, "2D": 2.0, "4D": 4.0}
-    if spec == "default":
+    if spec == "default":  # runs made before --eta existed: the old default sqrt(D)
         return dim**-0.5
-    return rules[spec] if spec in rules else float(spec) / dim
+    return eta_value(spec, dim)[0] / dim
 
 
 def plot_eta(table: dict, path: str, title: str = "") -> None:

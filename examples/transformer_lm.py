@@ -28,6 +28,8 @@ import tensorflow as tf  # noqa: E402
 
 import harmonic_tf as ht  # noqa: E402
 
+from exponents import RULES as ETA_RULES  # noqa: E402
+from exponents import eta_value  # noqa: E402
 from small_lm import (  # noqa: E402
     TOKEN_PATTERNS,
     build_lm,
@@ -270,28 +272,6 @@ def parse_args(argv=None):
     args.steps = parse_steps(args.steps, args.runs.split(","))
     args.eval_every = parse_steps(args.eval_every, args.runs.split(","))
     return args
-
-
-ETA_RULES = {
-    "sqrt": lambda d: math.sqrt(d),
-    "2sqrt": lambda d: 2 * math.sqrt(d),
-    "D/2": lambda d: d / 2,
-    "D": lambda d: float(d),
-    "2D": lambda d: 2.0 * d,
-    "4D": lambda d: 4.0 * d,
-}
-
-
-def eta_value(spec: str | None, dim: int) -> tuple[float | str | None, float | None]:
-    """``--eta`` as the head's ``(eta, eta_init)``: a number, a rule of ``D`` (``sqrt``,
-    ``2sqrt``, ``D/2``, ``D``, ``2D``, ``4D``), ``learned`` or ``learned:START`` (a learned
-    exponent starting at a number or rule), or ``None`` (the package default)."""
-    if spec is None:
-        return None, None
-    if spec.startswith("learned"):
-        start = spec.partition(":")[2]
-        return "learned", eta_value(start, dim)[0] if start else None
-    return (ETA_RULES[spec](dim) if spec in ETA_RULES else float(spec)), None
 
 
 def parse_steps(spec: str, kinds: list[str]) -> dict[str, int]:
