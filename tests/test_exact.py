@@ -187,9 +187,10 @@ def test_two_pass_and_fused_chunked_paths_agree(rng, mode):
         )
 
 
+@pytest.mark.parametrize("mode", ["eager", "xla"])
 @pytest.mark.parametrize("path", ["fused", "two_pass"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_weights_match_weighted_numpy_harmax(rng, path, reduction):
+def test_weights_match_weighted_numpy_harmax(rng, path, reduction, mode):
     # weights: per token, or one per sequence; "mean" divides by the non-ignored count.
     x, w, y = _problem(rng, n=24, d=8, v=37)
     per_seq = rng.uniform(0.0, 2.0, size=4)
@@ -204,16 +205,20 @@ def test_weights_match_weighted_numpy_harmax(rng, path, reduction):
         return
     xs, ys = x.reshape(4, 6, 8).astype(np.float32), y.reshape(4, 6)
     for weights in (per_token.reshape(4, 6), per_seq, per_seq[:, None]):
-        ours = ht.harmonic_loss(
-            xs,
-            w.astype(np.float32),
-            ys,
-            eta=3.0,
-            chunk_size=8,
-            path=path,
-            reduction=reduction,
-            weights=weights,
-        )
+
+        def loss(weights=weights):
+            return ht.harmonic_loss(
+                xs,
+                w.astype(np.float32),
+                ys,
+                eta=3.0,
+                chunk_size=8,
+                path=path,
+                reduction=reduction,
+                weights=weights,
+            )
+
+        ours = maybe_jit(loss, mode)()
         np.testing.assert_allclose(np.ravel(ours), np.ravel(expected), rtol=2e-5, atol=1e-6)
 
 
