@@ -7,6 +7,7 @@ from harmonic_tf.exact import harmonic_loss
 from harmonic_tf.layers import HarmonicLMHead
 from harmonic_tf.losses import HarmonicLoss
 from harmonic_tf.metrics import HarmonicAccuracy, HarmonicPerplexity
+from harmonic_tf.models import HarmonicModel, HarmonicTraining
 from harmonic_tf.options import SampledOptions
 from harmonic_tf.sampled import sampled_harmonic_loss
 from harmonic_tf.sampling import (
@@ -24,6 +25,8 @@ __all__ = [
     "HarmonicPerplexity",
     "HarmonicLMHead",
     "HarmonicLoss",
+    "HarmonicModel",
+    "HarmonicTraining",
     "LogUniformSampler",
     "SampledOptions",
     "Sampler",

@@ -348,3 +348,36 @@ def _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size, learn_eta=Fals
     )
     dw = tf.reshape(dw_chunks.stack(), [num_chunks * chunk_size, dim])[:vocab_size]
     return dx, dw, other_l if learn_eta else None
+
+
+def nearest_centers(
+    hidden_states: tf.Tensor, class_centers: tf.Tensor, chunk_size: int | None = None
+) -> tf.Tensor:
+    """``[N]`` int32 id of each hidden state's nearest center (the harmonic argmax, for any
+    ``eta > 0``) for float32 ``[N, D]`` hidden states and ``[V, D]`` centers; with
+    ``chunk_size``, never more than ``[N, chunk_size]`` distances at once. Ties go to the
+    lower id, as ``argmax`` does."""
+    x, w = hidden_states, class_centers
+    origin = reference_point(x)
+    x, w = x - origin, w - origin
+    vocab_size = int(w.shape[0])
+    if chunk_size is None or chunk_size >= vocab_size:
+        return tf.argmin(expanded_sq_distances(x, w), axis=-1, output_type=tf.int32)
+    num_chunks, w_chunks, w_sq = _chunks(w, chunk_size)
+    x_sq = tf.reduce_sum(tf.square(x), axis=-1)
+
+    def body(i, best_d2, best_id):
+        d2, ids = _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size)
+        d2 = tf.where(ids[None, :] < vocab_size, d2, float("inf"))
+        chunk_best = tf.reduce_min(d2, axis=-1)
+        chunk_id = i * chunk_size + tf.argmin(d2, axis=-1, output_type=tf.int32)
+        better = chunk_best < best_d2  # strict: an earlier chunk keeps a tie
+        return i + 1, tf.where(better, chunk_best, best_d2), tf.where(better, chunk_id, best_id)
+
+    _, _, best_id = tf.while_loop(
+        lambda i, *_: i < num_chunks,
+        body,
+        (tf.constant(0), tf.fill(tf.shape(x_sq), float("inf")), tf.zeros_like(x_sq, tf.int32)),
+        maximum_iterations=num_chunks,
+    )
+    return best_id

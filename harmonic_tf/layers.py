@@ -7,12 +7,11 @@ import math
 import keras
 import tensorflow as tf
 
-from harmonic_tf import _inputs, _trace
+from harmonic_tf import _inputs
 from harmonic_tf.distances import harmonic_logits
 
 OUTPUTS = ("logits", "probabilities")
 LEARNED = "learned"
-TRAINING_OUTPUTS = ("logits", "hidden_states")
 
 
 @keras.saving.register_keras_serializable(package="harmonic_tf")
@@ -21,12 +20,14 @@ class HarmonicLMHead(keras.layers.Layer):
 
     The centers are a ``[V, D]`` matrix, one row per class, either owned by this layer or tied
     to a ``keras.layers.Embedding`` / ``keras.layers.ReversibleEmbedding`` (its ``embeddings``
-    matrix, so an LM shares its token embedding). Serves any classifier: a CIFAR-10 model ends in
+    matrix, so an LM shares its token embedding; with ``tie_weights=False`` its separate output
+    matrix ``reverse_embeddings``, transposed). Serves any classifier: a CIFAR-10 model ends in
     ``HarmonicLMHead(10)``.
 
-    Bound to a :class:`~harmonic_tf.HarmonicLoss`, the head returns its *inputs* (hidden states)
-    when ``training=True``, so the loss can compute the exact chunked or the sampled loss without
-    ``[tokens, V]`` logits; at inference (``evaluate``/``predict``) it returns logits.
+    The layer always returns what ``compute_output_shape`` says (logits or probabilities). To
+    train without ``[tokens, V]`` logits, build the model as :class:`~harmonic_tf.HarmonicModel`
+    (or :class:`~harmonic_tf.hub.HarmonicCausalLM`): that model hands hidden states and this
+    layer's centers to :class:`~harmonic_tf.HarmonicLoss`.
 
     Args:
       units: number of classes ``V`` (alias: ``vocab_size``); taken from the embedding if tied.
@@ -39,9 +40,7 @@ class HarmonicLMHead(keras.layers.Layer):
       tied_embedding: an ``Embedding``/``ReversibleEmbedding`` layer whose matrix is the
         centers, or its name (resolved among the layers feeding this head, as after a reload).
       centers_initializer, centers_regularizer, centers_constraint: for owned centers.
-      output_mode: ``"logits"`` or ``"probabilities"`` (softmax of the logits) at inference.
-      training_output: ``"logits"`` or ``"hidden_states"`` with ``training=True``;
-        :class:`~harmonic_tf.HarmonicLoss` sets ``"hidden_states"`` when bound.
+      output_mode: ``"logits"`` or ``"probabilities"`` (softmax of the logits).
 
     Example:
     >>> inputs = keras.Input([32])
@@ -61,7 +60,6 @@ class HarmonicLMHead(keras.layers.Layer):
         centers_regularizer=None,
         centers_constraint=None,
         output_mode: str = "logits",
-        training_output: str = "logits",
         vocab_size: int | None = None,
         eta_init: float | None = None,
         **kwargs,
@@ -84,7 +82,6 @@ class HarmonicLMHead(keras.layers.Layer):
             _inputs.check_positive("eta_init", eta_init)
         _inputs.check_positive("eps", eps)
         _inputs.check_choice("output_mode", output_mode, OUTPUTS)
-        _inputs.check_choice("training_output", training_output, TRAINING_OUTPUTS)
         self._tied_name = None
         self._tied_layer = None
         if isinstance(tied_embedding, str):
@@ -109,7 +106,6 @@ class HarmonicLMHead(keras.layers.Layer):
         self.eta_init = eta_init
         self.eps = eps
         self.output_mode = output_mode
-        self.training_output = training_output
         self.centers_initializer = keras.initializers.get(centers_initializer)
         self.centers_regularizer = keras.regularizers.get(centers_regularizer)
         self.centers_constraint = keras.constraints.get(centers_constraint)
@@ -129,13 +125,26 @@ class HarmonicLMHead(keras.layers.Layer):
         return self._tied_layer
 
     @property
-    def centers(self):
-        """The ``[V, D]`` centers variable (the embedding's matrix when tied)."""
-        if self._tied_layer is not None:
-            return self._tied_layer.embeddings
+    def centers_variable(self):
+        """The variable that holds the centers: this layer's own, the tied embedding's
+        ``embeddings``, or its ``reverse_embeddings`` (``[D, V]``) for ``tie_weights=False``."""
+        layer = self._tied_layer
+        if layer is not None:
+            if getattr(layer, "tie_weights", True) is False:
+                return layer.reverse_embeddings
+            return layer.embeddings
         if self._centers is None:
             raise ValueError(f"Layer {self.name!r} is not built yet: call it on hidden states.")
         return self._centers
+
+    @property
+    def centers(self):
+        """The ``[V, D]`` centers: :attr:`centers_variable` itself, or its transpose for an
+        untied ``ReversibleEmbedding`` (whose ``[D, V]`` output matrix gets a dense gradient)."""
+        variable = self.centers_variable
+        if self._tied_layer is not None and getattr(self._tied_layer, "tie_weights", True) is False:
+            return tf.transpose(variable)
+        return variable
 
     def resolved_eta(self) -> float | tf.Tensor:
         """The exponent the losses use: a float, or ``exp(log_eta)`` for a learned one."""
@@ -198,21 +207,15 @@ class HarmonicLMHead(keras.layers.Layer):
                 autocast=False,
             )
 
-    def call(self, inputs, training=None):
-        if training and self.training_output == "hidden_states":
-            _trace.record(self, "hidden_states")
-            return inputs
-        _trace.record(self, self.output_mode)
-        centers = tf.cast(self.centers.value, tf.float32)
+    def call(self, inputs):
+        centers = tf.cast(self.centers, tf.float32)
         logits = harmonic_logits(inputs, centers, self.resolved_eta(), self.eps)
         return tf.nn.softmax(logits) if self.output_mode == "probabilities" else logits
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
 
-    def compute_output_spec(self, inputs, training=None):
-        if training and self.training_output == "hidden_states":
-            return keras.KerasTensor(inputs.shape, inputs.dtype)
+    def compute_output_spec(self, inputs):
         return keras.KerasTensor(self.compute_output_shape(inputs.shape), "float32")
 
     def get_config(self) -> dict:
@@ -227,13 +230,13 @@ class HarmonicLMHead(keras.layers.Layer):
             centers_regularizer=keras.regularizers.serialize(self.centers_regularizer),
             centers_constraint=keras.constraints.serialize(self.centers_constraint),
             output_mode=self.output_mode,
-            training_output=self.training_output,
         )
         return config
 
 
 def _find_ancestor(tensor, name: str, head_name: str):
-    """The layer called ``name`` among the functional-graph ancestors of ``tensor``."""
+    """The layer called ``name`` among the functional-graph ancestors of ``tensor``, or inside
+    one of them (a keras-hub backbone is one nested model holding ``token_embedding``)."""
     seen, stack = set(), [tensor]
     while stack:
         t = stack.pop()
@@ -246,6 +249,9 @@ def _find_ancestor(tensor, name: str, head_name: str):
         seen.add(id(op))
         if op.name == name:
             return op
+        for layer in op._flatten_layers(include_self=False) if hasattr(op, "layers") else ():
+            if layer.name == name:
+                return layer
         node = op._inbound_nodes[history.node_index]
         stack.extend(node.input_tensors)
     raise ValueError(

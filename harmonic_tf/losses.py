@@ -1,16 +1,19 @@
-"""``HarmonicLoss``: the Keras loss for a model ending in a :class:`HarmonicLMHead`."""
+"""``HarmonicLoss``: the Keras loss a :class:`~harmonic_tf.HarmonicModel` computes from hidden
+states and its head's centers."""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
-from harmonic_tf import _inputs, _trace
+from harmonic_tf import _inputs
 from harmonic_tf.exact import harmonic_loss
 from harmonic_tf.options import SampledOptions
 from harmonic_tf.sampled import sampled_harmonic_loss
 
-REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "none", None)
+REDUCTIONS = ("sum_over_batch_size", "mean", "sum")
+# Vocabulary chunk of the exact loss in `evaluate`: [tokens, 4096] float32 blocks at most.
+EVALUATION_CHUNK = 4096
 
 
 def labels_from_keras(y_true, output_rank: int, num_classes: int | None = None) -> tf.Tensor:
@@ -30,36 +33,6 @@ def labels_from_keras(y_true, output_rank: int, num_classes: int | None = None) 
     return tf.cast(y, tf.int32)
 
 
-def exact_loss_from_logits(logits, labels, ignore_index):
-    """Per-token ``logsumexp(z) - z_y`` from full logits (evaluation path), 0 where ignored."""
-    logits = tf.cast(logits, tf.float32)
-    ignored = _inputs.ignored_mask(labels, ignore_index)
-    safe = tf.where(ignored, tf.zeros_like(labels), labels)
-    vocab = tf.shape(logits)[-1]
-    invalid = tf.logical_and(tf.logical_not(ignored), tf.logical_or(safe < 0, safe >= vocab))
-    if not _inputs.inside_xla():
-        tf.debugging.assert_equal(
-            tf.reduce_any(invalid), False, message=f"`labels` must be in [0, V) or {ignore_index}"
-        )
-    clipped = tf.clip_by_value(safe, 0, vocab - 1)
-    true = tf.gather(logits, clipped, batch_dims=labels.shape.rank)
-    # softplus(lse over the other classes - z_y): no cancellation when the loss is tiny.
-    others = tf.where(
-        tf.one_hot(clipped, vocab, on_value=True, off_value=False), -float("inf"), logits
-    )
-    losses = tf.math.softplus(tf.reduce_logsumexp(others, axis=-1) - true)
-    losses = tf.where(invalid, float("nan"), losses)
-    return tf.where(ignored, tf.zeros_like(losses), losses), ignored
-
-
-def _in_keras_symbolic_build() -> bool:
-    try:  # Keras 3's scope for tracing state-building calls (compute_output_spec)
-        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-    except ImportError:
-        return False
-    return in_symbolic_scope()
-
-
 def weighted(losses: tf.Tensor, sample_weight) -> tf.Tensor:
     """Per-token ``losses`` times Keras sample weights (``[B]`` per sequence, ``[B, S]`` per
     token, or ``[B, 1]``)."""
@@ -77,33 +50,36 @@ def per_replica(total: tf.Tensor) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package="harmonic_tf")
 class HarmonicLoss(keras.losses.Loss):
-    """Harmonic loss for ``model.compile(loss=...)``: exact, or sampled in training.
+    """Harmonic loss for ``model.compile(loss=...)`` on a model that routes hidden states.
 
-    Bound to a :class:`HarmonicLMHead` (the layer, or its name after a reload). In training the
-    head hands over hidden states and this loss runs :func:`harmonic_loss` (exact, optionally
-    chunked) or :func:`sampled_harmonic_loss` on the head's centers; in ``evaluate`` the head
-    returns full logits and this loss is always the **exact** harmonic loss, comparable across
-    estimators and with cross-entropy.
+    A :class:`~harmonic_tf.HarmonicModel` (or :class:`~harmonic_tf.hub.HarmonicCausalLM`)
+    hands this loss the hidden states its :class:`HarmonicLMHead` reads, and the head: in
+    training it runs :func:`harmonic_loss` (exact, optionally chunked) or
+    :func:`sampled_harmonic_loss` on the head's centers; in ``evaluate`` always the **exact**
+    loss, chunked by ``evaluation_chunk_size`` (no ``[tokens, V]`` logits at any ``V``),
+    comparable across estimators and with cross-entropy. On a plain ``keras.Model``, whose loss
+    sees only logits, it raises before the first step: there
+    ``keras.losses.SparseCategoricalCrossentropy(from_logits=True)`` of the harmonic logits
+    *is* the exact harmonic loss.
 
-    Shapes: ``y_true`` ``[B]`` or ``[B, S]`` class ids (Keras passes them as float32; they are
-    rounded back), ``y_pred`` the head's output. Reduction ``"sum_over_batch_size"`` (= ``"mean"``)
-    is the (sample-weighted) sum over the count of non-ignored tokens.
+    Shapes: labels ``[B]`` or ``[B, S]`` class ids (Keras passes them as float32; they are
+    rounded back). Reduction ``"sum_over_batch_size"`` (= ``"mean"``) is the (sample-weighted)
+    sum over the count of non-ignored tokens; ``"sum"`` the sum.
 
     Args:
-      head: the ``HarmonicLMHead`` layer (or its name). ``None``: the only head in the model.
-      sampled: ``None`` for the exact loss; a :class:`SampledOptions` (or ``True`` for the
-        measured defaults) for the sampled loss in training.
+      sampled: ``None`` for the exact loss; a :class:`SampledOptions` (``True`` for the
+        measured defaults, or its config dict) for the sampled loss in training.
       chunk_size: for the exact training loss: vocabulary chunk (``None``: dense logits).
+      evaluation_chunk_size: vocabulary chunk of the exact loss in ``evaluate``.
       seed: ``None`` draws fresh negatives each step; an int gives a reproducible sequence.
       ignore_index: label value of tokens that contribute nothing.
-      require_trainable_centers: raise if the centers would not be trained (frozen head, or a
-        head the model never called); set ``False`` to train against frozen centers on purpose.
+      require_trainable_centers: raise if the centers would not be trained (a frozen head or
+        tied embedding); set ``False`` to train against frozen centers on purpose.
 
     Example:
     >>> inputs = keras.Input([16])
-    >>> head = HarmonicLMHead(10)
-    >>> model = keras.Model(inputs, head(keras.layers.Dense(8)(inputs)))
-    >>> model.compile("adam", loss=HarmonicLoss(head, sampled=SampledOptions(k=4)))
+    >>> model = HarmonicModel(inputs, HarmonicLMHead(10)(keras.layers.Dense(8)(inputs)))
+    >>> model.compile("adam", loss=HarmonicLoss(sampled=SampledOptions(k=4)))
     >>> x, y = np.ones([32, 16], "float32"), np.arange(32) % 10
     >>> history = model.fit(x, y, epochs=2, verbose=0)  # sampled loss
     >>> print(len(history.history["loss"]), model.predict(x, verbose=0).shape)
@@ -112,13 +88,13 @@ class HarmonicLoss(keras.losses.Loss):
 
     def __init__(
         self,
-        head=None,
         sampled: SampledOptions | bool | dict | None = None,
         chunk_size: int | None = None,
+        evaluation_chunk_size: int = EVALUATION_CHUNK,
         seed: int | None = None,
         ignore_index: int | None = -100,
         require_trainable_centers: bool = True,
-        reduction: str | None = "sum_over_batch_size",
+        reduction: str = "sum_over_batch_size",
         name: str = "harmonic_loss",
         dtype=None,
     ):
@@ -126,6 +102,7 @@ class HarmonicLoss(keras.losses.Loss):
         _inputs.check_choice("reduction", reduction, REDUCTIONS)
         if chunk_size is not None:
             _inputs.check_int("chunk_size", chunk_size, 1)
+        _inputs.check_int("evaluation_chunk_size", evaluation_chunk_size, 1)
         if sampled is True:
             sampled = SampledOptions()
         elif sampled is False:
@@ -133,50 +110,68 @@ class HarmonicLoss(keras.losses.Loss):
         elif isinstance(sampled, dict):
             sampled = SampledOptions.from_config(sampled)
         if sampled is not None and not isinstance(sampled, SampledOptions):
+            hint = ""
+            if isinstance(sampled, (keras.layers.Layer, str)):
+                hint = (
+                    " HarmonicLoss no longer takes the head: build the model as "
+                    "ht.HarmonicModel(inputs, head(hidden)), which hands its head to the loss."
+                )
             raise TypeError(
-                f"`sampled` must be None, True or a harmonic_tf.SampledOptions, got {sampled!r}."
+                "`sampled` must be None, True, a harmonic_tf.SampledOptions or its config, "
+                f"got {sampled!r}.{hint}"
             )
         self.sampled = sampled
         self.chunk_size = chunk_size
+        self.evaluation_chunk_size = evaluation_chunk_size
         self.seed = seed
         self.ignore_index = ignore_index
         self.require_trainable_centers = require_trainable_centers
-        self._head = None
-        self.head_name = head
-        if head is None:
-            raise ValueError("HarmonicLoss needs `head`: the HarmonicLMHead layer, or its name.")
-        if not isinstance(head, str):
-            self.bind(head)
 
-    def bind(self, head) -> HarmonicLoss:
-        """Uses ``head``'s centers; the head switches to handing over hidden states in training."""
-        from harmonic_tf.layers import HarmonicLMHead
+    def call(self, y_true, y_pred):
+        raise ValueError(
+            "HarmonicLoss is computed from hidden states, which only the model can hand over: "
+            "compile it on an ht.HarmonicModel (a functional model ending in a HarmonicLMHead: "
+            "ht.HarmonicModel(inputs, head(hidden))) or an ht.hub.HarmonicCausalLM. On a plain "
+            "keras.Model, keras.losses.SparseCategoricalCrossentropy(from_logits=True) of the "
+            "harmonic logits is the exact harmonic loss."
+        )
 
-        if not isinstance(head, HarmonicLMHead):
-            raise TypeError(f"`head` must be a HarmonicLMHead (or its name), got {head!r}.")
-        head.training_output = "hidden_states"
-        self._head = head
-        self.head_name = head.name
-        return self
-
-    def _resolve_head(self):
-        """The bound head as called in this step: after a reload only its name is known."""
-        head, kind = _trace.lookup(self.head_name)
-        if head is None:
-            raise ValueError(
-                f"HarmonicLoss: the head {self.head_name!r} was not called in this step. The "
-                "loss must be used with the model whose output is that HarmonicLMHead."
+    def weighted_sum(self, head, hidden, labels, sample_weight=None, training: bool = True):
+        """``(sum of weight * loss over the tokens, per-token losses or None)`` for hidden
+        states ``[..., D]`` read by ``head`` and int ``labels`` ``[...]``: the training
+        estimator, or, with ``training=False``, the exact chunked loss and its per-token values."""
+        common = dict(eta=head.resolved_eta(), eps=head.eps, ignore_index=self.ignore_index)
+        if not training:
+            losses = harmonic_loss(
+                hidden,
+                head.centers,
+                labels,
+                reduction="none",
+                chunk_size=self.evaluation_chunk_size,
+                **common,
             )
-        if head.training_output != "hidden_states":
-            raise ValueError(
-                f"HarmonicLoss: head {head.name!r} returns logits in training; bind the loss to "
-                "the layer object (HarmonicLoss(head, ...)) so the head hands over hidden states."
+            return tf.reduce_sum(weighted(losses, sample_weight)), losses
+        self._check_trainable(head)
+        common.update(reduction="sum", weights=sample_weight)
+        if self.sampled is None:
+            total = harmonic_loss(hidden, head.centers, labels, chunk_size=self.chunk_size, **common)
+        else:
+            seed = self.next_seed(head)
+            total = sampled_harmonic_loss(
+                hidden, head.centers, labels, self.sampled, seed=seed, **common
             )
-        self._head = head
-        return head, kind
+        return total, None
+
+    def reduce(self, total: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """The loss from :meth:`weighted_sum`'s total: divided by the count of non-ignored
+        tokens (unless ``reduction="sum"``), then scaled per replica as Keras's losses are."""
+        if self.reduction != "sum":
+            keep = tf.logical_not(_inputs.ignored_mask(labels, self.ignore_index))
+            total = tf.math.divide_no_nan(total, tf.reduce_sum(tf.cast(keep, tf.float32)))
+        return per_replica(total)
 
     def _check_trainable(self, head) -> None:
-        centers = head.centers
+        centers = head.centers_variable
         owner = head.tied_embedding or head
         if self.require_trainable_centers and not (
             centers.trainable and owner.trainable and head.trainable
@@ -203,59 +198,13 @@ class HarmonicLoss(keras.losses.Loss):
             )
         return seed
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        if _in_keras_symbolic_build():
-            # Keras traces the loss alone in a scratch graph to build its state; only the
-            # output spec matters there, and the head ran in another scratch graph.
-            return tf.zeros([], tf.float32)
-        with tf.name_scope(self.name):
-            head, kind = self._resolve_head()
-            labels = labels_from_keras(y_true, y_pred.shape.rank, head.units)
-            if kind == "hidden_states":
-                self._check_trainable(head)
-                return self._training_loss(head, labels, y_pred, sample_weight)
-            logits = y_pred
-            if head.output_mode == "probabilities":
-                logits = tf.math.log(tf.maximum(tf.cast(y_pred, tf.float32), 1e-38))
-            losses, ignored = exact_loss_from_logits(logits, labels, self.ignore_index)
-            return self._reduce(losses, ignored, sample_weight)
-
-    def _training_loss(self, head, labels, hidden, sample_weight):
-        """The exact (optionally chunked, fused) or sampled loss on the head's centers."""
-        reduction = {"none": "none", None: "none", "sum": "sum"}.get(self.reduction, "mean")
-        common = dict(
-            eta=head.resolved_eta(),
-            eps=head.eps,
-            reduction=reduction,
-            ignore_index=self.ignore_index,
-            weights=sample_weight,
-        )
-        if self.sampled is None:
-            loss = harmonic_loss(hidden, head.centers, labels, chunk_size=self.chunk_size, **common)
-        else:
-            seed = self.next_seed(head)
-            loss = sampled_harmonic_loss(
-                hidden, head.centers, labels, self.sampled, seed=seed, **common
-            )
-        return loss if reduction == "none" else per_replica(loss)
-
-    def _reduce(self, losses, ignored, sample_weight):
-        losses = weighted(tf.cast(losses, tf.float32), sample_weight)
-        if self.reduction in ("none", None):
-            return losses
-        total = tf.reduce_sum(losses)
-        if self.reduction != "sum":
-            count = tf.reduce_sum(tf.cast(tf.logical_not(ignored), tf.float32))
-            total = tf.math.divide_no_nan(total, count)
-        return per_replica(total)
-
     def get_config(self) -> dict:
         return {
             "name": self.name,
             "reduction": self.reduction,
-            "head": self.head_name,
             "sampled": None if self.sampled is None else self.sampled.get_config(),
             "chunk_size": self.chunk_size,
+            "evaluation_chunk_size": self.evaluation_chunk_size,
             "seed": self.seed,
             "ignore_index": self.ignore_index,
             "require_trainable_centers": self.require_trainable_centers,

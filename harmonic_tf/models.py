@@ -1,0 +1,287 @@
+"""Models that hand hidden states to :class:`~harmonic_tf.HarmonicLoss`.
+
+The model, not the head or the loss, knows where the hidden states are: ``model(x)`` always
+returns what ``model.output_shape`` says (the head's logits or probabilities), while training,
+``evaluate`` and ``compute_loss`` under a compiled ``HarmonicLoss`` run the model up to the
+head and give the loss the hidden states and the head, so no ``[tokens, V]`` logits are built.
+Compiled with any other loss, the model trains on its logits like any Keras model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from harmonic_tf.exact import nearest_centers
+from harmonic_tf.layers import HarmonicLMHead
+from harmonic_tf.losses import HarmonicLoss, labels_from_keras
+from harmonic_tf.metrics import HarmonicAccuracy, HarmonicPerplexity, _HarmonicMetric
+
+
+@dataclasses.dataclass(frozen=True)
+class _Route:
+    """The head and the model up to it; a plain object, so Keras neither tracks nor saves it
+    (the layers are the model's own)."""
+
+    head: HarmonicLMHead
+    hidden_model: keras.Model | None = None
+
+
+class _Forward(NamedTuple):
+    loss: tf.Tensor  # reduced, per replica, with the model's regularization losses
+    total: tf.Tensor  # sum of weight * loss over the tokens
+    token_losses: tf.Tensor | None  # exact per-token losses (evaluation only)
+    hidden: tf.Tensor
+    labels: tf.Tensor
+
+
+class HarmonicTraining:
+    """Mixin for a ``keras.Model`` whose output is ``harmonic_head(hidden_states(x))``.
+
+    Overrides the hooks Keras provides for this (``compile``, ``train_step``, ``test_step``,
+    ``compute_loss``, ``metrics``) so that a compiled :class:`HarmonicLoss` gets hidden states;
+    :class:`HarmonicModel` and :class:`harmonic_tf.hub.HarmonicCausalLM` are built on it.
+    Subclasses provide the ``harmonic_head`` property and ``hidden_states(x, training)``.
+    """
+
+    @property
+    def harmonic_head(self) -> HarmonicLMHead:
+        route = getattr(self, "_harmonic_route", None)
+        if route is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} must define the `harmonic_head` property and "
+                "`hidden_states(x, training)`, or be built functionally with a HarmonicLMHead "
+                "output."
+            )
+        return route.head
+
+    def hidden_states(self, x, training: bool = False) -> tf.Tensor:
+        """The ``[..., D]`` hidden states the head reads for inputs ``x``."""
+        route = getattr(self, "_harmonic_route", None)
+        if route is None or route.hidden_model is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} must define `hidden_states(x, training)`."
+            )
+        return route.hidden_model(x, training=training)
+
+    def _route_to(self, head: HarmonicLMHead, hidden_model: keras.Model | None = None) -> None:
+        if not isinstance(head, HarmonicLMHead):
+            raise TypeError(f"The harmonic head must be a HarmonicLMHead, got {head!r}.")
+        object.__setattr__(self, "_harmonic_route", _Route(head, hidden_model))
+
+    @property
+    def harmonic_loss(self) -> HarmonicLoss | None:
+        """The compiled :class:`HarmonicLoss`, or ``None`` (another loss, or not compiled)."""
+        loss = getattr(self, "loss", None)
+        return loss if isinstance(loss, HarmonicLoss) else None
+
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        weighted_metrics=None,
+        **kwargs,
+    ):
+        """``keras.Model.compile``. With a :class:`HarmonicLoss`, :class:`HarmonicAccuracy` and
+        :class:`HarmonicPerplexity` are computed from hidden states (chunked); any other metric
+        reads the head's output, which the step then builds (``[tokens, V]``)."""
+        if not isinstance(loss, HarmonicLoss):
+            object.__setattr__(self, "_harmonic_metrics", ())
+            return super().compile(
+                optimizer=optimizer,
+                loss=loss,
+                loss_weights=loss_weights,
+                metrics=metrics,
+                weighted_metrics=weighted_metrics,
+                **kwargs,
+            )
+        if loss_weights is not None:
+            raise ValueError("`loss_weights` has no meaning for a single HarmonicLoss.")
+        stock, harmonic = _split_metrics(metrics, loss, weighted=False)
+        stock_weighted, harmonic_weighted = _split_metrics(weighted_metrics, loss, weighted=True)
+        super().compile(
+            optimizer=optimizer,
+            loss=None,  # computed by this model, never by Keras on the output
+            metrics=stock,
+            weighted_metrics=stock_weighted,
+            **kwargs,
+        )
+        self.loss = loss
+        object.__setattr__(self, "_harmonic_metrics", tuple(harmonic + harmonic_weighted))
+        from keras.src.saving.serialization_lib import SerializableDict
+
+        self._compile_config = SerializableDict(
+            **{
+                **self._compile_config.config,
+                "loss": loss,
+                "metrics": metrics,
+                "weighted_metrics": weighted_metrics,
+            }
+        )
+
+    def compile_from_config(self, config):
+        # Keras skips models that override `compile`; this one restores its own settings.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        return super().metrics + [metric for metric, _ in getattr(self, "_harmonic_metrics", ())]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras's hook; under a :class:`HarmonicLoss` the loss of the hidden states of ``x``
+        (``y_pred`` is not used), e.g. in a ``GradientTape`` loop."""
+        if self.harmonic_loss is None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        return self._harmonic_forward(x, y, sample_weight, training).loss
+
+    def train_step(self, data):
+        if self.harmonic_loss is None:
+            return super().train_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            forward = self._harmonic_forward(x, y, sample_weight, training=True)
+            self._track_loss(forward.loss, x)
+            loss = forward.loss
+            if self.optimizer is not None:
+                loss = self.optimizer.scale_loss(loss)
+        if self.trainable_weights:
+            weights = self.trainable_weights
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        else:
+            warnings.warn("The model does not have any trainable weights.", stacklevel=2)
+        return self._harmonic_logs(forward, y, sample_weight, training=True)
+
+    def test_step(self, data):
+        if self.harmonic_loss is None:
+            return super().test_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        forward = self._harmonic_forward(x, y, sample_weight, training=False)
+        self._track_loss(forward.loss, x)
+        return self._harmonic_logs(forward, y, sample_weight, training=False)
+
+    def _harmonic_forward(self, x, y, sample_weight, training: bool) -> _Forward:
+        head, loss_fn = self.harmonic_head, self.harmonic_loss
+        hidden = self.hidden_states(x, training=training)
+        labels = labels_from_keras(y, hidden.shape.rank, head.units)
+        total, token_losses = loss_fn.weighted_sum(head, hidden, labels, sample_weight, training)
+        loss = loss_fn.reduce(total, labels)
+        for extra in self.losses:  # regularizers and add_loss, as Keras's compute_loss adds them
+            loss += tf.reduce_sum(tf.cast(extra, loss.dtype))
+        return _Forward(loss, total, token_losses, hidden, labels)
+
+    def _track_loss(self, loss, x) -> None:
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
+
+    def _harmonic_logs(self, forward, y, sample_weight, training: bool) -> dict:
+        """Updates the metrics this step can compute and returns their results; harmonic
+        metrics it cannot compute exactly (accuracy in training, perplexity under the sampled
+        loss) are left out of the logs rather than shown stale or NaN."""
+        head = self.harmonic_head
+        if self._compile_metrics is not None:  # stock metrics read the model's output
+            self._compile_metrics.update_state(y, head(forward.hidden), sample_weight)
+        shown, nearest = set(), None
+        for metric, is_weighted in self._harmonic_metrics:
+            weight = sample_weight if is_weighted else None
+            if isinstance(metric, HarmonicPerplexity):
+                if forward.token_losses is not None:
+                    metric.accumulate(forward.token_losses, forward.labels, weight)
+                elif self.harmonic_loss.sampled is None and weight is sample_weight:
+                    metric.accumulate_total(forward.total, forward.labels, weight)
+                else:
+                    continue
+            elif training:
+                continue
+            else:
+                if nearest is None:
+                    nearest = self._nearest(forward.hidden, forward.labels)
+                metric.accumulate(tf.cast(nearest == forward.labels, tf.float32), forward.labels, weight)
+            shown.add(id(metric))
+        unshown = {id(m) for m, _ in self._harmonic_metrics} - shown
+        logs = {}
+        for metric in self.metrics:
+            if id(metric) in unshown:
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                logs.update(result)
+            else:
+                logs[metric.name] = result
+        return logs
+
+    def _nearest(self, hidden, labels):
+        head = self.harmonic_head
+        flat = tf.reshape(tf.cast(hidden, tf.float32), [-1, hidden.shape[-1]])
+        centers = tf.cast(head.centers, tf.float32)
+        ids = nearest_centers(flat, centers, self.harmonic_loss.evaluation_chunk_size)
+        return tf.reshape(ids, tf.shape(labels))
+
+
+def _split_metrics(metrics, loss: HarmonicLoss, weighted: bool):
+    """``(stock metrics or None, [(harmonic metric, weighted)])`` from a ``compile`` list."""
+    if metrics is None or isinstance(metrics, dict):
+        return metrics, []
+    if not isinstance(metrics, (list, tuple)):
+        metrics = [metrics]
+    stock, harmonic = [], []
+    for metric in metrics:
+        if isinstance(metric, _HarmonicMetric):
+            if metric.ignore_index != loss.ignore_index:
+                raise ValueError(
+                    f"Metric {metric.name!r} has ignore_index={metric.ignore_index} but the "
+                    f"HarmonicLoss has ignore_index={loss.ignore_index}; they must skip the same "
+                    "tokens."
+                )
+            harmonic.append((metric, weighted))
+        else:
+            stock.append(metric)
+    return stock or None, harmonic
+
+
+@keras.saving.register_keras_serializable(package="harmonic_tf")
+class HarmonicModel(HarmonicTraining, keras.Model):
+    """A ``keras.Model`` whose output is a :class:`HarmonicLMHead`, trained from hidden states.
+
+    Build it like a functional model: ``HarmonicModel(inputs, head(hidden))``. ``model(x)`` and
+    ``predict`` return the head's output; with ``compile(loss=HarmonicLoss(...))``, ``fit``
+    runs the model up to the head and the exact (chunked) or sampled loss on its hidden states,
+    and ``evaluate`` the exact chunked loss; with any other loss it trains on the output like a
+    plain ``keras.Model``. A subclassed model defines ``harmonic_head`` (a property) and
+    ``hidden_states(x, training)``, and ``call`` returns ``harmonic_head(hidden_states(x))``.
+
+    Example:
+    >>> inputs = keras.Input([16])
+    >>> head = HarmonicLMHead(10)
+    >>> model = HarmonicModel(inputs, head(keras.layers.Dense(8)(inputs)))
+    >>> model.compile("adam", loss=HarmonicLoss(), metrics=[HarmonicAccuracy()])
+    >>> print(model.output_shape, model.harmonic_head is head)
+    (None, 10) True
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        outputs = getattr(self, "_outputs_struct", None)
+        if outputs is None:
+            return  # subclassed: it defines `harmonic_head` and `hidden_states`
+        flat = tf.nest.flatten(outputs)
+        if len(flat) != 1:
+            raise ValueError(f"HarmonicModel needs one output, got {len(flat)}.")
+        history = flat[0]._keras_history
+        head = history.operation
+        if not isinstance(head, HarmonicLMHead):
+            raise ValueError(
+                "HarmonicModel's output must be a HarmonicLMHead's output, got the output of "
+                f"{head.name!r} ({type(head).__name__})."
+            )
+        hidden = head._inbound_nodes[history.node_index].input_tensors[0]
+        self._route_to(head, keras.Model(self.input, hidden, name=f"{self.name}_hidden_states"))
