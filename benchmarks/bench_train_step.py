@@ -51,9 +51,9 @@ def run_single(kind: str, args) -> dict:
     if kind == "ce":
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     elif kind == "sampled":
-        loss = ht.HarmonicLoss(head, sampled=ht.SampledOptions(sampler=counts), seed=0)
+        loss = ht.HarmonicLoss(sampled=ht.SampledOptions(sampler=counts), seed=0)
     else:
-        loss = ht.HarmonicLoss(head, chunk_size=args.chunk_size or None)
+        loss = ht.HarmonicLoss(chunk_size=args.chunk_size or None)
     model.compile(keras.optimizers.Adam(1e-3), loss=loss, jit_compile=True)
     x = tf.constant(tokens[:, :-1], tf.int32)
     y = tf.constant(tokens[:, 1:], tf.int32)

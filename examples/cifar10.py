@@ -143,12 +143,12 @@ def build(kind: str, seed: int, width: int, eta: str | None = None):
         return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True), "accuracy"
     eta, eta_init = eta_value(eta, h.shape[-1])
     head = ht.HarmonicLMHead(10, eta=eta, eta_init=eta_init, name="harmonic_head")
-    model = keras.Model(inputs, head(h))
+    model = ht.HarmonicModel(inputs, head(h))
     if kind == "exact":
-        loss = ht.HarmonicLoss(head)
+        loss = ht.HarmonicLoss()
     else:  # the user's CIFAR-10 setting: 4 negatives per image, none equal to its label
-        loss = ht.HarmonicLoss(head, sampled=ht.SampledOptions.prototype(k=4), seed=seed)
-    return model, loss, ht.HarmonicAccuracy(ignore_index=None)
+        loss = ht.HarmonicLoss(sampled=ht.SampledOptions.prototype(k=4), seed=seed)
+    return model, loss, ht.HarmonicAccuracy()
 
 
 RUN_NAMES = {"ce": "cross-entropy", "exact": "exact harmonic", "sampled": "sampled harmonic (k=4)"}
@@ -198,11 +198,11 @@ def pixel_centers(args, data):
         centers_regularizer=keras.regularizers.L2(args.pixel_l2) if args.pixel_l2 else None,
         name="pixel_head",
     )
-    model = keras.Model(inputs, head(flat))
+    model = ht.HarmonicModel(inputs, head(flat))
     model.compile(
         keras.optimizers.Adam(args.pixel_lr),
-        loss=ht.HarmonicLoss(head),
-        metrics=[ht.HarmonicAccuracy(ignore_index=None)],
+        loss=ht.HarmonicLoss(),
+        metrics=[ht.HarmonicAccuracy()],
         jit_compile=True,
     )
     print("\n== pixel-space linear harmonic classifier", flush=True)

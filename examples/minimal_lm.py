@@ -48,7 +48,7 @@ def main(argv=None):
     estimator = ht.SampledOptions(sampler=ht.label_counts(train_ids, vocab_size))
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
-        loss=ht.HarmonicLoss(head, sampled=estimator, seed=0),
+        loss=ht.HarmonicLoss(sampled=estimator, seed=0),
         jit_compile=True,
     )
     rng = np.random.default_rng(0)

@@ -164,7 +164,7 @@ def build_lm(
     lm_head = ht.HarmonicLMHead(
         tied_embedding=embedding, eta=eta, eta_init=eta_init, name="lm_head"
     )
-    return keras.Model(tokens, lm_head(h), name="lm_harmonic"), lm_head
+    return ht.HarmonicModel(tokens, lm_head(h), name="lm_harmonic"), lm_head
 
 
 def train_dataset(ids: np.ndarray, seq_len: int, batch: int, seed: int) -> tf.data.Dataset:

@@ -67,7 +67,7 @@ def make_loss(kind: str, head, args, counts: np.ndarray):
     if kind == "ce":
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if kind == "exact":
-        return ht.HarmonicLoss(head, chunk_size=args.chunk_size)
+        return ht.HarmonicLoss(chunk_size=args.chunk_size)
     in_batch = args.in_batch_negatives
     in_batch = 0 if in_batch == "none" else in_batch if in_batch == "all" else int(in_batch)
     rows = args.exact_center_rows
@@ -79,7 +79,7 @@ def make_loss(kind: str, head, args, counts: np.ndarray):
         center_gradient="rows" if rows else "indexed_slices",
         center_rows=rows or None,
     )
-    return ht.HarmonicLoss(head, sampled=options, seed=args.seed + 1000)
+    return ht.HarmonicLoss(sampled=options, seed=args.seed + 1000)
 
 
 def generate(model, vectorizer, prompt_ids, seq_len, length, rng, temperature=0.8, top_k=40):

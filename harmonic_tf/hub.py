@@ -17,9 +17,7 @@ try:
     import keras_hub
     from keras_hub.src.utils import preset_utils
 except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "harmonic_tf.hub needs keras-hub: pip install 'harmonic-tf[hub]'"
-    ) from error
+    raise ImportError("harmonic_tf.hub needs keras-hub: pip install 'harmonic-tf[hub]'") from error
 
 from harmonic_tf.exact import harmonic_loss
 from harmonic_tf.layers import HarmonicLMHead

@@ -154,7 +154,9 @@ class HarmonicLoss(keras.losses.Loss):
         self._check_trainable(head)
         common.update(reduction="sum", weights=sample_weight)
         if self.sampled is None:
-            total = harmonic_loss(hidden, head.centers, labels, chunk_size=self.chunk_size, **common)
+            total = harmonic_loss(
+                hidden, head.centers, labels, chunk_size=self.chunk_size, **common
+            )
         else:
             seed = self.next_seed(head)
             total = sampled_harmonic_loss(

@@ -48,8 +48,8 @@ class _HarmonicMetric(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         """From the model's output ``y_pred`` ``[..., V]`` and class ids ``y_true`` ``[...]``."""
-        labels = labels_from_keras(y_true, y_pred.shape.rank)
         logits = tf.cast(y_pred, tf.float32)
+        labels = labels_from_keras(y_true, logits.shape.rank)
         if not self.from_logits:
             logits = tf.math.log(tf.maximum(logits, 1e-38))
         self.accumulate(self._values(labels, logits), labels, sample_weight)

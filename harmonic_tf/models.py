@@ -205,7 +205,9 @@ class HarmonicTraining:
             else:
                 if nearest is None:
                     nearest = self._nearest(forward.hidden, forward.labels)
-                metric.accumulate(tf.cast(nearest == forward.labels, tf.float32), forward.labels, weight)
+                metric.accumulate(
+                    tf.cast(nearest == forward.labels, tf.float32), forward.labels, weight
+                )
             shown.add(id(metric))
         unshown = {id(m) for m, _ in self._harmonic_metrics} - shown
         logs = {}

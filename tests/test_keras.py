@@ -38,13 +38,13 @@ def _model(k=None, seed=0, head_kwargs=None, **loss_kwargs):
     inp = keras.Input([F])
     h = keras.layers.Dense(D, name="proj")(keras.layers.Dense(32, activation="relu")(inp))
     head = ht.HarmonicLMHead(V, name="head", **(head_kwargs or {}))
-    model = keras.Model(inp, head(h))
-    loss = ht.HarmonicLoss(head, sampled=_sampled(k), seed=1, **loss_kwargs)
+    model = ht.HarmonicModel(inp, head(h))
+    loss = ht.HarmonicLoss(sampled=_sampled(k), seed=1, **loss_kwargs)
     return model, head, loss
 
 
 def _hidden(model, x):
-    return keras.Model(model.inputs, model.get_layer("proj").output)(x)
+    return keras.Model(model.input, model.get_layer("proj").output)(x)
 
 
 @pytest.mark.parametrize("k", [None, 8])
@@ -100,21 +100,130 @@ def test_frozen_head_fails_loudly(data):
     model, head, _ = _model(k=8)
     head.trainable = False
     model.compile(
-        "adam", loss=ht.HarmonicLoss(head, sampled=_sampled(8), require_trainable_centers=False)
+        "adam", loss=ht.HarmonicLoss(sampled=_sampled(8), require_trainable_centers=False)
     )
     before = head.centers.numpy().copy()
     model.fit(x, y, epochs=1, verbose=0)
     np.testing.assert_array_equal(head.centers.numpy(), before)
 
 
-def test_loss_bound_to_a_head_outside_the_model_fails(data):
+def test_harmonic_loss_on_a_plain_model_fails_before_the_first_step(data):
     x, y = data
-    model, _, _ = _model()
-    stray = ht.HarmonicLMHead(V, name="stray_head")
-    stray.build((None, D))
-    model.compile("adam", loss=ht.HarmonicLoss(stray, sampled=_sampled(8)))
-    with pytest.raises(ValueError, match="stray_head"):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input([F])
+    model = keras.Model(inp, ht.HarmonicLMHead(V)(keras.layers.Dense(D)(inp)))
+    model.compile("adam", loss=ht.HarmonicLoss(sampled=_sampled(8)))
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(ValueError, match="hidden states.*HarmonicModel"):
         model.fit(x, y, epochs=1, verbose=0)
+    for b, w in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(b, w.numpy())
+
+
+def test_harmonic_model_needs_a_head_output():
+    inp = keras.Input([F])
+    with pytest.raises(ValueError, match="HarmonicLMHead's output.*dense"):
+        ht.HarmonicModel(inp, keras.layers.Dense(V, name="dense")(inp))
+    with pytest.raises(TypeError, match="no longer takes the head"):
+        ht.HarmonicLoss(ht.HarmonicLMHead(V))
+
+
+def test_output_is_what_output_shape_says_in_training_too(data):
+    x, _ = data
+    model, _, loss = _model(k=8)
+    model.compile("adam", loss=loss)
+    assert model(x[:5], training=True).shape == (5, V) == (5, *model.output_shape[1:])
+    np.testing.assert_allclose(
+        model(x[:5], training=True), model.predict(x[:5], verbose=0), rtol=1e-6
+    )
+
+
+def _cross_entropy(logits, y):
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(len(y)), y])
+
+
+@pytest.mark.parametrize("k", [None, 8])
+def test_recompiling_with_stock_loss_and_metric_trains_on_logits(data, k):
+    """A harmonic-trained model re-compiled with stock cross-entropy and accuracy under XLA:
+    they see the harmonic logits (finite, correct numbers), never hidden states."""
+    x, y = data
+    model, _, loss = _model(k)
+    model.compile(keras.optimizers.Adam(3e-3), loss=loss, jit_compile=True)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
+        jit_compile=True,
+    )
+    logits = model.predict(x[:256], verbose=0)
+    first = model.train_on_batch(x[:256], y[:256], return_dict=True)
+    np.testing.assert_allclose(first["loss"], _cross_entropy(logits, y[:256]), rtol=1e-4)
+    np.testing.assert_allclose(first["acc"], np.mean(logits.argmax(1) == y[:256]), atol=1e-6)
+    hist = model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+    assert hist.history["loss"][-1] < hist.history["loss"][0]
+    ev = model.evaluate(x, y, verbose=0, return_dict=True)
+    logits = model.predict(x, verbose=0)
+    np.testing.assert_allclose(ev["loss"], _cross_entropy(logits, y), rtol=1e-4)
+    np.testing.assert_allclose(ev["acc"], np.mean(logits.argmax(1) == y), atol=1e-6)
+    # And back to the harmonic loss: the hidden-state route again, exact in evaluate.
+    model.compile("adam", loss=ht.HarmonicLoss(), metrics=[ht.HarmonicAccuracy()])
+    ev = model.evaluate(x, y, verbose=0, return_dict=True)
+    np.testing.assert_allclose(ev["loss"], _cross_entropy(logits, y), rtol=1e-4)
+
+
+@pytest.mark.parametrize("k", [None, 8])
+def test_training_metrics_are_exact_or_not_shown(data, k):
+    x, y = data
+    model, _, loss = _model(k)
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        loss=loss,
+        metrics=[ht.HarmonicAccuracy(), ht.HarmonicPerplexity(), "sparse_categorical_accuracy"],
+    )
+    hist = model.fit(x, y, epochs=2, batch_size=64, verbose=0, validation_data=(x, y)).history
+    assert all(np.all(np.isfinite(v)) for v in hist.values()), hist
+    assert "accuracy" not in hist and "val_accuracy" in hist and "val_perplexity" in hist
+    # Stock metrics read the logits in training too.
+    assert "sparse_categorical_accuracy" in hist
+    if k is None:  # the exact training loss: its perplexity, per token
+        np.testing.assert_allclose(hist["perplexity"], np.exp(hist["loss"]), rtol=1e-5)
+    else:  # a sampled loss estimates no perplexity
+        assert "perplexity" not in hist
+
+
+def test_evaluate_step_hlo_has_no_tokens_by_vocab_buffer():
+    n, vocab, dim = 256, 32768, 16
+    keras.utils.set_random_seed(0)
+    inp = keras.Input([8])
+    model = ht.HarmonicModel(inp, ht.HarmonicLMHead(vocab)(keras.layers.Dense(dim)(inp)))
+    model.compile(
+        "sgd",
+        loss=ht.HarmonicLoss(sampled=True),
+        metrics=[ht.HarmonicAccuracy(), ht.HarmonicPerplexity()],
+    )
+    xb = np.random.default_rng(0).normal(size=(n, 8)).astype("float32")
+    yb = np.arange(n, dtype="int32") * 97 % vocab
+    logs = model.evaluate(xb, yb, batch_size=n, verbose=0, return_dict=True)
+    hidden = keras.Model(model.input, model.layers[-2].output)(xb)
+    exact = ht.harmonic_loss(hidden, model.harmonic_head.centers, yb)
+    np.testing.assert_allclose(logs["loss"], float(exact), rtol=1e-5)
+    step = tf.function(model.test_step, jit_compile=True)
+    data = (tf.constant(xb), tf.constant(yb))
+    hlo = step.experimental_get_compiler_ir(data)(stage="optimized_hlo")
+    shapes = re.findall(r"f32\[([\d,]+)\]", hlo)
+    sizes = {int(np.prod([int(s) for s in shape.split(",") if s])) for shape in shapes}
+    assert n * vocab not in sizes
+    assert n * ht.HarmonicLoss().evaluation_chunk_size in sizes  # the chunks are there
+    # predict does build the logits (so the check can fail).
+    predict_hlo = (
+        tf.function(model.predict_step, jit_compile=True)
+        .experimental_get_compiler_ir(tf.constant(xb))(stage="optimized_hlo")
+    )
+    assert f"f32[{n},{vocab}]" in predict_hlo
 
 
 @pytest.mark.parametrize("k", [None, 8])
@@ -141,7 +250,7 @@ def _tied_lm(embedding_cls, seq=6):
     emb = embedding_cls(V, D, name="tok_emb")
     h = keras.layers.Dense(D, name="mix")(emb(tokens))
     head = ht.HarmonicLMHead(tied_embedding=emb, name="head")
-    model = keras.Model(tokens, head(h))
+    model = ht.HarmonicModel(tokens, head(h))
     return model, emb, head
 
 
@@ -155,7 +264,7 @@ def test_tied_embedding_trains_one_matrix_and_survives_reload(tmp_path, embeddin
     model, emb, head = _tied_lm(embedding_cls)
     assert head.centers is emb.embeddings
     assert len(model.trainable_weights) == 3  # embedding + Dense kernel and bias: no extra matrix
-    model.compile(keras.optimizers.Adam(1e-2), loss=ht.HarmonicLoss(head, sampled=_sampled(8)))
+    model.compile(keras.optimizers.Adam(1e-2), loss=ht.HarmonicLoss(sampled=_sampled(8)))
     before = emb.embeddings.numpy().copy()
     model.fit(x, y, epochs=2, verbose=0)
     assert not np.allclose(emb.embeddings.numpy(), before)
@@ -205,7 +314,7 @@ def test_sgd_updates_only_touched_center_rows(data):
     xb, yb = x[:16], np.where(y[:16] < 20, y[:16], 0)
     model.compile(
         keras.optimizers.SGD(0.1),
-        loss=ht.HarmonicLoss(head, sampled=SPARSE.replace(k=4, sampler=ht.UniformSampler(V))),
+        loss=ht.HarmonicLoss(sampled=SPARSE.replace(k=4, sampler=ht.UniformSampler(V))),
         jit_compile=True,
     )
     model(xb)
@@ -278,7 +387,7 @@ def test_ignore_index_and_sample_weight(data):
     # In training too: ignored tokens give no gradient at all.
     only_ignored = np.full_like(y, -100)
     before = [w.numpy().copy() for w in model.trainable_weights]
-    model.compile(keras.optimizers.SGD(0.1), loss=ht.HarmonicLoss(head, sampled=_sampled(8)))
+    model.compile(keras.optimizers.SGD(0.1), loss=ht.HarmonicLoss(sampled=_sampled(8)))
     model.train_on_batch(x[:32], only_ignored[:32])
     for b, w in zip(before, model.trainable_weights, strict=True):
         np.testing.assert_array_equal(b, w.numpy())
@@ -334,9 +443,9 @@ DISTRIBUTED = textwrap.dedent(
     def build(k):
         keras.utils.set_random_seed(0)
         inp = keras.Input([8]); head = ht.HarmonicLMHead(40, name="head")
-        model = keras.Model(inp, head(keras.layers.Dense(12)(inp)))
+        model = ht.HarmonicModel(inp, head(keras.layers.Dense(12)(inp)))
         sampled = None if k is None else ht.SampledOptions(k=k)
-        model.compile(keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(head, sampled=sampled, seed=3))
+        model.compile(keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=sampled, seed=3))
         return model
     single = build(None)
     single_loss = single.evaluate(x, y, batch_size=64, verbose=0)
@@ -369,22 +478,36 @@ def test_mirrored_strategy_two_logical_cpus():
 
 
 @pytest.mark.parametrize("chunk_size", [None, 7])
-def test_training_loss_weights_sequences_and_tokens(chunk_size):
+def test_compute_loss_weights_sequences_and_tokens(chunk_size):
+    """``model.compute_loss`` (the tape-loop entry) against the per-token exact losses."""
     rng = np.random.default_rng(2)
     tokens = rng.integers(0, V, (4, 6)).astype("int32")
     y = rng.integers(0, V, (4, 6))
     y[0, :2] = -100
     model, _, head = _tied_lm(keras.layers.Embedding)
-    loss = ht.HarmonicLoss(head, chunk_size=chunk_size)
-    hidden = model(tokens, training=True)  # the bound head hands over hidden states
-    assert hidden.shape == (4, 6, D)
+    model.compile(loss=ht.HarmonicLoss(chunk_size=chunk_size))
+    hidden = keras.Model(model.input, model.get_layer("mix").output)(tokens)
     per_token = ht.harmonic_loss(hidden, head.centers, y, reduction="none").numpy()
     keep = y != -100
     for sw in (None, rng.uniform(0, 2, 4), rng.uniform(0, 2, (4, 6))):
-        got = float(loss(y.astype("float32"), hidden, sample_weight=sw))
+        got = float(model.compute_loss(tokens, y.astype("float32"), sample_weight=sw))
         w = (
             np.ones_like(per_token)
             if sw is None
             else np.broadcast_to(sw if np.ndim(sw) == 2 else sw[:, None], per_token.shape)
         )
-        np.testing.assert_allclose(got, (per_token * w)[keep].sum() / keep.sum(), rtol=1e-5)
+        expected = (per_token * w)[keep].sum() / keep.sum()
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_sample_weights_of_unknown_rank_are_named():
+    model, _, _ = _tied_lm(keras.layers.Embedding)
+    model.compile(loss=ht.HarmonicLoss())
+    tokens = tf.zeros([2, 6], tf.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+    def loss_with(sw):
+        return model.compute_loss(tokens, tf.zeros([2, 6]), sample_weight=sw)
+
+    with pytest.raises(ValueError, match="`weights` must have a known rank"):
+        loss_with.get_concrete_function()

@@ -228,10 +228,10 @@ def _resumable_model(k):
     keras.utils.set_random_seed(0)
     inp = keras.Input([8])
     head = ht.HarmonicLMHead(40, name="head")
-    model = keras.Model(inp, head(keras.layers.Dense(12)(keras.layers.Dense(16, "relu")(inp))))
+    model = ht.HarmonicModel(inp, head(keras.layers.Dense(12)(keras.layers.Dense(16, "relu")(inp))))
     model.compile(
         keras.optimizers.Adam(1e-2),
-        loss=ht.HarmonicLoss(head, sampled=k and ht.SampledOptions(k=k), seed=5),
+        loss=ht.HarmonicLoss(sampled=k and ht.SampledOptions(k=k), seed=5),
         jit_compile=True,
     )
     return model

@@ -157,18 +157,19 @@ def test_out_of_range_sampled_ids():
     ],
 )
 def test_keras_loss_rejects_bad_arguments_at_construction(kwargs, pattern):
-    head = ht.HarmonicLMHead(10)
     with pytest.raises(ValueError, match=pattern):
-        ht.HarmonicLoss(head, **kwargs)
+        ht.HarmonicLoss(**kwargs)
     with pytest.raises(TypeError, match="sampled"):
-        ht.HarmonicLoss(head, sampled=256)
+        ht.HarmonicLoss(sampled=256)
 
 
-def test_keras_loss_needs_a_head_and_head_needs_units():
-    with pytest.raises(ValueError, match="head"):
-        ht.HarmonicLoss()
-    with pytest.raises(TypeError, match="head"):
+def test_keras_loss_takes_no_head_and_head_needs_units():
+    with pytest.raises(TypeError, match="`sampled` must be"):
         ht.HarmonicLoss(object())
+    with pytest.raises(TypeError, match="no longer takes the head"):
+        ht.HarmonicLoss("head")
+    with pytest.raises(ValueError, match="evaluation_chunk_size"):
+        ht.HarmonicLoss(evaluation_chunk_size=0)
     with pytest.raises(ValueError, match="units"):
         ht.HarmonicLMHead()
     with pytest.raises(ValueError, match="output_mode"):
@@ -176,12 +177,11 @@ def test_keras_loss_needs_a_head_and_head_needs_units():
 
 
 def test_keras_loss_config_round_trip():
-    head = ht.HarmonicLMHead(10, name="h")
     options = ht.SampledOptions(k=4, sampler=ht.UnigramSampler(np.arange(1, 11)))
-    loss = ht.HarmonicLoss(head, sampled=options, seed=3)
+    loss = ht.HarmonicLoss(sampled=options, seed=3, evaluation_chunk_size=64)
     clone = ht.HarmonicLoss.from_config(loss.get_config())
     assert clone.get_config() == loss.get_config()
-    assert clone.head_name == "h" and clone.sampled.k == 4 and clone.seed == 3
+    assert clone.sampled.k == 4 and clone.seed == 3 and clone.evaluation_chunk_size == 64
     np.testing.assert_array_equal(clone.sampled.sampler.counts, np.arange(1, 11))
 
 
@@ -206,21 +206,20 @@ def test_keras_loss_sample_weight_of_unknown_rank_is_named(training):
     # from deep inside the loss.
     inputs = keras.Input([6])
     head = ht.HarmonicLMHead(5, name="h")
-    model = keras.Model(inputs, head(keras.layers.Dense(4)(inputs)))
-    loss = ht.HarmonicLoss(head)
+    model = ht.HarmonicModel(inputs, head(keras.layers.Dense(4)(inputs)))
+    model.compile(loss=ht.HarmonicLoss())
     x, y = tf.ones([8, 6]), tf.zeros([8])
 
     @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
     def call(sw):
-        return loss(y, model(x, training=training), sample_weight=sw)
+        return model.compute_loss(x, y, sample_weight=sw, training=training)
 
     with pytest.raises(ValueError, match="`weights` must have a known rank"):
         call.get_concrete_function()
 
 
 def test_keras_loss_sampled_true_means_the_defaults():
-    head = ht.HarmonicLMHead(10, name="h")
-    loss = ht.HarmonicLoss(head, sampled=True)
+    loss = ht.HarmonicLoss(sampled=True)
     assert loss.sampled == ht.SampledOptions()
     assert ht.HarmonicLoss.from_config(loss.get_config()).sampled == loss.sampled
-    assert ht.HarmonicLoss(head, sampled=False).sampled is None
+    assert ht.HarmonicLoss(sampled=False).sampled is None
