@@ -155,7 +155,7 @@ class HarmonicTraining:
                 loss = self.optimizer.scale_loss(loss)
         if self.trainable_weights:
             weights = self.trainable_weights
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights, strict=True))
         else:
             warnings.warn("The model does not have any trainable weights.", stacklevel=2)
         return self._harmonic_logs(forward, y, sample_weight, training=True)
@@ -200,9 +200,7 @@ class HarmonicTraining:
                     metric.accumulate_total(forward.total, forward.labels, weight)
                 else:
                     continue
-            elif training:
-                continue
-            else:
+            elif isinstance(metric, HarmonicAccuracy) and not training:
                 if nearest is None:
                     nearest = self._nearest(forward.hidden, forward.labels)
                 metric.accumulate(

@@ -219,10 +219,9 @@ def test_evaluate_step_hlo_has_no_tokens_by_vocab_buffer():
     assert n * vocab not in sizes
     assert n * ht.HarmonicLoss().evaluation_chunk_size in sizes  # the chunks are there
     # predict does build the logits (so the check can fail).
-    predict_hlo = (
-        tf.function(model.predict_step, jit_compile=True)
-        .experimental_get_compiler_ir(tf.constant(xb))(stage="optimized_hlo")
-    )
+    predict_hlo = tf.function(model.predict_step, jit_compile=True).experimental_get_compiler_ir(
+        tf.constant(xb)
+    )(stage="optimized_hlo")
     assert f"f32[{n},{vocab}]" in predict_hlo
 
 
