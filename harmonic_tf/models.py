@@ -134,7 +134,9 @@ class HarmonicTraining:
 
     @property
     def metrics(self):
-        return super().metrics + [metric for metric, _ in getattr(self, "_harmonic_metrics", ())]
+        if self.harmonic_loss is None:  # re-compiled with another loss, even by a base class
+            return super().metrics
+        return super().metrics + [metric for metric, _ in self._harmonic_metrics]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Keras's hook; under a :class:`HarmonicLoss` the loss of the hidden states of ``x``
@@ -203,9 +205,10 @@ class HarmonicTraining:
             elif isinstance(metric, HarmonicAccuracy) and not training:
                 if nearest is None:
                     nearest = self._nearest(forward.hidden, forward.labels)
-                metric.accumulate(
-                    tf.cast(nearest == forward.labels, tf.float32), forward.labels, weight
-                )
+                hits = tf.cast(nearest == forward.labels, tf.float32)
+                metric.accumulate(hits, forward.labels, weight)
+            else:
+                continue
             shown.add(id(metric))
         unshown = {id(m) for m, _ in self._harmonic_metrics} - shown
         logs = {}

@@ -1,0 +1,228 @@
+"""keras-hub: HarmonicCausalLM on a random-initialised GPT-2, built offline, and harmonic heads
+on keras-hub backbones in functional models."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import harmonic_tf as ht
+
+keras_hub = pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
+from harmonic_tf.hub import HarmonicCausalLM  # noqa: E402
+
+V, S, D = 300, 12, 32
+
+
+def _backbone(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=V,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=D,
+        intermediate_dim=64,
+        max_sequence_length=S + 4,
+        dropout=0.0,
+    )
+
+
+def _batches(n=64, seed=0):
+    """keras-hub ``CausalLMPreprocessor`` layout: ``({"token_ids", "padding_mask"}, y, mask)``,
+    with ragged lengths padded by 0."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, V, (n, S + 1)).astype("int32")
+    ids[:, 1::2] = (ids[:, 0::2][:, : ids[:, 1::2].shape[1]] * 7 + 3) % V  # learnable pairs
+    lengths = rng.integers(S // 2, S + 2, n)
+    mask = np.arange(S + 1)[None, :] < lengths[:, None]
+    ids = np.where(mask, ids, 0)
+    x = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1]}
+    return x, ids[:, 1:], mask[:, 1:].astype("float32")
+
+
+def _exact_numpy(logits, y, weight):
+    """Keras's "sum_over_batch_size" of the exact harmonic loss, float64: weighted sum over all
+    label positions (none is ignore_index here)."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    lse = np.log(np.exp(z).sum(-1))
+    per_token = lse - np.take_along_axis(z, y[..., None], -1)[..., 0]
+    return (per_token * weight).sum() / y.size
+
+
+def _compiled(backbone, **loss_kwargs):
+    lm = HarmonicCausalLM(backbone)
+    lm.compile(
+        keras.optimizers.Adam(3e-3),
+        loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=32), seed=0, **loss_kwargs),
+        weighted_metrics=[ht.HarmonicAccuracy(), ht.HarmonicPerplexity()],
+        sampler="greedy",
+        jit_compile=True,
+    )
+    return lm
+
+
+def test_fit_evaluate_generate_reload_and_continue(tmp_path):
+    x, y, sw = _batches()
+    lm = _compiled(_backbone())
+    assert lm.harmonic_head.centers is lm.backbone.token_embedding.embeddings
+    before = lm.evaluate(x, y, sample_weight=sw, batch_size=16, verbose=0, return_dict=True)
+    hist = lm.fit(x, y, sample_weight=sw, batch_size=16, epochs=4, verbose=0).history
+    assert all(np.all(np.isfinite(v)) for v in hist.values())
+    assert set(hist) == {"loss"}  # sampled: no training accuracy/perplexity is pretended
+    logs = lm.evaluate(x, y, sample_weight=sw, batch_size=64, verbose=0, return_dict=True)
+    assert logs["loss"] < before["loss"] - 0.1
+    logits = lm.predict(x, batch_size=64, verbose=0)
+    assert logits.shape == (64, S, V) == (64, S, *lm.output_shape[2:])
+    np.testing.assert_allclose(logs["loss"], _exact_numpy(logits, y, sw), rtol=1e-4)
+    weighted_hits = (logits.argmax(-1) == y) * sw
+    np.testing.assert_allclose(logs["accuracy"], weighted_hits.sum() / sw.sum(), atol=1e-6)
+    # predict's logits are the harmonic logits of the backbone's hidden states.
+    hidden = lm.backbone(x)
+    ref = ht.harmonic_logits(hidden, lm.backbone.token_embedding.embeddings, 2.0 * D)
+    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-3)
+
+    # Greedy generate(): each new token is the argmax of the harmonic logits of its prefix.
+    prompt_len, n = 4, 3
+    prompt = {
+        "token_ids": np.pad(x["token_ids"][:n, :prompt_len], [[0, 0], [0, S - prompt_len]]),
+        "padding_mask": np.arange(S)[None, :].repeat(n, 0) < prompt_len,
+    }
+    out = lm.generate(prompt, stop_token_ids=None)["token_ids"]
+    np.testing.assert_array_equal(out[:, :prompt_len], prompt["token_ids"][:, :prompt_len])
+    full = lm.predict({"token_ids": out, "padding_mask": np.ones_like(out, bool)}, verbose=0)
+    np.testing.assert_array_equal(out[:, prompt_len:], full[:, prompt_len - 1 : -1].argmax(-1))
+    # The cached decoding step reads its hidden states through the harmonic head.
+    _, cache = lm._build_cache(tf.constant(out))
+    step_logits, step_hidden, _ = lm.call_with_cache(tf.constant(out), cache, 0)
+    centers = lm.backbone.token_embedding.embeddings
+    np.testing.assert_allclose(
+        step_logits, ht.harmonic_logits(step_hidden, centers, 2.0 * D), rtol=1e-5, atol=1e-4
+    )
+    assert not np.allclose(step_logits, tf.matmul(step_hidden, centers, transpose_b=True))
+
+    # score(): harmonic logits, and exact chunked per-token losses.
+    per_token = lm.score(x["token_ids"], x["padding_mask"], scoring_mode="loss", target_ids=y)
+    np.testing.assert_allclose((per_token.numpy() * sw).sum() / y.size, logs["loss"], rtol=1e-4)
+
+    # Reloads keep the loss, metrics, sampler and compile settings; training goes on.
+    path = str(tmp_path / "lm.keras")
+    lm.save(path)
+    preset = str(tmp_path / "preset")
+    lm.save_to_preset(preset)
+    for source in ("keras", "preset"):
+        if source == "keras":
+            loaded = keras.models.load_model(path)
+            assert loaded.harmonic_loss.get_config() == lm.harmonic_loss.get_config()
+            assert loaded.jit_compile and type(loaded.sampler).__name__ == "GreedySampler"
+            assert [m.name for m, _ in loaded._harmonic_metrics] == ["accuracy", "perplexity"]
+        else:  # keras-hub presets keep weights and configs, and compile with the defaults
+            loaded = HarmonicCausalLM.from_preset(preset)
+            assert loaded.harmonic_loss.sampled is None
+            loaded.compile(
+                keras.optimizers.Adam(3e-3),
+                loss=ht.HarmonicLoss(sampled=True, seed=0),
+                weighted_metrics=[ht.HarmonicAccuracy()],
+            )
+        assert isinstance(loaded, HarmonicCausalLM)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), logits, rtol=1e-4, atol=1e-4)
+        assert loaded.harmonic_head.centers is loaded.backbone.token_embedding.embeddings
+        start = loaded.evaluate(x, y, sample_weight=sw, verbose=0, return_dict=True)
+        np.testing.assert_allclose(start["loss"], logs["loss"], rtol=1e-4)
+        loaded.fit(x, y, sample_weight=sw, batch_size=8, epochs=1, steps_per_epoch=10, verbose=0)
+        end = loaded.evaluate(x, y, sample_weight=sw, verbose=0, return_dict=True)
+        assert end["loss"] < start["loss"] and np.isfinite(end["accuracy"])
+
+
+def test_default_compile_is_the_exact_loss_and_harmonic_accuracy():
+    lm = HarmonicCausalLM(_backbone())  # keras-hub compiles tasks on construction
+    assert isinstance(lm.harmonic_loss, ht.HarmonicLoss) and lm.harmonic_loss.sampled is None
+    assert [type(m).__name__ for m, _ in lm._harmonic_metrics] == ["HarmonicAccuracy"]
+    x, y, sw = _batches(16)
+    logs = lm.evaluate(x, y, sample_weight=sw, verbose=0, return_dict=True)
+    np.testing.assert_allclose(
+        logs["loss"], _exact_numpy(lm.predict(x, verbose=0), y, sw), rtol=1e-4
+    )
+
+
+def test_from_preset_of_a_backbone_and_of_a_gpt2_causal_lm(tmp_path):
+    backbone = _backbone(3)
+    backbone.save_to_preset(str(tmp_path / "bb"))
+    keras_hub.models.GPT2CausalLM(backbone).save_to_preset(str(tmp_path / "lm"))
+    x, _, _ = _batches(8)
+    hidden = backbone(x)
+    for preset in ("bb", "lm"):
+        lm = HarmonicCausalLM.from_preset(str(tmp_path / preset), eta=4.0)
+        assert lm.harmonic_head.eta == 4.0
+        ref = ht.harmonic_logits(hidden, backbone.token_embedding.embeddings, 4.0)
+        np.testing.assert_allclose(lm.predict(x, verbose=0), ref, rtol=1e-4, atol=1e-3)
+
+
+def test_recompile_with_keras_hub_defaults_trains_the_harmonic_logits():
+    """keras-hub's own defaults (cross-entropy, SparseCategoricalAccuracy) on a harmonic LM:
+    they read the harmonic logits, under XLA, with finite correct numbers."""
+    x, y, sw = _batches(32)
+    lm = _compiled(_backbone())
+    lm.fit(x, y, sample_weight=sw, batch_size=16, epochs=1, verbose=0)
+    # keras-hub's own compile (it bypasses ours), then ours with stock objects.
+    for compile_ in (
+        lambda: keras_hub.models.CausalLM.compile(
+            lm, keras.optimizers.Adam(1e-3), jit_compile=True
+        ),
+        lambda: lm.compile(
+            keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
+            jit_compile=True,
+        ),
+    ):
+        compile_()
+        logits = lm.predict(x, verbose=0)
+        logs = lm.train_on_batch(x, y, sample_weight=sw, return_dict=True)
+        assert set(logs) == {"loss", "sparse_categorical_accuracy"}
+        hits = (logits.argmax(-1) == y) * sw
+        np.testing.assert_allclose(
+            logs["sparse_categorical_accuracy"], hits.sum() / sw.sum(), atol=1e-6
+        )
+        assert np.isfinite(logs["loss"]) and all(np.isfinite(w.numpy()).all() for w in lm.weights)
+
+
+def test_functional_model_on_a_backbone_reloads_its_nested_tie(tmp_path):
+    backbone = _backbone()
+    inputs = backbone.input
+    head = ht.HarmonicLMHead(tied_embedding=backbone.token_embedding, name="head")
+    model = ht.HarmonicModel(inputs, head(backbone(inputs)))
+    model.compile("adam", loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=16)))
+    x, y, sw = _batches(16)
+    model.fit(x, y, sample_weight=sw, epochs=1, verbose=0)
+    path = str(tmp_path / "nested.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    lhead = loaded.get_layer("head")
+    assert lhead.centers is loaded.get_layer(backbone.name).token_embedding.embeddings
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    loaded.fit(x, y, sample_weight=sw, epochs=1, verbose=0)
+
+
+def test_untied_reversible_embedding_uses_its_output_matrix():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input([6], dtype="int32")
+    emb = keras.layers.ReversibleEmbedding(50, 8, tie_weights=False, name="emb")
+    head = ht.HarmonicLMHead(tied_embedding=emb, name="head")
+    model = ht.HarmonicModel(tokens, head(keras.layers.Dense(8, name="mix")(emb(tokens))))
+    assert head.centers_variable is emb.reverse_embeddings
+    np.testing.assert_array_equal(head.centers, tf.transpose(emb.reverse_embeddings))
+    x = np.random.default_rng(0).integers(0, 50, (64, 6)).astype("int32")
+    y = (x + 1) % 50
+    hidden = keras.Model(model.input, model.get_layer("mix").output)(x)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0),
+        ht.harmonic_logits(hidden, tf.transpose(emb.reverse_embeddings)),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+    model.compile(keras.optimizers.Adam(1e-2), loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8)))
+    reverse, forward = emb.reverse_embeddings.numpy().copy(), emb.embeddings.numpy().copy()
+    model.fit(x, y, epochs=1, verbose=0)
+    assert not np.allclose(emb.reverse_embeddings.numpy(), reverse)  # the centers moved
+    assert not np.allclose(emb.embeddings.numpy(), forward)  # and the input embedding
