@@ -173,6 +173,8 @@ class HarmonicTraining:
     def _harmonic_forward(self, x, y, sample_weight, training: bool) -> _Forward:
         head, loss_fn = self.harmonic_head, self.harmonic_loss
         hidden = self.hidden_states(x, training=training)
+        if not head.built:  # a subclassed model's first step: no call has built it yet
+            head.build(hidden.shape)
         labels = labels_from_keras(y, hidden.shape.rank, head.units)
         total, token_losses = loss_fn.weighted_sum(head, hidden, labels, sample_weight, training)
         loss = loss_fn.reduce(total, labels)

@@ -177,3 +177,19 @@ def test_minimal_lm_runs_and_learns():
 
     val_loss = minimal_lm.main(["--steps", "20"])
     assert math.isfinite(val_loss) and val_loss < math.log(2000) - 1.0  # well below uniform
+
+
+def test_finetune_lm_quick_on_tiny_shakespeare(tmp_path):
+    pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
+    import finetune_lm
+
+    out = tmp_path / "finetune"
+    result = finetune_lm.main(
+        ["--text", shared_data_path("tinyshakespeare.txt"), "--quick", "--out", str(out)]
+    )
+    for name in ("cross-entropy", "harmonic"):
+        curve = result["curves"][name]
+        assert curve[-1][1] < curve[0][1], (name, curve)
+        assert len(result["generations"][name]) == 3
+    assert (out / "finetune.png").stat().st_size > 0
+    assert json.loads((out / "result.json").read_text())["vocab"] == 512

@@ -510,3 +510,33 @@ def test_sample_weights_of_unknown_rank_are_named():
 
     with pytest.raises(ValueError, match="`weights` must have a known rank"):
         loss_with.get_concrete_function()
+
+
+class _Subclassed(ht.HarmonicModel):
+    def __init__(self):
+        super().__init__()
+        self.body = keras.layers.Dense(D)
+        self.head = ht.HarmonicLMHead(V)
+
+    @property
+    def harmonic_head(self):
+        return self.head
+
+    def hidden_states(self, x, training=False):
+        return self.body(x, training=training)
+
+    def call(self, x, training=False):
+        return self.head(self.hidden_states(x, training))
+
+
+def test_subclassed_harmonic_model_routes_its_hidden_states(data):
+    x, y = data
+    keras.utils.set_random_seed(0)
+    model = _Subclassed()
+    model.compile(keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=_sampled(8)))
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=2, verbose=0)
+    after = model.evaluate(x, y, verbose=0)
+    assert after < before - 0.3
+    exact = ht.harmonic_loss(model.body(x), model.head.centers, y)
+    np.testing.assert_allclose(after, float(exact), rtol=1e-4)
