@@ -39,8 +39,10 @@ CONFIGS = {
     "harmonic_dense": "ours: harmonic_loss, dense, graph mode",
     "harmonic_chunked_xla": f"ours: harmonic_loss, chunk_size={CHUNK}, XLA",
     "harmonic_chunked": f"ours: harmonic_loss, chunk_size={CHUNK}, graph mode",
+    "harmonic_two_pass_xla": f"ours: harmonic_loss, chunk_size={CHUNK}, path='two_pass', XLA",
     "sampled_shared_xla": "ours: sampled_harmonic_loss, shared negatives, XLA",
     "sampled_shared": "ours: sampled_harmonic_loss, shared negatives, graph mode",
+    "sampled_default_xla": "ours: sampled_harmonic_loss, package defaults (in-batch + center rows), XLA",
     "sampled_per_example_xla": "ours: sampled_harmonic_loss, per-example negatives, XLA",
     "sampled_per_example": "ours: sampled_harmonic_loss, per-example negatives, graph mode",
 }
@@ -67,6 +69,65 @@ def _time_steps(step, warmup: int, reps: int, max_seconds: float) -> list[float]
     return times
 
 
+def inputs(n: int, d: int, v: int):
+    """Hidden states ``[n, d]``, centers ``[v, d]`` and labels ``[n]``, seeded."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(n, d)).astype(np.float32))
+    w = tf.constant((rng.normal(size=(v, d)) * 0.05).astype(np.float32))
+    y = tf.constant(rng.integers(0, v, n).astype(np.int32))
+    return x, w, y
+
+
+def loss_and_grads(name: str, x, w, y, k: int, reduce_outputs: bool = True):
+    """The configuration's forward+backward as a function of ``(x, w)``: ``(loss, dx, dw)``,
+    each reduced to a scalar unless ``reduce_outputs`` is False (the HLO report keeps them)."""
+    import tensorflow as tf
+
+    import harmonic_tf as ht
+
+    v = int(w.shape[0])
+    base = name.removesuffix("_xla")
+    losses = {
+        "dense_ce": lambda x, w: tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.matmul(x, w, transpose_b=True))
+        ),
+        "tf_sampled_softmax": lambda x, w: tf.reduce_mean(
+            tf.nn.sampled_softmax_loss(w, tf.zeros([v]), tf.cast(y[:, None], tf.int64), x, k, v)
+        ),
+        "harmonic_dense": lambda x, w: ht.harmonic_loss(x, w, y),
+        "harmonic_chunked": lambda x, w: ht.harmonic_loss(x, w, y, chunk_size=CHUNK),
+        "harmonic_two_pass": lambda x, w: ht.harmonic_loss(
+            x, w, y, chunk_size=CHUNK, path="two_pass"
+        ),
+        "sampled_shared": lambda x, w: ht.sampled_harmonic_loss(
+            x, w, y, ht.SampledOptions(k=k, **PLAIN)
+        ),
+        "sampled_default": lambda x, w: ht.sampled_harmonic_loss(x, w, y, ht.SampledOptions(k=k)),
+        "sampled_per_example": lambda x, w: ht.sampled_harmonic_loss(
+            x, w, y, ht.SampledOptions(k=k, negatives="per_example", **PLAIN)
+        ),
+    }
+    if base not in losses:
+        raise ValueError(f"unknown configuration {name!r}")
+    loss_fn = losses[base]
+
+    def f(x=x, w=w):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = loss_fn(x, w)
+        gx, gw = tape.gradient(loss, [x, w])
+        if not reduce_outputs:
+            return loss, gx, tf.convert_to_tensor(gw)
+        # Reduce to scalars so no output buffer is counted beyond what the step needs.
+        gw_sum = tf.reduce_sum(gw.values) if isinstance(gw, tf.IndexedSlices) else tf.reduce_sum(gw)
+        return loss, tf.reduce_sum(gx), gw_sum
+
+    return f
+
+
 def run_single(
     name: str, n: int, d: int, v: int, k: int, warmup: int, reps: int, max_seconds: float
 ) -> dict:
@@ -77,54 +138,9 @@ def run_single(
     import numpy as np
     import tensorflow as tf
 
-    import harmonic_tf as ht
-
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(n, d)).astype(np.float32))
-    w = tf.constant((rng.normal(size=(v, d)) * 0.05).astype(np.float32))
-    y = tf.constant(rng.integers(0, v, n).astype(np.int32))
     jit = name.endswith("_xla")
-    base = name.removesuffix("_xla")
-
-    def grads(loss_fn):
-        def f():
-            with tf.GradientTape() as tape:
-                tape.watch([x, w])
-                loss = loss_fn()
-            gx, gw = tape.gradient(loss, [x, w])
-            # Reduce to scalars so no output buffer is counted beyond what the step needs.
-            gw_sum = (
-                tf.reduce_sum(gw.values) if isinstance(gw, tf.IndexedSlices) else tf.reduce_sum(gw)
-            )
-            return loss, tf.reduce_sum(gx), gw_sum
-
-        return f
-
-    if base == "dense_ce":
-        fn = grads(
-            lambda: tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.matmul(x, w, transpose_b=True))
-            )
-        )
-    elif base == "tf_sampled_softmax":
-        bias = tf.zeros([v])
-        fn = grads(
-            lambda: tf.reduce_mean(
-                tf.nn.sampled_softmax_loss(w, bias, tf.cast(y[:, None], tf.int64), x, k, v)
-            )
-        )
-    elif base == "harmonic_dense":
-        fn = grads(lambda: ht.harmonic_loss(x, w, y))
-    elif base == "harmonic_chunked":
-        fn = grads(lambda: ht.harmonic_loss(x, w, y, chunk_size=CHUNK))
-    elif base == "sampled_shared":
-        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, ht.SampledOptions(k=k, **PLAIN)))
-    elif base == "sampled_per_example":
-        options = ht.SampledOptions(k=k, negatives="per_example", **PLAIN)
-        fn = grads(lambda: ht.sampled_harmonic_loss(x, w, y, options))
-    else:
-        raise ValueError(f"unknown configuration {name!r}")
-    step_fn = tf.function(fn, jit_compile=jit)
+    x, w, y = inputs(n, d, v)
+    step_fn = tf.function(loss_and_grads(name, x, w, y, k), jit_compile=jit)
     baseline = _rss_mb()
     times = _time_steps(lambda: [t.numpy() for t in step_fn()], warmup, reps, max_seconds)
     return {

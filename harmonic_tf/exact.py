@@ -225,15 +225,18 @@ def exact_token_losses(
 
     def _loss(x, w, e):
         origin = reference_point(x)
-        x, w = x - origin, w - origin
-        d2_true, diff_true = true_sq_distances(x, w, labels)
+        # Chunks shift their own centers: no shifted [V, D] copy unless the logits are dense.
+        x = x - origin
+        if chunk_size is None:
+            w = w - origin
+        d2_true, diff_true = true_sq_distances(x, w, labels, None if chunk_size is None else origin)
         z_true = logits_from_sq(d2_true, e, eps)
         if chunk_size is None:
             z = _dense_other_logits(x, w, labels, e, eps)
             lse_other = tf.reduce_logsumexp(z, axis=-1)
         else:
             z = None
-            lse_other = _chunked_lse_other(x, w, labels, e, eps, chunk_size)
+            lse_other = _chunked_lse_other(x, w, origin, labels, e, eps, chunk_size)
         margin = lse_other - z_true
         loss = tf.math.softplus(margin)
 
@@ -247,7 +250,7 @@ def exact_token_losses(
                 other_l = expected_l(z, lse, e) if learn_eta else None
             else:
                 dx, dw, other_l = _chunked_backward(
-                    x, w, labels, lse, g, e, eps, chunk_size, learn_eta
+                    x, w, origin, labels, lse, g, e, eps, chunk_size, learn_eta
                 )
             d_eta = eta_gradient(other_l, margin, d2_true, g, eps) if learn_eta else None
             dx += pull
@@ -270,38 +273,46 @@ def _dense_other_logits(x, w, labels, eta, eps, w_sq=None):
     return tf.where(_true_column(labels, ids), -float("inf"), z)
 
 
-def _chunks(w: tf.Tensor, chunk_size: int):
-    """Pads ``w`` to whole chunks: ``[num_chunks, C, D]`` centers and ``[num_chunks, C]`` norms."""
-    vocab_size, dim = int(w.shape[0]), int(w.shape[1])
-    num_chunks = -(-vocab_size // chunk_size)
-    padded = tf.pad(w, [[0, num_chunks * chunk_size - vocab_size], [0, 0]])
-    w_chunks = tf.reshape(padded, [num_chunks, chunk_size, dim])
-    return num_chunks, w_chunks, tf.reduce_sum(tf.square(w_chunks), axis=-1)
+def _num_chunks(vocab_size: int, chunk_size: int) -> int:
+    return -(-vocab_size // chunk_size)
 
 
-def _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size):
-    """Squared distances ``[N, C]`` to chunk ``i`` and that chunk's class ids ``[C]``."""
-    d2 = expanded_sq_distances(x, w_chunks[i], x_sq, w_sq[i])
-    return d2, i * chunk_size + tf.range(chunk_size)
-
-
-def _chunked_lse_other(x, w, labels, eta, eps, chunk_size):
-    """Running log-sum-exp over vocabulary chunks, the true class and padding excluded."""
+def _chunk(w: tf.Tensor, origin: tf.Tensor, i: tf.Tensor, chunk_size: int):
+    """Chunk ``i`` of the centers, shifted by ``origin``, sliced without a padded copy: rows
+    ``[start, start + C)`` with ``start = min(i C, V - C)``, so the last chunk overlaps the one
+    before. Returns the rows ``[C, D]``, their squared norms, class ids ``[C]``, whether each id
+    is new to this chunk (not counted before), and ``start``."""
     vocab_size = int(w.shape[0])
-    num_chunks, w_chunks, w_sq = _chunks(w, chunk_size)
+    start = tf.minimum(i * chunk_size, vocab_size - chunk_size)
+    ids = start + tf.range(chunk_size)
+    # A gather, not a dynamic slice: XLA:CPU padded the whole operand for the slice.
+    w_c = tf.gather(w, ids) - origin
+    return w_c, tf.reduce_sum(tf.square(w_c), axis=-1), ids, ids >= i * chunk_size, start
+
+
+def _chunk_logits(x, x_sq, w, origin, labels, i, eta, eps, chunk_size):
+    """``[N, C]`` logits of chunk ``i``, the true class and ids of earlier chunks at -inf,
+    with the chunk's distances, rows and ids."""
+    w_c, w_sq, ids, fresh, _ = _chunk(w, origin, i, chunk_size)
+    d2 = expanded_sq_distances(x, w_c, x_sq, w_sq)
+    keep = tf.logical_and(tf.logical_not(_true_column(labels, ids)), fresh[None, :])
+    return tf.where(keep, logits_from_sq(d2, eta, eps), -float("inf")), d2, w_c, ids
+
+
+def _chunked_lse_other(x, w, origin, labels, eta, eps, chunk_size):
+    """Running log-sum-exp over vocabulary chunks, the true class excluded."""
+    num_chunks = _num_chunks(int(w.shape[0]), chunk_size)
     x_sq = tf.reduce_sum(tf.square(x), axis=-1)
 
     def body(i, running_max, running_sum):
-        d2, ids = _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size)
-        keep = tf.logical_and(tf.logical_not(_true_column(labels, ids)), ids[None, :] < vocab_size)
-        z = tf.where(keep, logits_from_sq(d2, eta, eps), -float("inf"))
+        z, *_ = _chunk_logits(x, x_sq, w, origin, labels, i, eta, eps, chunk_size)
         new_max = tf.maximum(running_max, tf.reduce_max(z, axis=-1))
         running_sum = running_sum * tf.exp(running_max - new_max) + tf.reduce_sum(
             tf.exp(z - new_max[:, None]), axis=-1
         )
         return i + 1, new_max, running_sum
 
-    # A finite start: a chunk holding only the true class (or padding) must not give inf - inf.
+    # A finite start: a chunk holding only the true class must not give inf - inf.
     lowest = tf.fill(tf.shape(x_sq), tf.float32.min)
     _, m, s = tf.while_loop(
         lambda i, *_: i < num_chunks,
@@ -312,41 +323,29 @@ def _chunked_lse_other(x, w, labels, eta, eps, chunk_size):
     return m + tf.math.log(s)
 
 
-def _chunked_backward(x, w, labels, lse, g, eta, eps, chunk_size, learn_eta=False):
+def _chunked_backward(x, w, origin, labels, lse, g, eta, eps, chunk_size, learn_eta=False):
     """Recomputes each chunk's distances (a loop of its own, so XLA cannot merge it with the
-    forward one) and accumulates the other classes' ``dL/dx``, each chunk's center gradient and,
-    for a learned exponent, ``sum_i p_i l_i`` over them (else that output is ``None``)."""
-    vocab_size, dim = int(w.shape[0]), int(w.shape[1])
-    num_chunks, w_chunks, w_sq = _chunks(w, chunk_size)
+    forward one) and accumulates the other classes' ``dL/dx``, the center gradient (added in
+    place into one ``[V, D]`` buffer: the output) and, for a learned exponent,
+    ``sum_i p_i l_i`` over them (else that output is ``None``)."""
+    num_chunks = _num_chunks(int(w.shape[0]), chunk_size)
     x_sq = tf.reduce_sum(tf.square(x), axis=-1)
 
-    def body(i, dx, other_l, dw_chunks):
-        w_c = w_chunks[i]
-        d2, ids = _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size)
-        keep = tf.logical_and(tf.logical_not(_true_column(labels, ids)), ids[None, :] < vocab_size)
-        z = tf.where(keep, logits_from_sq(d2, eta, eps), -float("inf"))
+    def body(i, dx, other_l, dw):
+        z, d2, w_c, ids = _chunk_logits(x, x_sq, w, origin, labels, i, eta, eps, chunk_size)
         c = coefficients(z, lse, g, eta, eps, d2)
         if learn_eta:
             other_l += expected_l(z, lse, eta)
-        return (
-            i + 1,
-            dx + hidden_grad(c, x, w_c),
-            other_l,
-            dw_chunks.write(i, center_grad(c, x, w_c)),
-        )
+        # Rows seen in an earlier chunk have c = 0 here, so adding leaves them as they were.
+        dw = tf.tensor_scatter_nd_add(dw, ids[:, None], center_grad(c, x, w_c))
+        return i + 1, dx + hidden_grad(c, x, w_c), other_l, dw
 
-    _, dx, other_l, dw_chunks = tf.while_loop(
+    _, dx, other_l, dw = tf.while_loop(
         lambda i, *_: i < num_chunks,
         body,
-        (
-            tf.constant(0),
-            tf.zeros_like(x),
-            tf.zeros_like(lse),
-            tf.TensorArray(tf.float32, size=num_chunks, element_shape=[chunk_size, dim]),
-        ),
+        (tf.constant(0), tf.zeros_like(x), tf.zeros_like(lse), tf.zeros_like(w)),
         maximum_iterations=num_chunks,
     )
-    dw = tf.reshape(dw_chunks.stack(), [num_chunks * chunk_size, dim])[:vocab_size]
     return dx, dw, other_l if learn_eta else None
 
 
@@ -359,18 +358,18 @@ def nearest_centers(
     lower id, as ``argmax`` does."""
     x, w = hidden_states, class_centers
     origin = reference_point(x)
-    x, w = x - origin, w - origin
+    x = x - origin
     vocab_size = int(w.shape[0])
     if chunk_size is None or chunk_size >= vocab_size:
-        return tf.argmin(expanded_sq_distances(x, w), axis=-1, output_type=tf.int32)
-    num_chunks, w_chunks, w_sq = _chunks(w, chunk_size)
+        return tf.argmin(expanded_sq_distances(x, w - origin), axis=-1, output_type=tf.int32)
+    num_chunks = _num_chunks(vocab_size, chunk_size)
     x_sq = tf.reduce_sum(tf.square(x), axis=-1)
 
     def body(i, best_d2, best_id):
-        d2, ids = _chunk_sq_distances(x, x_sq, w_chunks, w_sq, i, chunk_size)
-        d2 = tf.where(ids[None, :] < vocab_size, d2, float("inf"))
+        w_c, w_sq, ids, _, start = _chunk(w, origin, i, chunk_size)
+        d2 = expanded_sq_distances(x, w_c, x_sq, w_sq)
         chunk_best = tf.reduce_min(d2, axis=-1)
-        chunk_id = i * chunk_size + tf.argmin(d2, axis=-1, output_type=tf.int32)
+        chunk_id = start + tf.argmin(d2, axis=-1, output_type=tf.int32)
         better = chunk_best < best_d2  # strict: an earlier chunk keeps a tie
         return i + 1, tf.where(better, chunk_best, best_d2), tf.where(better, chunk_id, best_id)
 
