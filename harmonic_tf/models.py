@@ -261,8 +261,11 @@ class HarmonicModel(HarmonicTraining, keras.Model):
     ``predict`` return the head's output; with ``compile(loss=HarmonicLoss(...))``, ``fit``
     runs the model up to the head and the exact (chunked) or sampled loss on its hidden states,
     and ``evaluate`` the exact chunked loss; with any other loss it trains on the output like a
-    plain ``keras.Model``. A subclassed model defines ``harmonic_head`` (a property) and
-    ``hidden_states(x, training)``, and ``call`` returns ``harmonic_head(hidden_states(x))``.
+    plain ``keras.Model``. A subclassed model uses the mixin instead,
+    ``class MyModel(ht.HarmonicTraining, keras.Model)`` (Keras turns ``HarmonicModel`` itself
+    into a ``Functional`` subclass once it is built functionally), defines ``harmonic_head`` (a
+    property) and ``hidden_states(x, training)``, and returns ``harmonic_head(hidden_states(x))``
+    from ``call``.
 
     Example:
     >>> inputs = keras.Input([16])
@@ -277,7 +280,10 @@ class HarmonicModel(HarmonicTraining, keras.Model):
         super().__init__(*args, **kwargs)
         outputs = getattr(self, "_outputs_struct", None)
         if outputs is None:
-            return  # subclassed: it defines `harmonic_head` and `hidden_states`
+            raise TypeError(
+                "HarmonicModel is built functionally: HarmonicModel(inputs, head(hidden)). For a "
+                "subclassed model use the mixin: class MyModel(ht.HarmonicTraining, keras.Model)."
+            )
         flat = tf.nest.flatten(outputs)
         if len(flat) != 1:
             raise ValueError(f"HarmonicModel needs one output, got {len(flat)}.")

@@ -512,7 +512,7 @@ def test_sample_weights_of_unknown_rank_are_named():
         loss_with.get_concrete_function()
 
 
-class _Subclassed(ht.HarmonicModel):
+class _Subclassed(ht.HarmonicTraining, keras.Model):
     def __init__(self):
         super().__init__()
         self.body = keras.layers.Dense(D)
@@ -529,7 +529,7 @@ class _Subclassed(ht.HarmonicModel):
         return self.head(self.hidden_states(x, training))
 
 
-def test_subclassed_harmonic_model_routes_its_hidden_states(data):
+def test_subclassed_model_with_the_mixin_routes_its_hidden_states(data):
     x, y = data
     keras.utils.set_random_seed(0)
     model = _Subclassed()
