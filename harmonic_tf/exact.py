@@ -97,9 +97,11 @@ PATHS = ("auto", "fused", "two_pass")
 
 
 # The fused path adds one [V, D] update per token chunk of `rows` tokens; with fewer rows per
-# chunk that memory traffic costs more than the two-pass path's extra matmul (measured with
-# benchmarks/bench_loss.py: at V=131,072 or N=1,024 with chunk 2,048, fused ran slower).
-MIN_FUSED_ROWS = 128
+# chunk that memory traffic costs more than the two-pass path's extra matmul. Measured at
+# chunk 2,048 (forward+backward, XLA, 2 cores): 41 rows (V=50,257, N=1,024, D=512) fused 1.3x
+# slower, and slower at 64 rows (V=131,072, N=4,096); 83 rows (V=50,257, N=2,048) a tie at D=512
+# and fused 1.12x faster at D=128; 166 rows (N=4,096, D=512) fused 1.27x faster.
+MIN_FUSED_ROWS = 80
 
 
 def _takes_fused_path(path: str, p: _inputs.Prepared, chunk_size, reduction: str) -> bool:
