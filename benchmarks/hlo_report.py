@@ -113,9 +113,14 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--paths", nargs="*", default=PATHS)
+    parser.add_argument("--v", nargs="*", type=int, default=[s["v"] for s in SIZES])
+    parser.add_argument("--n", type=int, default=REFERENCE["n"])
+    parser.add_argument("--d", type=int, default=REFERENCE["d"])
+    parser.add_argument("--k", type=int, default=REFERENCE["k"])
     args = parser.parse_args(argv)
     rows = []
-    for size in SIZES:
+    for v in args.v:
+        size = {"n": args.n, "d": args.d, "v": v, "k": args.k}
         for name in args.paths:
             print(f"compiling {name} at V={size['v']}", flush=True)
             row = {"name": name, **size, **_subprocess(name, size)}
