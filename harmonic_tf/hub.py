@@ -10,6 +10,9 @@ head, so ``generate()`` with any keras-hub sampler samples the harmonic distribu
 
 from __future__ import annotations
 
+import json
+import os
+
 import keras
 import tensorflow as tf
 
@@ -24,6 +27,8 @@ from harmonic_tf.layers import HarmonicLMHead
 from harmonic_tf.losses import HarmonicLoss
 from harmonic_tf.metrics import HarmonicAccuracy
 from harmonic_tf.models import HarmonicTraining
+
+COMPILE_FILE = "compile.json"
 
 
 def causal_lm_class(backbone_cls: type) -> type:
@@ -58,7 +63,8 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
       eta, eta_init, eps: of the head (see :class:`HarmonicLMHead`).
 
     ``compile`` defaults: Adam(2e-5), the exact ``HarmonicLoss()``, weighted
-    :class:`HarmonicAccuracy`, ``sampler="top_k"``; they survive a ``.keras`` reload.
+    :class:`HarmonicAccuracy`, ``sampler="top_k"``; the settings survive a ``.keras`` reload
+    and a ``save_to_preset`` / ``from_preset`` round trip.
 
     Example:
     >>> backbone = keras_hub.models.GPT2Backbone(
@@ -174,6 +180,15 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
             chunk_size=chunk,
         )
 
+    def save_to_preset(self, preset_dir: str, max_shard_size: int | float | None = 10) -> None:
+        """keras-hub's preset, plus this model's compile settings (``compile.json``: the loss,
+        its estimator, the metrics, the optimizer's config and the sampler), which keras-hub's
+        preset format leaves out; :meth:`from_preset` compiles with them."""
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        if self.compiled:
+            with open(os.path.join(preset_dir, COMPILE_FILE), "w") as f:
+                json.dump(self.get_compile_config(), f, indent=1)
+
     def get_config(self) -> dict:
         head = self.harmonic_head
         config = super().get_config()
@@ -196,7 +211,11 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
             if "preprocessor" not in kwargs and has_tokenizer:
                 base = causal_lm_class(backbone_cls)
                 kwargs["preprocessor"] = loader.load_preprocessor(base.preprocessor_cls)
-        return loader.load_task(cls, load_weights, True, **kwargs)
+        task = loader.load_task(cls, load_weights, True, **kwargs)
+        if preset_utils.check_file_exists(preset, COMPILE_FILE):
+            with open(preset_utils.get_file(preset, COMPILE_FILE)) as f:
+                task.compile_from_config(json.load(f))
+        return task
 
 
 def _holds_task(preset: str, cls: type) -> bool:
