@@ -24,7 +24,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from harmonic_tf.exact import harmonic_loss
 from harmonic_tf.layers import HarmonicLMHead
-from harmonic_tf.losses import HarmonicLoss
+from harmonic_tf.losses import EVALUATION_CHUNK, HarmonicLoss
 from harmonic_tf.metrics import HarmonicAccuracy
 from harmonic_tf.models import HarmonicTraining
 
@@ -168,7 +168,8 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         head = self.harmonic_head
         if scoring_mode == "logits":
             return head(hidden)
-        chunk = self.harmonic_loss.evaluation_chunk_size if self.harmonic_loss else 4096
+        loss = self.harmonic_loss
+        chunk = loss.evaluation_chunk_size if loss is not None else EVALUATION_CHUNK
         return harmonic_loss(
             hidden,
             head.centers,
