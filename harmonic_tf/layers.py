@@ -128,11 +128,10 @@ class HarmonicLMHead(keras.layers.Layer):
     def centers_variable(self):
         """The variable that holds the centers: this layer's own, the tied embedding's
         ``embeddings``, or its ``reverse_embeddings`` (``[D, V]``) for ``tie_weights=False``."""
-        layer = self._tied_layer
-        if layer is not None:
-            if getattr(layer, "tie_weights", True) is False:
-                return layer.reverse_embeddings
-            return layer.embeddings
+        if self._reads_reverse_embeddings:
+            return self._tied_layer.reverse_embeddings
+        if self._tied_layer is not None:
+            return self._tied_layer.embeddings
         if self._centers is None:
             raise ValueError(f"Layer {self.name!r} is not built yet: call it on hidden states.")
         return self._centers
@@ -142,9 +141,12 @@ class HarmonicLMHead(keras.layers.Layer):
         """The ``[V, D]`` centers: :attr:`centers_variable` itself, or its transpose for an
         untied ``ReversibleEmbedding`` (whose ``[D, V]`` output matrix gets a dense gradient)."""
         variable = self.centers_variable
-        if self._tied_layer is not None and getattr(self._tied_layer, "tie_weights", True) is False:
-            return tf.transpose(variable)
-        return variable
+        return tf.transpose(variable) if self._reads_reverse_embeddings else variable
+
+    @property
+    def _reads_reverse_embeddings(self) -> bool:
+        """Tied to a ``ReversibleEmbedding(tie_weights=False)``: its separate output matrix."""
+        return getattr(self._tied_layer, "tie_weights", True) is False
 
     def resolved_eta(self) -> float | tf.Tensor:
         """The exponent the losses use: a float, or ``exp(log_eta)`` for a learned one."""
