@@ -131,17 +131,23 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         )
         self._compile_config.config["sampler"] = self.sampler
 
+    @property
+    def _decoding_lm(self) -> type:
+        """The keras-hub ``CausalLM`` class whose decoding code this model borrows."""
+        return causal_lm_class(type(self.backbone))
+
     def call_with_cache(self, token_ids, cache, cache_update_index):
         """keras-hub's cached decoding step, with harmonic logits from its hidden states."""
-        base = causal_lm_class(type(self.backbone))
-        _, hidden, cache = base.call_with_cache(self, token_ids, cache, cache_update_index)
+        _, hidden, cache = self._decoding_lm.call_with_cache(
+            self, token_ids, cache, cache_update_index
+        )
         return self.harmonic_head(hidden), hidden, cache
 
     def _build_cache(self, token_ids):
-        return causal_lm_class(type(self.backbone))._build_cache(self, token_ids)
+        return self._decoding_lm._build_cache(self, token_ids)
 
     def generate_step(self, inputs, stop_token_ids=None):
-        return causal_lm_class(type(self.backbone)).generate_step(self, inputs, stop_token_ids)
+        return self._decoding_lm.generate_step(self, inputs, stop_token_ids)
 
     def score(
         self,
