@@ -230,3 +230,24 @@ def test_weights_of_unknown_rank_are_refused():
     )
     with pytest.raises(ValueError, match="`weights` must have a known rank"):
         f.get_concrete_function()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("chunk_size", [None, 7, 16, 37, 64])
+def test_nearest_centers_match_float64_argmin(rng, mode, chunk_size):
+    """The chunked argmax of ``evaluate``'s accuracy: V=37 with chunks of 7 and 16 leaves an
+    overlapping last chunk; a common offset checks the reference-point shift; duplicated
+    centers check that ties go to the lower id, as ``argmax`` does."""
+    from harmonic_tf.exact import nearest_centers
+
+    x, w, _ = _problem(rng, n=40, v=37, ignore_some=False)
+    w[20] = w[3]  # a tie: id 3 must win
+    x[:5] = w[3] + 1e-3 * rng.normal(size=(5, x.shape[1]))
+    offset = 50.0
+    d2 = (((x[:, None, :] - w[None, :, :]) ** 2).sum(-1)).astype(np.float64)
+    expected = np.argmin(d2, axis=1)
+    got = maybe_jit(lambda a, b: nearest_centers(a, b, chunk_size), mode)(
+        tf.constant(x + offset, tf.float32), tf.constant(w + offset, tf.float32)
+    )
+    np.testing.assert_array_equal(got.numpy(), expected)
+    assert np.all(expected[:5] == 3)
