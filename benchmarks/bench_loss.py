@@ -1,13 +1,22 @@
 """Speed and memory of the output layer's forward+backward (gradients for hidden states and
 centers), ours against the baselines users would pick instead.
 
-Each configuration runs in its own subprocess, so its peak memory (resident set above the
-process baseline, taken after the inputs exist) is its own. Step time is the median over
-repeated steps after warm-up.
+Each configuration runs in its own subprocess, so its peak memory is its own: the peak resident
+set of the timed steps above the resident set after warm-up (compilation's own memory is not a
+step's). Step time is the median over repeated steps after warm-up.
+
+Every row stands next to its floors. Time: the loss's matmul FLOPs (6 N V D for the exact loss
+and cross-entropy, whatever the path) at this machine's matmul rate, measured in the same run
+(``matmul_rate_xla``: the three products of a cross-entropy step on a ``[N, 8192]`` block).
+Memory: the unavoidable buffers, the ``[V, D]`` center gradient plus one logits block
+(``[N, chunk]`` chunked, ``[N, V]`` dense, the candidate columns sampled).
 
     python benchmarks/bench_loss.py                 # reference point + V, N and k sweeps
     python benchmarks/bench_loss.py --reference-only
     python benchmarks/bench_loss.py --single sampled_shared_xla --n 4096 --d 512 --v 50257 --k 256
+
+--n, --d, --v, --k and --chunk-size move the reference point (default N=4096, D=512, V=50,257,
+k=256, chunk 2048); each sweep changes one coordinate of it.
 
 Writes results.json, results.md, time_vs_v.png and memory_vs_v.png to --out.
 """
@@ -18,28 +27,29 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 
-REFERENCE = {"n": 4096, "d": 512, "v": 50257, "k": 256}
 CHUNK = 2048
+REFERENCE = {"n": 4096, "d": 512, "v": 50257, "k": 256, "chunk": CHUNK}
+RATE_BLOCK = 8192  # columns of the matmul-rate block
 # Like for like with tf.nn.sampled_softmax_loss: only the k draws (no in-batch negatives, no
 # center rows).
 PLAIN = {"in_batch_negatives": 0, "center_gradient": "indexed_slices"}
 
 # name -> (description, needs torch)
 CONFIGS = {
+    "matmul_rate_xla": "this machine's matmul rate: a cross-entropy step's 3 products, XLA",
     "dense_ce_xla": "dense cross-entropy (matmul + sparse_softmax_cross_entropy_with_logits), XLA",
     "dense_ce": "dense cross-entropy, graph mode",
     "tf_sampled_softmax": "tf.nn.sampled_softmax_loss (log-uniform, graph mode; no XLA kernel)",
     "torch_prototype": "user's PyTorch prototype harmonic_loss_approx (per-example, CPU)",
     "harmonic_dense_xla": "ours: harmonic_loss, dense, XLA",
     "harmonic_dense": "ours: harmonic_loss, dense, graph mode",
-    "harmonic_chunked_xla": f"ours: harmonic_loss, chunk_size={CHUNK}, XLA",
-    "harmonic_chunked": f"ours: harmonic_loss, chunk_size={CHUNK}, graph mode",
-    "harmonic_two_pass_xla": f"ours: harmonic_loss, chunk_size={CHUNK}, path='two_pass', XLA",
+    "harmonic_chunked_xla": "ours: harmonic_loss, chunk_size=chunk, XLA",
+    "harmonic_chunked": "ours: harmonic_loss, chunk_size=chunk, graph mode",
+    "harmonic_two_pass_xla": "ours: harmonic_loss, chunk_size=chunk, path='two_pass', XLA",
     "sampled_shared_xla": "ours: sampled_harmonic_loss, shared negatives, XLA",
     "sampled_shared": "ours: sampled_harmonic_loss, shared negatives, graph mode",
     "sampled_default_xla": "ours: sampled_harmonic_loss, package defaults (in-batch + center rows), XLA",
@@ -53,20 +63,37 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _reset_peak_rss() -> bool:
+    """Resets the kernel's peak resident set (``VmHWM``) to the current one (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb / 1024
 
 
-def _time_steps(step, warmup: int, reps: int, max_seconds: float) -> list[float]:
+def _time_steps(step, warmup: int, reps: int, max_seconds: float) -> tuple[list[float], float]:
+    """Step times after ``warmup`` steps, and the steps' peak resident set above the one after
+    warm-up (MB; above the one before warm-up, compilation included, where ``VmHWM`` cannot be
+    reset)."""
+    before = _rss_mb()
     for _ in range(warmup):
         step()
+    baseline = _rss_mb() if _reset_peak_rss() else before
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < reps and (len(times) < 2 or time.perf_counter() - start < max_seconds):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return times
+    return times, _peak_rss_mb() - baseline
 
 
 def inputs(n: int, d: int, v: int):
@@ -81,7 +108,44 @@ def inputs(n: int, d: int, v: int):
     return x, w, y
 
 
-def loss_and_grads(name: str, x, w, y, k: int, reduce_outputs: bool = True):
+def matmul_flops(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -> float:
+    """FLOPs of the loss's matmuls: its time floor at a machine's matmul rate. The exact loss
+    needs the 3 products cross-entropy does (6 N V D) on every path; the two-pass path runs a
+    4th (the distances again), which shows as its time over this floor."""
+    from harmonic_tf.options import SampledOptions
+
+    base = name.removesuffix("_xla")
+    if base in ("dense_ce", "harmonic_dense", "harmonic_chunked", "harmonic_two_pass"):
+        return 6.0 * n * v * d
+    if base == "matmul_rate":
+        return 6.0 * n * RATE_BLOCK * d
+    if base == "sampled_default":
+        options = SampledOptions(k=k)
+        columns = k + min(options.in_batch_negatives, n)
+        # The candidate block's 3 products and the center rows' distances and center gradient.
+        return 6.0 * n * columns * d + 4.0 * options.center_rows * v * d
+    return 6.0 * n * k * d
+
+
+def floor_bytes(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -> int:
+    """The unavoidable buffers: the ``[V, D]`` center gradient plus one logits block:
+    ``[N, chunk]`` for the chunked exact loss, ``[N, V]`` dense, ``[N, k]`` sampled (the
+    defaults: ``[N, k + in-batch]`` and the center rows' ``[S, V]``)."""
+    from harmonic_tf.options import SampledOptions
+
+    base = name.removesuffix("_xla")
+    block = n * k
+    if base in ("dense_ce", "harmonic_dense"):
+        block = n * v
+    elif base in ("harmonic_chunked", "harmonic_two_pass"):
+        block = n * min(chunk, v)
+    elif base == "sampled_default":
+        options = SampledOptions(k=k)
+        block = n * (k + min(options.in_batch_negatives, n)) + options.center_rows * v
+    return 4 * (v * d + block)
+
+
+def loss_and_grads(name: str, x, w, y, k: int, chunk: int = CHUNK, reduce_outputs: bool = True):
     """The configuration's forward+backward as a function of ``(x, w)``: ``(loss, dx, dw)``,
     each reduced to a scalar unless ``reduce_outputs`` is False (the HLO report keeps them)."""
     import tensorflow as tf
@@ -98,9 +162,9 @@ def loss_and_grads(name: str, x, w, y, k: int, reduce_outputs: bool = True):
             tf.nn.sampled_softmax_loss(w, tf.zeros([v]), tf.cast(y[:, None], tf.int64), x, k, v)
         ),
         "harmonic_dense": lambda x, w: ht.harmonic_loss(x, w, y),
-        "harmonic_chunked": lambda x, w: ht.harmonic_loss(x, w, y, chunk_size=CHUNK),
+        "harmonic_chunked": lambda x, w: ht.harmonic_loss(x, w, y, chunk_size=chunk),
         "harmonic_two_pass": lambda x, w: ht.harmonic_loss(
-            x, w, y, chunk_size=CHUNK, path="two_pass"
+            x, w, y, chunk_size=chunk, path="two_pass"
         ),
         "sampled_shared": lambda x, w: ht.sampled_harmonic_loss(
             x, w, y, ht.SampledOptions(k=k, **PLAIN)
@@ -110,6 +174,8 @@ def loss_and_grads(name: str, x, w, y, k: int, reduce_outputs: bool = True):
             x, w, y, ht.SampledOptions(k=k, negatives="per_example", **PLAIN)
         ),
     }
+    if base == "matmul_rate":
+        return _matmul_rate_step(x, w)
     if base not in losses:
         raise ValueError(f"unknown configuration {name!r}")
     loss_fn = losses[base]
@@ -128,8 +194,31 @@ def loss_and_grads(name: str, x, w, y, k: int, reduce_outputs: bool = True):
     return f
 
 
+def _matmul_rate_step(x, w):
+    """A cross-entropy step's 3 products on ``[N, RATE_BLOCK]`` logits, without its softmax."""
+    import tensorflow as tf
+
+    w_block = w[:RATE_BLOCK]
+    g = tf.random.stateless_normal([int(x.shape[0]), RATE_BLOCK], seed=[0, 0])
+
+    def f(x=x, w=w_block, g=g):
+        logits = tf.matmul(x, w, transpose_b=True)
+        dx, dw = tf.matmul(g, w), tf.matmul(g, x, transpose_a=True)
+        return tf.reduce_sum(logits), tf.reduce_sum(dx), tf.reduce_sum(dw)
+
+    return f
+
+
 def run_single(
-    name: str, n: int, d: int, v: int, k: int, warmup: int, reps: int, max_seconds: float
+    name: str,
+    n: int,
+    d: int,
+    v: int,
+    k: int,
+    warmup: int,
+    reps: int,
+    max_seconds: float,
+    chunk: int = CHUNK,
 ) -> dict:
     """One configuration in this process; returns median step seconds and peak memory."""
     if name == "torch_prototype":
@@ -139,15 +228,10 @@ def run_single(
     import tensorflow as tf
 
     jit = name.endswith("_xla")
-    x, w, y = inputs(n, d, v)
-    step_fn = tf.function(loss_and_grads(name, x, w, y, k), jit_compile=jit)
-    baseline = _rss_mb()
-    times = _time_steps(lambda: [t.numpy() for t in step_fn()], warmup, reps, max_seconds)
-    return {
-        "median_s": float(np.median(times)),
-        "steps": len(times),
-        "peak_mb": _peak_rss_mb() - baseline,
-    }
+    x, w, y = inputs(n, d, max(v, RATE_BLOCK) if name == "matmul_rate_xla" else v)
+    step_fn = tf.function(loss_and_grads(name, x, w, y, k, chunk), jit_compile=jit)
+    times, peak = _time_steps(lambda: [t.numpy() for t in step_fn()], warmup, reps, max_seconds)
+    return {"median_s": float(np.median(times)), "steps": len(times), "peak_mb": peak}
 
 
 def _run_torch(n, d, v, k, warmup, reps, max_seconds):
@@ -165,7 +249,6 @@ def _run_torch(n, d, v, k, warmup, reps, max_seconds):
     x = torch.randn(n, d, requires_grad=True)
     w = (torch.randn(v, d) * 0.05).requires_grad_()
     y = torch.randint(0, v, (n,))
-    baseline = _rss_mb()
 
     def step():
         x.grad = None
@@ -174,15 +257,11 @@ def _run_torch(n, d, v, k, warmup, reps, max_seconds):
         loss.backward()
         return float(loss)
 
-    times = _time_steps(step, warmup, reps, max_seconds)
-    return {
-        "median_s": float(np.median(times)),
-        "steps": len(times),
-        "peak_mb": _peak_rss_mb() - baseline,
-    }
+    times, peak = _time_steps(step, warmup, reps, max_seconds)
+    return {"median_s": float(np.median(times)), "steps": len(times), "peak_mb": peak}
 
 
-def _subprocess(name, n, d, v, k, args) -> dict:
+def _subprocess(name, n, d, v, k, chunk, args) -> dict:
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -196,6 +275,8 @@ def _subprocess(name, n, d, v, k, args) -> dict:
         str(v),
         "--k",
         str(k),
+        "--chunk-size",
+        str(chunk),
         "--warmup",
         str(args.warmup),
         "--reps",
@@ -236,10 +317,12 @@ def _have_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def plan(args) -> list[tuple[str, dict]]:
-    ref = REFERENCE
+def plan(args, ref: dict) -> list[tuple[str, dict]]:
     names = [c for c in CONFIGS if c != "torch_prototype" or _have_torch()]
     jobs = [(name, dict(ref)) for name in names]
+    # Chunk size trades the exact loss's speed against its memory.
+    for chunk in (2 * ref["chunk"], 4 * ref["chunk"]):
+        jobs += [("harmonic_chunked_xla", dict(ref, chunk=chunk))]
     if args.reference_only:
         return jobs
     sweep_v = [8192, 32768, 50257, 131072, 262144]
@@ -271,8 +354,29 @@ def plan(args) -> list[tuple[str, dict]]:
     return jobs
 
 
-def ratios(rows: list[dict]) -> dict:
-    at_ref = {r["name"]: r for r in rows if r["point"] == REFERENCE and "median_s" in r}
+def matmul_rate(rows: list[dict]) -> float | None:
+    """FLOP/s of this run's matmul-rate row (None when it did not run)."""
+    for r in rows:
+        if r["name"] == "matmul_rate_xla" and "median_s" in r:
+            return matmul_flops(r["name"], **r["point"]) / r["median_s"]
+    return None
+
+
+def with_floors(rows: list[dict]) -> list[dict]:
+    """Rows with ``floor_s`` (their matmul FLOPs at this run's rate) and ``floor_mb``."""
+    rate = matmul_rate(rows)
+    out = []
+    for r in rows:
+        r = dict(r, floor_mb=floor_bytes(r["name"], **r["point"]) / 2**20)
+        if rate:
+            r["floor_s"] = matmul_flops(r["name"], **r["point"]) / rate
+        out.append(r)
+    return out
+
+
+def ratios(rows: list[dict], ref: dict) -> dict:
+    rows = with_floors(rows)
+    at_ref = {r["name"]: r for r in rows if r["point"] == ref and "median_s" in r}
 
     # "dense cross-entropy" is whichever of its graph and XLA variants is faster here.
     ce = [at_ref[c] for c in ("dense_ce", "dense_ce_xla") if c in at_ref]
@@ -282,6 +386,12 @@ def ratios(rows: list[dict]) -> dict:
     def ratio(a, b, key="median_s"):
         if a in at_ref and b in at_ref:
             return at_ref[a][key] / at_ref[b][key]
+        return None
+
+    def over_floor(a, key):
+        floor = "floor_s" if key == "median_s" else "floor_mb"
+        if a in at_ref and floor in at_ref[a]:
+            return at_ref[a][key] / at_ref[a][floor]
         return None
 
     return {
@@ -303,6 +413,15 @@ def ratios(rows: list[dict]) -> dict:
         "harmonic_dense_xla / dense cross-entropy (time)": ratio(
             "harmonic_dense_xla", "dense_ce_best"
         ),
+        "harmonic_chunked_xla (fused) peak memory / floor (target <= 1.5)": over_floor(
+            "harmonic_chunked_xla", "peak_mb"
+        ),
+        "harmonic_two_pass_xla peak memory / floor (target <= 1.5)": over_floor(
+            "harmonic_two_pass_xla", "peak_mb"
+        ),
+        "sampled_shared_xla time / its FLOP floor": over_floor("sampled_shared_xla", "median_s"),
+        "sampled_default_xla time / its FLOP floor": over_floor("sampled_default_xla", "median_s"),
+        "tf_sampled_softmax time / its FLOP floor": over_floor("tf_sampled_softmax", "median_s"),
         "torch_prototype / sampled_shared_xla (time)": ratio(
             "torch_prototype", "sampled_shared_xla"
         ),
@@ -312,35 +431,50 @@ def ratios(rows: list[dict]) -> dict:
     }
 
 
-def markdown(rows, info, command) -> str:
+def markdown(rows, info, command, ref: dict) -> str:
+    rate = matmul_rate(rows)
     lines = [
         f"Machine: {info['cpu']}, {info['cores']} cores; TensorFlow {info['tensorflow']}; "
         f"command: `{command}`",
         "",
-        "| configuration | N | D | V | k | step (ms) | peak memory above baseline (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "Floors: time = the loss's matmul FLOPs at this run's matmul rate "
+        + (f"({rate / 1e9:,.0f} GFLOP/s, `matmul_rate_xla`)" if rate else "(not measured)")
+        + "; memory = the [V, D] center gradient plus one logits block.",
+        "",
+        "| configuration | N | D | V | k | chunk | step (ms) | time floor (ms) | x floor "
+        "| peak memory above baseline (MB) | memory floor (MB) | x floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in with_floors(rows):
         p = r["point"]
+        chunk = p["chunk"] if "chunk" in r["name"] or "two_pass" in r["name"] else "-"
         if "median_s" in r:
-            cells = f"{r['median_s'] * 1000:,.1f} | {r['peak_mb']:,.0f}"
+            floor_s = r.get("floor_s")
+            cells = f"{r['median_s'] * 1000:,.1f} | " + (
+                f"{floor_s * 1000:,.1f} | {r['median_s'] / floor_s:.2f}" if floor_s else "- | -"
+            )
+            cells += f" | {r['peak_mb']:,.0f} | {r['floor_mb']:,.0f} | "
+            cells += f"{r['peak_mb'] / r['floor_mb']:.2f}"
         else:
-            cells = f"failed: {r['error']} | -"
-        lines.append(f"| {r['name']} | {p['n']} | {p['d']} | {p['v']:,} | {p['k']} | {cells} |")
-    lines += ["", "Ratios at the reference point (N=4096, D=512, V=50,257, k=256):", ""]
-    for key, value in ratios(rows).items():
+            cells = f"failed: {r['error']} | - | - | - | - | -"
+        lines.append(
+            f"| {r['name']} | {p['n']} | {p['d']} | {p['v']:,} | {p['k']} | {chunk} | {cells} |"
+        )
+    point = ", ".join(f"{key}={value:,}" for key, value in ref.items())
+    lines += ["", f"Ratios at the reference point ({point}):", ""]
+    for key, value in ratios(rows, ref).items():
         lines.append(f"- {key}: " + ("n/a" if value is None else f"{value:.3f}"))
     return "\n".join(lines)
 
 
-def plots(rows, out_dir, info, command):
+def plots(rows, out_dir, info, command, ref: dict):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ref = REFERENCE
     v_rows = [r for r in rows if "median_s" in r and {**r["point"], "v": ref["v"]} == ref]
+    rate = matmul_rate(rows)
     import textwrap
 
     stamp = f"{info['cpu']} ({info['cores']} cores), TF {info['tensorflow']}\n" + "\n".join(
@@ -355,14 +489,22 @@ def plots(rows, out_dir, info, command):
             pts = sorted((r["point"]["v"], r[key]) for r in v_rows if r["name"] == name)
             if len(pts) > 1:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=name)
-        if key == "peak_mb":
-            vs = sorted({r["point"]["v"] for r in v_rows})
+        vs = sorted({r["point"]["v"] for r in v_rows})
+        if key == "median_s" and rate:
             ax.plot(
                 vs,
-                [v * ref["d"] * 4 / 2**20 for v in vs],
+                [matmul_flops("harmonic_chunked", **dict(ref, v=v)) / rate for v in vs],
+                "k:",
+                lw=1,
+                label="floor of the exact loss and cross-entropy: 6 N V D FLOPs",
+            )
+        if key == "peak_mb":
+            ax.plot(
+                vs,
+                [floor_bytes("harmonic_chunked", **dict(ref, v=v)) / 2**20 for v in vs],
                 "k--",
                 lw=1,
-                label="size of the [V, D] gradient",
+                label=f"floor of the chunked loss: [V, D] + [N, {ref['chunk']}]",
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -386,6 +528,7 @@ def main(argv=None):
     p.add_argument("--d", type=int, default=REFERENCE["d"])
     p.add_argument("--v", type=int, default=REFERENCE["v"])
     p.add_argument("--k", type=int, default=REFERENCE["k"])
+    p.add_argument("--chunk-size", type=int, default=CHUNK, help="the chunked paths' chunk")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--max-seconds", type=float, default=60.0)
@@ -401,7 +544,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.single:
         result = run_single(
-            args.single, args.n, args.d, args.v, args.k, args.warmup, args.reps, args.max_seconds
+            args.single,
+            args.n,
+            args.d,
+            args.v,
+            args.k,
+            args.warmup,
+            args.reps,
+            args.max_seconds,
+            args.chunk_size,
         )
         print("RESULT " + json.dumps(result), flush=True)
         return result
@@ -411,13 +562,17 @@ def main(argv=None):
     info = machine()
     path = os.path.join(args.out, "results.json")
     rows, commands = [], [command]
+    ref = {"n": args.n, "d": args.d, "v": args.v, "k": args.k, "chunk": args.chunk_size}
     if args.update or args.report_only:
         with open(path) as f:
             previous = json.load(f)
         rows = previous["rows"]
+        for r in rows:  # rows measured before the chunk was a coordinate
+            r["point"].setdefault("chunk", CHUNK)
+        ref = {"chunk": CHUNK, **previous["reference"]}
         commands = previous.get("commands", [previous["command"]])
         commands += [] if args.report_only else [command]
-    jobs = [] if args.report_only else plan(args)
+    jobs = [] if args.report_only else plan(args, ref)
     if args.configs:
         jobs = [job for job in jobs if job[0] in args.configs.split(",")]
     jobs = [job for job in jobs if job[1]["v"] >= args.min_v]
@@ -431,16 +586,16 @@ def main(argv=None):
         "machine": info,
         "command": command,
         "commands": commands,
-        "reference": REFERENCE,
+        "reference": ref,
         "rows": rows,
-        "ratios": ratios(rows),
+        "ratios": ratios(rows, ref),
     }
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
-    text = markdown(rows, info, command)
+    text = markdown(rows, info, command, ref)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text + "\n")
-    plots(rows, args.out, info, command)
+    plots(rows, args.out, info, command, ref)
     print(text)
     return report
 

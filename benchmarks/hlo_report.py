@@ -23,9 +23,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_loss import CHUNK, CONFIGS, REFERENCE, inputs, loss_and_grads  # noqa: E402
+from bench_loss import CONFIGS, REFERENCE, floor_bytes, inputs, loss_and_grads  # noqa: E402
 
-PATHS = [name for name in CONFIGS if name.endswith("_xla")]
+PATHS = [name for name in CONFIGS if name.endswith("_xla") and name != "matmul_rate_xla"]
 SIZES = [REFERENCE, {**REFERENCE, "v": 262_144}]
 # Opcodes worth counting (the rest are reshapes, bitcasts, tuples, parameters, constants).
 OPS = (
@@ -100,15 +100,6 @@ def _subprocess(name: str, size: dict) -> dict:
         return read_dump(dump)
 
 
-def floor_bytes(name: str, size: dict) -> int:
-    """The unavoidable buffers: the ``[V, D]`` center gradient, plus one ``[N, chunk]`` block
-    for the chunked exact loss (``[N, V]`` logits for a dense one; ``[N, k]`` for a sampled)."""
-    n, d, v, k = size["n"], size["d"], size["v"], size["k"]
-    block = {"harmonic_chunked": n * CHUNK, "harmonic_two_pass": n * CHUNK}
-    block.update(dict.fromkeys(("dense_ce", "harmonic_dense"), n * v))
-    return 4 * (v * d + block.get(name.removesuffix("_xla"), n * k))
-
-
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -124,7 +115,7 @@ def main(argv=None) -> list[dict]:
         for name in args.paths:
             print(f"compiling {name} at V={size['v']}", flush=True)
             row = {"name": name, **size, **_subprocess(name, size)}
-            row["floor_bytes"] = floor_bytes(name, size)
+            row["floor_bytes"] = floor_bytes(name, **size)
             rows.append(row)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "hlo_report.json"), "w") as f:

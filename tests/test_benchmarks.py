@@ -14,14 +14,15 @@ def test_bench_train_step_runs_every_loss(tmp_path):
         sys.executable,
         os.path.join(ROOT, "benchmarks", "bench_train_step.py"),
         *("--vocab-size", "300", "--batch", "4", "--seq-len", "16", "--steps", "2"),
-        *("--warmup", "1", "--chunk-size", "128", "--repeats", "1", "--out", str(tmp_path)),
+        *("--warmup", "1", "--chunk-size", "128,0", "--repeats", "1", "--out", str(tmp_path)),
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     rows = json.loads((tmp_path / "train_step_v300.json").read_text())["rows"]
-    assert set(rows) == {"ce", "sampled", "exact_chunked"}
+    assert set(rows) == {"ce", "sampled", "exact_chunked@128", "exact_chunked@0"}
     assert all(r["tokens_per_s"] > 0 for r in rows.values()), rows
     table = (tmp_path / "train_step_v300.md").read_text()
     assert "exact harmonic (chunk_size=128)" in table and "failed" not in table
+    assert "exact harmonic (dense logits)" in table
 
 
 def test_hlo_report_reads_the_memory_plan(tmp_path):
@@ -42,3 +43,37 @@ def test_hlo_report_reads_the_memory_plan(tmp_path):
     assert all(f"[{v}," not in t["shape"] for t in two_pass["largest_temp_values"])
     assert f"f32[{n},{v}]" in dense["largest_temp_values"][0]["shape"]
     assert two_pass["ops"]["dot"] == 4 and dense["ops"]["dot"] == 3
+
+
+def test_bench_loss_reports_every_row_next_to_its_floors(tmp_path):
+    """Small reference point: each row gets its time floor (matmul FLOPs at the run's measured
+    matmul rate) and memory floor, the chunk sweep runs, and the floor ratios are computed."""
+    configs = "matmul_rate_xla,dense_ce_xla,harmonic_chunked_xla,harmonic_two_pass_xla"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "bench_loss.py"),
+        *("--reference-only", "--configs", configs + ",sampled_shared_xla,sampled_default_xla"),
+        *("--n", "256", "--d", "32", "--v", "3000", "--k", "16", "--chunk-size", "512"),
+        *("--warmup", "1", "--reps", "2", "--out", str(tmp_path)),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["reference"] == {"n": 256, "d": 32, "v": 3000, "k": 16, "chunk": 512}
+    chunks = sorted(
+        r["point"]["chunk"] for r in report["rows"] if r["name"] == "harmonic_chunked_xla"
+    )
+    assert chunks == [512, 1024, 2048]
+    assert all("median_s" in r and r["peak_mb"] >= 0 for r in report["rows"]), report["rows"]
+    ratios = report["ratios"]
+    for key in (
+        "harmonic_two_pass_xla peak memory / floor (target <= 1.5)",
+        "sampled_shared_xla time / its FLOP floor",
+        "sampled_default_xla time / its FLOP floor",
+    ):
+        assert isinstance(ratios[key], float) and ratios[key] > 0, (key, ratios[key])
+    table = (tmp_path / "results.md").read_text()
+    assert "GFLOP/s, `matmul_rate_xla`" in table and "failed" not in table
+    # The chunked row's memory floor: [V, D] + [N, chunk] float32, in MB.
+    floor_mb = 4 * (3000 * 32 + 256 * 512) / 2**20
+    row = next(ln for ln in table.splitlines() if ln.startswith("| harmonic_chunked_xla | 256"))
+    assert f"| {floor_mb:,.0f} |" in row
