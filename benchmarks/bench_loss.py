@@ -1,9 +1,11 @@
 """Speed and memory of the output layer's forward+backward (gradients for hidden states and
 centers), ours against the baselines users would pick instead.
 
-Each configuration runs in its own subprocess, so its peak memory is its own: the peak resident
-set of the timed steps above the resident set after warm-up (compilation's own memory is not a
-step's). Step time is the median over repeated steps after warm-up.
+Each configuration runs in its own subprocess, so its memory is its own. Step time is the median
+over repeated steps after warm-up. Memory is read two ways: the process's peak resident set above
+its baseline (taken after the inputs exist, so the compiler's own memory is in it), and, for XLA
+configurations, XLA's buffer assignment of the compiled step (temporaries plus outputs; what a
+step allocates: the compiled step keeps that arena, so the resident set after warm-up hides it).
 
 Every row stands next to its floors. Time: the loss's matmul FLOPs (6 N V D for the exact loss
 and cross-entropy, whatever the path) at this machine's matmul rate, measured in the same run
@@ -27,8 +29,10 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 CHUNK = 2048
@@ -63,30 +67,16 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _reset_peak_rss() -> bool:
-    """Resets the kernel's peak resident set (``VmHWM``) to the current one (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    return kb / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _time_steps(step, warmup: int, reps: int, max_seconds: float) -> tuple[list[float], float]:
-    """Step times after ``warmup`` steps, and the steps' peak resident set above the one after
-    warm-up (MB; above the one before warm-up, compilation included, where ``VmHWM`` cannot be
-    reset)."""
-    before = _rss_mb()
+    """Step times after ``warmup`` steps, and the peak resident set above the one before the
+    first step (MB)."""
+    baseline = _rss_mb()
     for _ in range(warmup):
         step()
-    baseline = _rss_mb() if _reset_peak_rss() else before
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < reps and (len(times) < 2 or time.perf_counter() - start < max_seconds):
@@ -284,14 +274,25 @@ def _subprocess(name, n, d, v, k, chunk, args) -> dict:
         "--max-seconds",
         str(args.max_seconds),
     ]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {args.timeout}s"}
-    for line in out.stdout.splitlines()[::-1]:
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
+    with tempfile.TemporaryDirectory() as dump:
+        env = dict(os.environ)
+        if name.endswith("_xla"):
+            flags = f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timeout after {args.timeout}s"}
+        results = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not results:
+            return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
+        result = json.loads(results[-1][len("RESULT ") :])
+        if name.endswith("_xla"):
+            from hlo_report import read_dump
+
+            plan = read_dump(dump)
+            result["plan_mb"] = (plan["temp_bytes"] + plan["output_bytes"]) / 2**20
+        return result
 
 
 def machine() -> dict:
@@ -390,7 +391,7 @@ def ratios(rows: list[dict], ref: dict) -> dict:
 
     def over_floor(a, key):
         floor = "floor_s" if key == "median_s" else "floor_mb"
-        if a in at_ref and floor in at_ref[a]:
+        if a in at_ref and floor in at_ref[a] and key in at_ref[a]:
             return at_ref[a][key] / at_ref[a][floor]
         return None
 
@@ -413,11 +414,11 @@ def ratios(rows: list[dict], ref: dict) -> dict:
         "harmonic_dense_xla / dense cross-entropy (time)": ratio(
             "harmonic_dense_xla", "dense_ce_best"
         ),
-        "harmonic_chunked_xla (fused) peak memory / floor (target <= 1.5)": over_floor(
-            "harmonic_chunked_xla", "peak_mb"
+        "harmonic_chunked_xla (fused) XLA memory / floor (target <= 1.5)": over_floor(
+            "harmonic_chunked_xla", "plan_mb"
         ),
-        "harmonic_two_pass_xla peak memory / floor (target <= 1.5)": over_floor(
-            "harmonic_two_pass_xla", "peak_mb"
+        "harmonic_two_pass_xla XLA memory / floor (target <= 1.5)": over_floor(
+            "harmonic_two_pass_xla", "plan_mb"
         ),
         "sampled_shared_xla time / its FLOP floor": over_floor("sampled_shared_xla", "median_s"),
         "sampled_default_xla time / its FLOP floor": over_floor("sampled_default_xla", "median_s"),
@@ -439,11 +440,13 @@ def markdown(rows, info, command, ref: dict) -> str:
         "",
         "Floors: time = the loss's matmul FLOPs at this run's matmul rate "
         + (f"({rate / 1e9:,.0f} GFLOP/s, `matmul_rate_xla`)" if rate else "(not measured)")
-        + "; memory = the [V, D] center gradient plus one logits block.",
+        + "; memory = the [V, D] center gradient plus one logits block. XLA memory: the "
+        "compiled step's buffer assignment, temporaries plus outputs; peak RSS: the process's "
+        "peak resident set above its baseline, compiler included.",
         "",
         "| configuration | N | D | V | k | chunk | step (ms) | time floor (ms) | x floor "
-        "| peak memory above baseline (MB) | memory floor (MB) | x floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| XLA memory (MB) | memory floor (MB) | x floor | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in with_floors(rows):
         p = r["point"]
@@ -453,10 +456,13 @@ def markdown(rows, info, command, ref: dict) -> str:
             cells = f"{r['median_s'] * 1000:,.1f} | " + (
                 f"{floor_s * 1000:,.1f} | {r['median_s'] / floor_s:.2f}" if floor_s else "- | -"
             )
-            cells += f" | {r['peak_mb']:,.0f} | {r['floor_mb']:,.0f} | "
-            cells += f"{r['peak_mb'] / r['floor_mb']:.2f}"
+            plan = r.get("plan_mb")
+            cells += f" | {plan:,.0f}" if plan is not None else " | -"
+            cells += f" | {r['floor_mb']:,.0f} | "
+            cells += f"{plan / r['floor_mb']:.2f}" if plan is not None else "-"
+            cells += f" | {r['peak_mb']:,.0f}"
         else:
-            cells = f"failed: {r['error']} | - | - | - | - | -"
+            cells = f"failed: {r['error']} | - | - | - | - | - | -"
         lines.append(
             f"| {r['name']} | {p['n']} | {p['d']} | {p['v']:,} | {p['k']} | {chunk} | {cells} |"
         )
@@ -482,11 +488,13 @@ def plots(rows, out_dir, info, command, ref: dict):
     )
     for key, label, filename in (
         ("median_s", "forward+backward step (s)", "time_vs_v.png"),
-        ("peak_mb", "peak memory above baseline (MB)", "memory_vs_v.png"),
+        ("plan_mb", "XLA memory of the step: temporaries + outputs (MB)", "memory_vs_v.png"),
     ):
         fig, ax = plt.subplots(figsize=(8, 5))
         for name in CONFIGS:
-            pts = sorted((r["point"]["v"], r[key]) for r in v_rows if r["name"] == name)
+            pts = sorted(
+                (r["point"]["v"], r[key]) for r in v_rows if r["name"] == name and key in r
+            )
             if len(pts) > 1:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=name)
         vs = sorted({r["point"]["v"] for r in v_rows})
@@ -498,7 +506,7 @@ def plots(rows, out_dir, info, command, ref: dict):
                 lw=1,
                 label="floor of the exact loss and cross-entropy: 6 N V D FLOPs",
             )
-        if key == "peak_mb":
+        if key == "plan_mb":
             ax.plot(
                 vs,
                 [floor_bytes("harmonic_chunked", **dict(ref, v=v)) / 2**20 for v in vs],

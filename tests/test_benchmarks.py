@@ -64,9 +64,13 @@ def test_bench_loss_reports_every_row_next_to_its_floors(tmp_path):
     )
     assert chunks == [512, 1024, 2048]
     assert all("median_s" in r and r["peak_mb"] >= 0 for r in report["rows"]), report["rows"]
+    # XLA's memory plan of each step: the chunked loss holds at least its [V, D] gradient.
+    plans = {(r["name"], r["point"]["chunk"]): r["plan_mb"] for r in report["rows"]}
+    assert plans[("harmonic_chunked_xla", 512)] >= 4 * 3000 * 32 / 2**20
+    assert plans[("dense_ce_xla", 512)] >= 4 * 256 * 3000 / 2**20  # the [N, V] logits
     ratios = report["ratios"]
     for key in (
-        "harmonic_two_pass_xla peak memory / floor (target <= 1.5)",
+        "harmonic_two_pass_xla XLA memory / floor (target <= 1.5)",
         "sampled_shared_xla time / its FLOP floor",
         "sampled_default_xla time / its FLOP floor",
     ):
@@ -77,3 +81,17 @@ def test_bench_loss_reports_every_row_next_to_its_floors(tmp_path):
     floor_mb = 4 * (3000 * 32 + 256 * 512) / 2**20
     row = next(ln for ln in table.splitlines() if ln.startswith("| harmonic_chunked_xla | 256"))
     assert f"| {floor_mb:,.0f} |" in row
+
+
+def test_bench_matmul_shapes_measures_every_product(tmp_path):
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "bench_matmul_shapes.py"),
+        *("--v", "300", "--d", "16", "--rows", "8,32", "--reps", "1", "--out", str(tmp_path)),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    rows = json.loads((tmp_path / "matmul_shapes.json").read_text())["rows"]
+    assert [r["rows"] for r in rows] == [8, 32]
+    for r in rows:
+        assert all(r[name]["gflops"] > 0 for name in ("distances x w^T", "dx = c w", "dW = c^T x"))
+    assert "| 16 | 32 |" in (tmp_path / "matmul_shapes.md").read_text()
