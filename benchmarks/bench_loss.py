@@ -9,7 +9,7 @@ step allocates: the compiled step keeps that arena, so the resident set after wa
 
 Every row stands next to its floors. Time: the loss's matmul FLOPs (6 N V D for the exact loss
 and cross-entropy, whatever the path) at this machine's matmul rate, measured in the same run
-(``matmul_rate_xla``: the three products of a cross-entropy step on a ``[N, 8192]`` block).
+(``matmul_rate_xla``: the three products of a cross-entropy step at the reference point).
 Memory: the unavoidable buffers, the ``[V, D]`` center gradient plus one logits block
 (``[N, chunk]`` chunked, ``[N, V]`` dense, the candidate columns sampled).
 
@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,6 @@ import time
 
 CHUNK = 2048
 REFERENCE = {"n": 4096, "d": 512, "v": 50257, "k": 256, "chunk": CHUNK}
-RATE_BLOCK = 8192  # columns of the matmul-rate block
 # Like for like with tf.nn.sampled_softmax_loss: only the k draws (no in-batch negatives, no
 # center rows).
 PLAIN = {"in_batch_negatives": 0, "center_gradient": "indexed_slices"}
@@ -108,7 +108,7 @@ def matmul_flops(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) 
     if base in ("dense_ce", "harmonic_dense", "harmonic_chunked", "harmonic_two_pass"):
         return 6.0 * n * v * d
     if base == "matmul_rate":
-        return 6.0 * n * RATE_BLOCK * d
+        return 6.0 * n * v * d
     if base == "sampled_default":
         options = SampledOptions(k=k)
         columns = k + min(options.in_batch_negatives, n)
@@ -185,13 +185,12 @@ def loss_and_grads(name: str, x, w, y, k: int, chunk: int = CHUNK, reduce_output
 
 
 def _matmul_rate_step(x, w):
-    """A cross-entropy step's 3 products on ``[N, RATE_BLOCK]`` logits, without its softmax."""
+    """A cross-entropy step's 3 products at the point's shape, without its softmax."""
     import tensorflow as tf
 
-    w_block = w[:RATE_BLOCK]
-    g = tf.random.stateless_normal([int(x.shape[0]), RATE_BLOCK], seed=[0, 0])
+    g = tf.random.stateless_normal([int(x.shape[0]), int(w.shape[0])], seed=[0, 0])
 
-    def f(x=x, w=w_block, g=g):
+    def f(x=x, w=w, g=g):
         logits = tf.matmul(x, w, transpose_b=True)
         dx, dw = tf.matmul(g, w), tf.matmul(g, x, transpose_a=True)
         return tf.reduce_sum(logits), tf.reduce_sum(dx), tf.reduce_sum(dw)
@@ -218,7 +217,7 @@ def run_single(
     import tensorflow as tf
 
     jit = name.endswith("_xla")
-    x, w, y = inputs(n, d, max(v, RATE_BLOCK) if name == "matmul_rate_xla" else v)
+    x, w, y = inputs(n, d, v)
     step_fn = tf.function(loss_and_grads(name, x, w, y, k, chunk), jit_compile=jit)
     times, peak = _time_steps(lambda: [t.numpy() for t in step_fn()], warmup, reps, max_seconds)
     return {"median_s": float(np.median(times)), "steps": len(times), "peak_mb": peak}
@@ -538,6 +537,7 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=REFERENCE["k"])
     p.add_argument("--chunk-size", type=int, default=CHUNK, help="the chunked paths' chunk")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of all configurations")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--timeout", type=float, default=900.0, help="per configuration")
@@ -584,9 +584,22 @@ def main(argv=None):
     if args.configs:
         jobs = [job for job in jobs if job[0] in args.configs.split(",")]
     jobs = [job for job in jobs if job[1]["v"] >= args.min_v]
-    for name, point in (bar := tqdm(jobs, desc="configurations")):
-        bar.set_postfix_str(f"{name} V={point['v']} N={point['n']} k={point['k']}")
-        row = {"name": name, "point": point, **_subprocess(name, **point, args=args)}
+    # Rounds interleave the configurations, so a slow spell of a shared CPU hits them alike;
+    # a row keeps the median over rounds of its per-round median step.
+    measured: dict[int, list[dict]] = {i: [] for i in range(len(jobs))}
+    bar = tqdm(total=len(jobs) * args.rounds, desc="configurations")
+    for r in range(args.rounds):
+        for i, (name, point) in enumerate(jobs):
+            bar.set_postfix_str(f"round {r + 1}: {name} V={point['v']} N={point['n']}")
+            measured[i].append(_subprocess(name, **point, args=args))
+            bar.update()
+    bar.close()
+    for i, (name, point) in enumerate(jobs):
+        ok = [m for m in measured[i] if "median_s" in m]
+        row = {"name": name, "point": point, **(ok or measured[i])[-1]}
+        if ok:
+            row["median_s"] = statistics.median(m["median_s"] for m in ok)
+            row["round_median_s"] = [m["median_s"] for m in ok]
         rows = [r for r in rows if (r["name"], r["point"]) != (name, point)] + [row]
     command = " && ".join(commands)
     os.makedirs(args.out, exist_ok=True)

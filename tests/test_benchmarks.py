@@ -54,7 +54,7 @@ def test_bench_loss_reports_every_row_next_to_its_floors(tmp_path):
         os.path.join(ROOT, "benchmarks", "bench_loss.py"),
         *("--reference-only", "--configs", configs + ",sampled_shared_xla,sampled_default_xla"),
         *("--n", "256", "--d", "32", "--v", "3000", "--k", "16", "--chunk-size", "512"),
-        *("--warmup", "1", "--reps", "2", "--out", str(tmp_path)),
+        *("--warmup", "1", "--reps", "2", "--rounds", "2", "--out", str(tmp_path)),
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     report = json.loads((tmp_path / "results.json").read_text())
@@ -64,6 +64,7 @@ def test_bench_loss_reports_every_row_next_to_its_floors(tmp_path):
     )
     assert chunks == [512, 1024, 2048]
     assert all("median_s" in r and r["peak_mb"] >= 0 for r in report["rows"]), report["rows"]
+    assert all(len(r["round_median_s"]) == 2 for r in report["rows"])  # interleaved rounds
     # XLA's memory plan of each step: the chunked loss holds at least its [V, D] gradient.
     plans = {(r["name"], r["point"]["chunk"]): r["plan_mb"] for r in report["rows"]}
     assert plans[("harmonic_chunked_xla", 512)] >= 4 * 3000 * 32 / 2**20
