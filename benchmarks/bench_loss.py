@@ -443,11 +443,13 @@ def markdown(rows, info, command, ref: dict) -> str:
         "compiled step's buffer assignment, temporaries plus outputs; peak RSS: the process's "
         "peak resident set above its baseline, compiler included.",
         "",
-        "| configuration | N | D | V | k | chunk | step (ms) | time floor (ms) | x floor "
+        "| configuration | N | D | V | k | chunk | rounds | step (ms) | time floor (ms) | x floor "
         "| XLA memory (MB) | memory floor (MB) | x floor | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in with_floors(rows):
+    # The reference point first (its chunk sweep included), then the sweeps in run order.
+    at_ref = [r for r in rows if {**r["point"], "chunk": ref["chunk"]} == ref]
+    for r in with_floors(at_ref + [r for r in rows if r not in at_ref]):
         p = r["point"]
         chunk = p["chunk"] if "chunk" in r["name"] or "two_pass" in r["name"] else "-"
         if "median_s" in r:
@@ -463,7 +465,8 @@ def markdown(rows, info, command, ref: dict) -> str:
         else:
             cells = f"failed: {r['error']} | - | - | - | - | - | -"
         lines.append(
-            f"| {r['name']} | {p['n']} | {p['d']} | {p['v']:,} | {p['k']} | {chunk} | {cells} |"
+            f"| {r['name']} | {p['n']} | {p['d']} | {p['v']:,} | {p['k']} | {chunk} | "
+            f"{len(r.get('round_median_s', [0]))} | {cells} |"
         )
     point = ", ".join(f"{key}={value:,}" for key, value in ref.items())
     lines += ["", f"Ratios at the reference point ({point}):", ""]
