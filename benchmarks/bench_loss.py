@@ -105,9 +105,8 @@ def matmul_flops(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) 
     from harmonic_tf.options import SampledOptions
 
     base = name.removesuffix("_xla")
-    if base in ("dense_ce", "harmonic_dense", "harmonic_chunked", "harmonic_two_pass"):
-        return 6.0 * n * v * d
-    if base == "matmul_rate":
+    exact = ("dense_ce", "harmonic_dense", "harmonic_chunked", "harmonic_two_pass", "matmul_rate")
+    if base in exact:
         return 6.0 * n * v * d
     if base == "sampled_default":
         options = SampledOptions(k=k)
