@@ -1,5 +1,6 @@
-"""Smoke test of the training-step benchmark: every loss runs and lands in the table. Timings
-are not checked (they are the benchmark's output, not a test)."""
+"""Smoke tests of the benchmarks on small shapes: every configuration runs and lands in the
+table, and XLA's memory plan is read back. Timings are not checked (they are the benchmarks'
+output, not a test)."""
 
 import json
 import os
@@ -9,14 +10,17 @@ import sys
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
+def _run(script: str, *args: str) -> None:
+    path = os.path.join(ROOT, "benchmarks", script)
+    subprocess.run([sys.executable, path, *args], check=True, capture_output=True, timeout=600)
+
+
 def test_bench_train_step_runs_every_loss(tmp_path):
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "benchmarks", "bench_train_step.py"),
+    _run(
+        "bench_train_step.py",
         *("--vocab-size", "300", "--batch", "4", "--seq-len", "16", "--steps", "2"),
         *("--warmup", "1", "--chunk-size", "128,0", "--repeats", "1", "--out", str(tmp_path)),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    )
     rows = json.loads((tmp_path / "train_step_v300.json").read_text())["rows"]
     assert set(rows) == {"ce", "sampled", "exact_chunked@128", "exact_chunked@0"}
     assert all(r["tokens_per_s"] > 0 for r in rows.values()), rows
@@ -29,13 +33,11 @@ def test_hlo_report_reads_the_memory_plan(tmp_path):
     """XLA's buffer assignment, read back: the two-pass exact loss holds no [V, D] temporary
     (only [N, chunk] blocks) while the dense loss holds [N, V] logits."""
     n, d, v = 512, 256, 6000  # a [V, D] temporary (6 MB) would outrank the [N, 2048] blocks
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "benchmarks", "hlo_report.py"),
+    _run(
+        "hlo_report.py",
         *("--paths", "harmonic_two_pass_xla", "harmonic_dense_xla", "--out", str(tmp_path)),
         *("--n", str(n), "--d", str(d), "--v", str(v), "--k", "8"),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    )
     rows = {r["name"]: r for r in json.loads((tmp_path / "hlo_report.json").read_text())}
     two_pass, dense = rows["harmonic_two_pass_xla"], rows["harmonic_dense_xla"]
     assert two_pass["output_bytes"] >= 4 * v * d  # dW is an output
@@ -49,14 +51,12 @@ def test_bench_loss_reports_every_row_next_to_its_floors(tmp_path):
     """Small reference point: each row gets its time floor (matmul FLOPs at the run's measured
     matmul rate) and memory floor, the chunk sweep runs, and the floor ratios are computed."""
     configs = "matmul_rate_xla,dense_ce_xla,harmonic_chunked_xla,harmonic_two_pass_xla"
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "benchmarks", "bench_loss.py"),
+    _run(
+        "bench_loss.py",
         *("--reference-only", "--configs", configs + ",sampled_shared_xla,sampled_default_xla"),
         *("--n", "256", "--d", "32", "--v", "3000", "--k", "16", "--chunk-size", "512"),
         *("--warmup", "1", "--reps", "2", "--rounds", "2", "--out", str(tmp_path)),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    )
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["reference"] == {"n": 256, "d": 32, "v": 3000, "k": 16, "chunk": 512}
     chunks = sorted(
@@ -85,12 +85,10 @@ def test_bench_loss_reports_every_row_next_to_its_floors(tmp_path):
 
 
 def test_bench_matmul_shapes_measures_every_product(tmp_path):
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "benchmarks", "bench_matmul_shapes.py"),
+    _run(
+        "bench_matmul_shapes.py",
         *("--v", "300", "--d", "16", "--rows", "8,32", "--reps", "1", "--out", str(tmp_path)),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    )
     rows = json.loads((tmp_path / "matmul_shapes.json").read_text())["rows"]
     assert [r["rows"] for r in rows] == [8, 32]
     for r in rows:
