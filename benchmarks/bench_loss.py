@@ -98,21 +98,27 @@ def inputs(n: int, d: int, v: int):
     return x, w, y
 
 
+def _default_sampled_shape(k: int, n: int) -> tuple[int, int]:
+    """The package defaults' candidate columns (``k`` draws plus the in-batch block) and center
+    rows."""
+    from harmonic_tf.options import SampledOptions
+
+    options = SampledOptions(k=k)
+    return k + min(options.in_batch_negatives, n), options.center_rows
+
+
 def matmul_flops(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -> float:
     """FLOPs of the loss's matmuls: its time floor at a machine's matmul rate. The exact loss
     needs the 3 products cross-entropy does (6 N V D) on every path; the two-pass path runs a
     4th (the distances again), which shows as its time over this floor."""
-    from harmonic_tf.options import SampledOptions
-
     base = name.removesuffix("_xla")
     exact = ("dense_ce", "harmonic_dense", "harmonic_chunked", "harmonic_two_pass", "matmul_rate")
     if base in exact:
         return 6.0 * n * v * d
     if base == "sampled_default":
-        options = SampledOptions(k=k)
-        columns = k + min(options.in_batch_negatives, n)
+        columns, rows = _default_sampled_shape(k, n)
         # The candidate block's 3 products and the center rows' distances and center gradient.
-        return 6.0 * n * columns * d + 4.0 * options.center_rows * v * d
+        return 6.0 * n * columns * d + 4.0 * rows * v * d
     return 6.0 * n * k * d
 
 
@@ -120,8 +126,6 @@ def floor_bytes(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -
     """The unavoidable buffers: the ``[V, D]`` center gradient plus one logits block:
     ``[N, chunk]`` for the chunked exact loss, ``[N, V]`` dense, ``[N, k]`` sampled (the
     defaults: ``[N, k + in-batch]`` and the center rows' ``[S, V]``)."""
-    from harmonic_tf.options import SampledOptions
-
     base = name.removesuffix("_xla")
     block = n * k
     if base in ("dense_ce", "harmonic_dense"):
@@ -129,8 +133,8 @@ def floor_bytes(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -
     elif base in ("harmonic_chunked", "harmonic_two_pass"):
         block = n * min(chunk, v)
     elif base == "sampled_default":
-        options = SampledOptions(k=k)
-        block = n * (k + min(options.in_batch_negatives, n)) + options.center_rows * v
+        columns, rows = _default_sampled_shape(k, n)
+        block = n * columns + rows * v
     return 4 * (v * d + block)
 
 
@@ -272,11 +276,10 @@ def _subprocess(name, n, d, v, k, chunk, args) -> dict:
         "--max-seconds",
         str(args.max_seconds),
     ]
+    from hlo_report import read_dump, with_dump_flags
+
     with tempfile.TemporaryDirectory() as dump:
-        env = dict(os.environ)
-        if name.endswith("_xla"):
-            flags = f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+        env = with_dump_flags(dict(os.environ), dump) if name.endswith("_xla") else None
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
         except subprocess.TimeoutExpired:
@@ -286,8 +289,6 @@ def _subprocess(name, n, d, v, k, chunk, args) -> dict:
             return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
         result = json.loads(results[-1][len("RESULT ") :])
         if name.endswith("_xla"):
-            from hlo_report import read_dump
-
             plan = read_dump(dump)
             result["plan_mb"] = (plan["temp_bytes"] + plan["output_bytes"]) / 2**20
         return result

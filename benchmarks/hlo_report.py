@@ -86,13 +86,16 @@ def _total_bytes(text: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def with_dump_flags(env: dict, dump: str) -> dict:
+    """``env`` with XLA told to dump each compiled module's HLO and buffer assignment to
+    ``dump`` (after any ``XLA_FLAGS`` already set)."""
+    flags = f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
+    return {**env, "XLA_FLAGS": (env.get("XLA_FLAGS", "") + " " + flags).strip()}
+
+
 def _subprocess(name: str, size: dict) -> dict:
     with tempfile.TemporaryDirectory() as dump:
-        env = dict(
-            os.environ,
-            TF_CPP_MIN_LOG_LEVEL="3",
-            XLA_FLAGS=f"--xla_dump_to={dump} --xla_dump_hlo_as_text",
-        )
+        env = with_dump_flags(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), dump)
         args = [name, str(size["n"]), str(size["d"]), str(size["v"]), str(size["k"]), dump]
         code = f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
         code += "import hlo_report as h; h.compile_one(sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6])"
