@@ -20,4 +20,8 @@ def _doctest_names(doctest_namespace):
 
 
 # harmonic_tf/hub.py needs the optional keras-hub extra; without it there is nothing to doctest.
-collect_ignore = [] if importlib.util.find_spec("keras_hub") else ["harmonic_tf/hub.py"]
+collect_ignore = (
+    []
+    if importlib.util.find_spec("keras_hub")
+    else ["harmonic_tf/hub.py", "harmonic_tf/keras/hub.py"]
+)

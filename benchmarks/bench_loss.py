@@ -101,7 +101,7 @@ def inputs(n: int, d: int, v: int):
 def _default_sampled_shape(k: int, n: int) -> tuple[int, int]:
     """The package defaults' candidate columns (``k`` draws plus the in-batch block) and center
     rows."""
-    from harmonic_tf.options import SampledOptions
+    from harmonic_tf.ops import SampledOptions
 
     options = SampledOptions(k=k)
     return k + min(options.in_batch_negatives, n), options.center_rows

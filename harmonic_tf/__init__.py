@@ -1,24 +1,36 @@
-"""harmonic-tf: exact, memory-efficient and sampled harmonic loss for TensorFlow and Keras."""
+"""harmonic-tf: exact, memory-efficient and sampled harmonic loss for TensorFlow and Keras.
 
-from harmonic_tf._inputs import default_eta
-from harmonic_tf.approx import harmonic_loss_approx
-from harmonic_tf.distances import harmonic_logits
-from harmonic_tf.exact import harmonic_loss
-from harmonic_tf.layers import HarmonicLMHead
-from harmonic_tf.losses import HarmonicLoss
-from harmonic_tf.metrics import HarmonicAccuracy, HarmonicPerplexity
-from harmonic_tf.models import HarmonicModel, HarmonicTraining
-from harmonic_tf.options import SampledOptions
-from harmonic_tf.sampled import sampled_harmonic_loss
-from harmonic_tf.sampling import (
+Two halves: :mod:`harmonic_tf.ops`, the math in pure TensorFlow, and :mod:`harmonic_tf.keras`,
+the Keras layer, loss, metrics and models built on it. Every public name is here.
+"""
+
+from harmonic_tf.keras import (
+    HarmonicAccuracy,
+    HarmonicLMHead,
+    HarmonicLoss,
+    HarmonicModel,
+    HarmonicPerplexity,
+    HarmonicTraining,
+)
+from harmonic_tf.ops import (
     LogUniformSampler,
+    LossTerms,
+    SampledOptions,
     Sampler,
     UniformSampler,
     UnigramSampler,
+    default_eta,
+    harmonic_logits,
+    harmonic_loss,
+    harmonic_loss_approx,
     label_counts,
+    loss_from_logits,
+    loss_terms,
+    nearest_centers,
+    sampled_harmonic_loss,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "HarmonicAccuracy",
@@ -28,6 +40,7 @@ __all__ = [
     "HarmonicModel",
     "HarmonicTraining",
     "LogUniformSampler",
+    "LossTerms",
     "SampledOptions",
     "Sampler",
     "UniformSampler",
@@ -37,5 +50,8 @@ __all__ = [
     "harmonic_loss",
     "harmonic_loss_approx",
     "label_counts",
+    "loss_from_logits",
+    "loss_terms",
+    "nearest_centers",
     "sampled_harmonic_loss",
 ]

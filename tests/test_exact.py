@@ -62,7 +62,15 @@ def test_exact_loss_matches_numpy_harmax(rng, mode, chunk_size, reduction):
     eta = 3.5
     ref, ref_gx, ref_gw = harmax_numpy(x, w, y, eta, reduction=reduction)
     loss, gx, gw = _loss_and_grads(
-        ht.harmonic_loss, x, w, y, mode, eta=eta, reduction=reduction, chunk_size=chunk_size
+        ht.harmonic_loss,
+        x,
+        w,
+        y,
+        mode,
+        eta=eta,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        dense_max_bytes=0,
     )
     np.testing.assert_allclose(loss, ref, rtol=2e-5, atol=1e-6)
     if reduction == "none":
@@ -84,6 +92,7 @@ def test_exact_3d_inputs_and_default_eta(rng, mode):
         mode,
         reduction="none",
         chunk_size=8,
+        dense_max_bytes=0,
     )
     assert loss.shape == (4, 6)
     np.testing.assert_allclose(loss.reshape(-1), ref, rtol=2e-5, atol=1e-6)
@@ -97,7 +106,7 @@ def test_chunked_equals_dense_bitwise_close(rng):
     # A mild exponent: at sharp ones float32 summation order alone moves gradients by ~1e-4
     # relative (their accuracy against float64 is tested in test_numerics.py).
     a = _loss_and_grads(ht.harmonic_loss, x, w, y, "xla", chunk_size=None, eta=4.0)
-    b = _loss_and_grads(ht.harmonic_loss, x, w, y, "xla", chunk_size=64, eta=4.0)
+    b = _loss_and_grads(ht.harmonic_loss, x, w, y, "xla", chunk_size=64, eta=4.0, dense_max_bytes=0)
     for u, v in zip(a, b, strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
 
@@ -145,7 +154,9 @@ def test_half_precision_inputs_give_matching_dtypes(rng):
         xt, wt = tf.constant(x, dtype), tf.constant(w, dtype)
         with tf.GradientTape() as tape:
             tape.watch([xt, wt])
-            loss = ht.harmonic_loss(xt, wt, tf.constant(y), eta=3.0, chunk_size=8)
+            loss = ht.harmonic_loss(
+                xt, wt, tf.constant(y), eta=3.0, chunk_size=8, dense_max_bytes=0
+            )
         gx, gw = tape.gradient(loss, [xt, wt])
         assert loss.dtype == tf.float32 and gx.dtype == dtype and gw.dtype == dtype
         tol = 2e-2 if dtype == tf.bfloat16 else 3e-3
@@ -161,7 +172,7 @@ def test_two_pass_and_fused_chunked_paths_agree(rng, mode):
     xt, wt, yt = (tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y))
 
     def both(xt, wt):
-        no_tape = ht.harmonic_loss(xt, wt, yt, eta=3.0, chunk_size=8)
+        no_tape = ht.harmonic_loss(xt, wt, yt, eta=3.0, chunk_size=8, dense_max_bytes=0)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch([xt, wt])
             fused = ht.harmonic_loss(xt, wt, yt, eta=3.0, chunk_size=8, path="fused")
@@ -238,7 +249,7 @@ def test_nearest_centers_match_float64_argmin(rng, mode, chunk_size):
     """The chunked argmax of ``evaluate``'s accuracy: V=37 with chunks of 7 and 16 leaves an
     overlapping last chunk; a common offset checks the reference-point shift; duplicated
     centers check that ties go to the lower id, as ``argmax`` does."""
-    from harmonic_tf.exact import nearest_centers
+    from harmonic_tf.ops import nearest_centers
 
     x, w, _ = _problem(rng, n=40, v=37, ignore_some=False)
     w[20] = w[3]  # a tie: id 3 must win

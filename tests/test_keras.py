@@ -51,7 +51,7 @@ def _hidden(model, x):
 @pytest.mark.parametrize("jit", [False, True])
 def test_compile_fit_evaluate_predict(data, k, jit):
     x, y = data
-    model, head, loss = _model(k, chunk_size=16 if k is None else None)
+    model, head, loss = _model(k, chunk_size=16 if k is None else None, dense_max_bytes=0)
     model.compile(
         keras.optimizers.Adam(3e-3),
         loss=loss,
@@ -436,6 +436,7 @@ DISTRIBUTED = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, harmonic_tf as ht
+    from harmonic_tf.ops.sampling import RandomStream
     rng = np.random.default_rng(0)
     x = rng.normal(size=(512, 8)).astype("float32")
     y = np.argmax(x @ rng.normal(size=(8, 40)), 1).astype("int32")
@@ -459,8 +460,8 @@ DISTRIBUTED = textwrap.dedent(
     # Two replicas, one seeded loss: different negatives per replica.
     loss = model.loss
     def draw():
-        seed = loss.next_seed(model.get_layer("head"))
-        return ht.UniformSampler(1000).sample([16], ht.sampling.RandomStream(seed))
+        seed = loss.seed_for(model.get_layer("head").next_sampling_step())
+        return ht.UniformSampler(1000).sample([16], RandomStream(seed))
     per_replica = strategy.experimental_local_results(strategy.run(tf.function(draw)))
     assert not np.array_equal(per_replica[0].numpy(), per_replica[1].numpy())
     print("DISTRIBUTED_OK")
@@ -484,7 +485,7 @@ def test_compute_loss_weights_sequences_and_tokens(chunk_size):
     y = rng.integers(0, V, (4, 6))
     y[0, :2] = -100
     model, _, head = _tied_lm(keras.layers.Embedding)
-    model.compile(loss=ht.HarmonicLoss(chunk_size=chunk_size))
+    model.compile(loss=ht.HarmonicLoss(chunk_size=chunk_size, dense_max_bytes=0))
     hidden = keras.Model(model.input, model.get_layer("mix").output)(tokens)
     per_token = ht.harmonic_loss(hidden, head.centers, y, reduction="none").numpy()
     keep = y != -100

@@ -159,7 +159,7 @@ def _blobs(n=256, seed=0):
     "loss_kwargs",
     [
         {},
-        {"chunk_size": 2},
+        {"chunk_size": 2, "dense_max_bytes": 0},
         {"sampled": PLAIN.replace(k=2)},
         {"sampled": ht.SampledOptions(k=2, center_rows=8)},
     ],

@@ -151,7 +151,7 @@ def test_hidden_state_on_a_center_at_sharp_eta(where, path, mode, dtype):
 
 def test_offset_without_the_reference_point_would_be_wrong():
     # The check above can fail: the same expansion measured from the origin is far off.
-    from harmonic_tf.distances import expanded_sq_distances
+    from harmonic_tf.ops.distances import expanded_sq_distances
 
     x, w, y = _problem()
     xo, wo = tf.constant(x + OFFSET, tf.float32), tf.constant(w + OFFSET, tf.float32)

@@ -96,7 +96,11 @@ def test_property_exact_matches_float64(problem, chunk_size):
     assume(_well_conditioned(x, w, y, eta))
     eta_value = ht.default_eta(x.shape[1]) if eta is None else eta
     ref = harmax_numpy(x, w, y, eta_value)
-    _close(_ours(ht.harmonic_loss, x, w, y, dtype, eta=eta, chunk_size=chunk_size), ref, dtype)
+    _close(
+        _ours(ht.harmonic_loss, x, w, y, dtype, eta=eta, chunk_size=chunk_size, dense_max_bytes=0),
+        ref,
+        dtype,
+    )
 
 
 @SETTINGS
@@ -158,6 +162,7 @@ def test_extreme_eta_norms_and_zero_distance(eta, scale, path, on_wrong_center):
             "float32",
             eta=eta,
             chunk_size=5 if path == "chunked" else None,
+            dense_max_bytes=0,
         )
         ref = harmax_numpy(x, w, y, eta)
     else:
@@ -219,7 +224,7 @@ def test_exact_loss_agrees_across_eager_graph_xla():
     w = tf.random.stateless_normal([300, 16], seed=[3, 4])
     y = tf.random.stateless_uniform([64], [5, 6], 0, 300, tf.int32)
     for chunk in (None, 64):
-        f = lambda c=chunk: ht.harmonic_loss(x, w, y, chunk_size=c)  # noqa: E731
+        f = lambda c=chunk: ht.harmonic_loss(x, w, y, chunk_size=c, dense_max_bytes=0)  # noqa: E731
         values = [float(f()), float(tf.function(f)()), float(tf.function(f, jit_compile=True)())]
         np.testing.assert_allclose(values, values[0], rtol=1e-5)
 

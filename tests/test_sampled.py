@@ -194,7 +194,7 @@ def test_seeded_negatives_identical_eager_graph_xla():
 
 
 def test_approx_matches_reference_with_its_own_negatives(monkeypatch, rng):
-    import harmonic_tf.sampling as sampling
+    import harmonic_tf.ops.sampling as sampling
 
     x = rng.normal(size=(10, 4))
     w = rng.normal(size=(8, 4))

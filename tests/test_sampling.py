@@ -6,7 +6,7 @@ import tensorflow as tf
 from scipy import stats
 
 import harmonic_tf as ht
-from harmonic_tf.sampling import RandomStream, get_sampler, search_right
+from harmonic_tf.ops.sampling import RandomStream, get_sampler, search_right
 
 from reference import log_q_numpy
 

@@ -9,36 +9,44 @@ exactly (perplexity under the exact loss); what it does not compute is not shown
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
-from harmonic_tf import _inputs
-from harmonic_tf.losses import labels_from_keras, weighted
+from harmonic_tf.keras.losses import labels_from_keras
+from harmonic_tf.ops import LossTerms, label_weights, loss_from_logits, nearest_centers
 
 
-def exact_loss_from_logits(logits: tf.Tensor, labels: tf.Tensor, ignore_index) -> tf.Tensor:
-    """Per-token ``logsumexp(z) - z_y`` from full logits, 0 where ignored, NaN where invalid."""
-    logits = tf.cast(logits, tf.float32)
-    ignored = _inputs.ignored_mask(labels, ignore_index)
-    safe = tf.where(ignored, tf.zeros_like(labels), labels)
-    vocab = tf.shape(logits)[-1]
-    invalid = tf.logical_and(tf.logical_not(ignored), tf.logical_or(safe < 0, safe >= vocab))
-    if not _inputs.inside_xla():
-        tf.debugging.assert_equal(
-            tf.reduce_any(invalid), False, message=f"`labels` must be in [0, V) or {ignore_index}"
-        )
-    clipped = tf.clip_by_value(safe, 0, vocab - 1)
-    true = tf.gather(logits, clipped, batch_dims=labels.shape.rank)
-    # softplus(lse over the other classes - z_y): no cancellation when the loss is tiny.
-    others = tf.where(
-        tf.one_hot(clipped, vocab, on_value=True, off_value=False), -float("inf"), logits
-    )
-    losses = tf.math.softplus(tf.reduce_logsumexp(others, axis=-1) - true)
-    losses = tf.where(invalid, float("nan"), losses)
-    return tf.where(ignored, tf.zeros_like(losses), losses)
+@dataclasses.dataclass
+class HarmonicStep:
+    """What one step of a :class:`~harmonic_tf.HarmonicModel` hands its harmonic metrics:
+    the loss terms, the hidden states and the head's centers (no ``[tokens, V]`` logits)."""
+
+    terms: LossTerms
+    hidden: tf.Tensor  # [..., D]
+    labels: tf.Tensor  # [...] int32
+    sample_weight: tf.Tensor | None
+    training: bool
+    centers: tf.Tensor  # [V, D]
+    chunk_size: int
+    _nearest: tf.Tensor | None = None
+
+    def nearest(self) -> tf.Tensor:
+        """Each token's nearest center (the harmonic argmax), chunked; computed once."""
+        if self._nearest is None:
+            flat = tf.reshape(tf.cast(self.hidden, tf.float32), [-1, self.hidden.shape[-1]])
+            centers = tf.cast(self.centers, tf.float32)
+            ids = nearest_centers(flat, centers, self.chunk_size)
+            self._nearest = tf.reshape(ids, tf.shape(self.labels))
+        return self._nearest
 
 
-class _HarmonicMetric(keras.metrics.Metric):
+class HarmonicMetric(keras.metrics.Metric):
+    """Base of the harmonic metrics: a weighted mean over non-ignored tokens, updated from a
+    model's output (:meth:`update_state`) or from a harmonic model's step
+    (:meth:`update_from_step`)."""
+
     def __init__(self, name: str, ignore_index: int | None = -100, from_logits: bool = True, **kw):
         super().__init__(name=name, **kw)
         self.ignore_index = ignore_index
@@ -54,20 +62,19 @@ class _HarmonicMetric(keras.metrics.Metric):
             logits = tf.math.log(tf.maximum(logits, 1e-38))
         self.accumulate(self._values(labels, logits), labels, sample_weight)
 
+    def update_from_step(self, step: HarmonicStep, weighted: bool) -> bool:
+        """Updates from a harmonic model's step (``weighted``: listed in
+        ``weighted_metrics``); returns False, updating nothing, when the step does not give
+        this metric's value exactly (the model then leaves it out of the logs)."""
+        raise NotImplementedError
+
     def accumulate(self, values: tf.Tensor, labels: tf.Tensor, sample_weight=None) -> None:
         """Adds per-token ``values`` (the labels' shape), weighted by ``sample_weight``,
         skipping tokens labelled ``ignore_index``."""
-        keep = tf.logical_not(_inputs.ignored_mask(labels, self.ignore_index))
-        weight = weighted(tf.cast(keep, tf.float32), sample_weight)
+        weight = label_weights(labels, self.ignore_index, sample_weight)
         # Zero-weight tokens add nothing, even a NaN value.
         self.total.assign_add(tf.reduce_sum(tf.where(weight > 0, values * weight, 0.0)))
         self.count.assign_add(tf.reduce_sum(weight))
-
-    def accumulate_total(self, total: tf.Tensor, labels: tf.Tensor, sample_weight=None) -> None:
-        """Adds an already weighted ``total`` over the tokens of ``labels``."""
-        keep = tf.logical_not(_inputs.ignored_mask(labels, self.ignore_index))
-        self.total.assign_add(tf.cast(total, tf.float32))
-        self.count.assign_add(tf.reduce_sum(weighted(tf.cast(keep, tf.float32), sample_weight)))
 
     def reset_state(self):
         self.total.assign(0.0)
@@ -82,7 +89,7 @@ class _HarmonicMetric(keras.metrics.Metric):
 
 
 @keras.saving.register_keras_serializable(package="harmonic_tf")
-class HarmonicAccuracy(_HarmonicMetric):
+class HarmonicAccuracy(HarmonicMetric):
     """Top-1 accuracy over non-ignored tokens (argmax of the harmonic logits = nearest center).
 
     Example:
@@ -105,12 +112,19 @@ class HarmonicAccuracy(_HarmonicMetric):
         nearest = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return tf.cast(tf.equal(nearest, labels), tf.float32)
 
+    def update_from_step(self, step: HarmonicStep, weighted: bool) -> bool:
+        if step.training:  # not computed in training: the sampled or chunked loss has no argmax
+            return False
+        hits = tf.cast(tf.equal(step.nearest(), step.labels), tf.float32)
+        self.accumulate(hits, step.labels, step.sample_weight if weighted else None)
+        return True
+
     def result(self):
         return tf.where(self.count > 0, self.total / tf.maximum(self.count, 1.0), float("nan"))
 
 
 @keras.saving.register_keras_serializable(package="harmonic_tf")
-class HarmonicPerplexity(_HarmonicMetric):
+class HarmonicPerplexity(HarmonicMetric):
     """``exp`` of the exact full-vocabulary harmonic loss per non-ignored token.
 
     Example:
@@ -130,7 +144,19 @@ class HarmonicPerplexity(_HarmonicMetric):
         super().__init__(name=name, ignore_index=ignore_index, from_logits=from_logits, **kw)
 
     def _values(self, labels, logits):
-        return exact_loss_from_logits(logits, labels, self.ignore_index)
+        return loss_from_logits(logits, labels, self.ignore_index)
+
+    def update_from_step(self, step: HarmonicStep, weighted: bool) -> bool:
+        weight = step.sample_weight if weighted else None
+        terms = step.terms
+        if terms.token_losses is not None:
+            self.accumulate(terms.token_losses, step.labels, weight)
+        elif terms.exact and weight is step.sample_weight:  # the total has this weighting
+            self.total.assign_add(tf.cast(terms.total, tf.float32))
+            self.count.assign_add(terms.weight_sum)
+        else:
+            return False
+        return True
 
     def result(self):
         mean = self.total / tf.maximum(self.count, 1.0)

@@ -6,14 +6,16 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from harmonic_tf import _inputs
-from harmonic_tf.exact import harmonic_loss
-from harmonic_tf.options import SampledOptions
-from harmonic_tf.sampled import sampled_harmonic_loss
+from harmonic_tf.ops import _inputs
+from harmonic_tf.ops.exact import DENSE_MAX_BYTES
+from harmonic_tf.ops.options import SampledOptions
+from harmonic_tf.ops.terms import LossTerms, loss_terms
 
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum")
 # Vocabulary chunk of the exact loss in `evaluate`: [tokens, 4096] float32 blocks at most.
 EVALUATION_CHUNK = 4096
+# Vocabulary chunk of the exact training loss when the [tokens, V] block is over the budget.
+TRAINING_CHUNK = 4096
 
 
 def labels_from_keras(y_true, output_rank: int, num_classes: int | None = None) -> tf.Tensor:
@@ -33,19 +35,25 @@ def labels_from_keras(y_true, output_rank: int, num_classes: int | None = None) 
     return tf.cast(y, tf.int32)
 
 
-def weighted(losses: tf.Tensor, sample_weight) -> tf.Tensor:
-    """Per-token ``losses`` times Keras sample weights (``[B]`` per sequence, ``[B, S]`` per
-    token, or ``[B, 1]``)."""
-    if sample_weight is None:
-        return losses
-    shape = tf.shape(losses)
-    return losses * tf.reshape(_inputs.flat_weights(sample_weight, shape, losses.shape.rank), shape)
-
-
-def per_replica(total: tf.Tensor) -> tf.Tensor:
-    """As Keras's own losses do: replicas' gradients are summed, and the reported loss is
-    multiplied back by the replica count."""
-    return total / tf.distribute.get_strategy().num_replicas_in_sync
+def _sampled_options(sampled) -> SampledOptions | None:
+    if sampled is True:
+        return SampledOptions()
+    if sampled is None or sampled is False:
+        return None
+    if isinstance(sampled, dict):
+        return SampledOptions.from_config(sampled)
+    if isinstance(sampled, SampledOptions):
+        return sampled
+    hint = ""
+    if isinstance(sampled, (keras.layers.Layer, str)):
+        hint = (
+            " HarmonicLoss no longer takes the head: build the model as "
+            "ht.HarmonicModel(inputs, head(hidden)), which hands its head to the loss."
+        )
+    raise TypeError(
+        "`sampled` must be None, True, a harmonic_tf.SampledOptions or its config, "
+        f"got {sampled!r}.{hint}"
+    )
 
 
 @keras.saving.register_keras_serializable(package="harmonic_tf")
@@ -69,12 +77,18 @@ class HarmonicLoss(keras.losses.Loss):
     Args:
       sampled: ``None`` for the exact loss; a :class:`SampledOptions` (``True`` for the
         measured defaults, or its config dict) for the sampled loss in training.
-      chunk_size: for the exact training loss: vocabulary chunk (``None``: dense logits).
+      chunk_size: for the exact training loss: the vocabulary chunk once the ``[tokens, V]``
+        float32 block is over ``dense_max_bytes`` (``None``: dense logits at any size).
       evaluation_chunk_size: vocabulary chunk of the exact loss in ``evaluate``.
       seed: ``None`` draws fresh negatives each step; an int gives a reproducible sequence.
       ignore_index: label value of tokens that contribute nothing.
       require_trainable_centers: raise if the centers would not be trained (a frozen head or
         tied embedding); set ``False`` to train against frozen centers on purpose.
+      dense_max_bytes: the exact training loss keeps ``[tokens, V]`` logits up to this size
+        (measured faster than chunks), see :func:`harmonic_loss`'s ``path="auto"``.
+
+    The model calls :meth:`terms` (the batch's :class:`~harmonic_tf.ops.LossTerms`) and
+    :meth:`reduce`; a custom training loop can do the same.
 
     Example:
     >>> inputs = keras.Input([16])
@@ -89,11 +103,12 @@ class HarmonicLoss(keras.losses.Loss):
     def __init__(
         self,
         sampled: SampledOptions | bool | dict | None = None,
-        chunk_size: int | None = None,
+        chunk_size: int | None = TRAINING_CHUNK,
         evaluation_chunk_size: int = EVALUATION_CHUNK,
         seed: int | None = None,
         ignore_index: int | None = -100,
         require_trainable_centers: bool = True,
+        dense_max_bytes: int = DENSE_MAX_BYTES,
         reduction: str = "sum_over_batch_size",
         name: str = "harmonic_loss",
         dtype=None,
@@ -103,29 +118,16 @@ class HarmonicLoss(keras.losses.Loss):
         if chunk_size is not None:
             _inputs.check_int("chunk_size", chunk_size, 1)
         _inputs.check_int("evaluation_chunk_size", evaluation_chunk_size, 1)
-        if sampled is True:
-            sampled = SampledOptions()
-        elif sampled is False:
-            sampled = None
-        elif isinstance(sampled, dict):
-            sampled = SampledOptions.from_config(sampled)
-        if sampled is not None and not isinstance(sampled, SampledOptions):
-            hint = ""
-            if isinstance(sampled, (keras.layers.Layer, str)):
-                hint = (
-                    " HarmonicLoss no longer takes the head: build the model as "
-                    "ht.HarmonicModel(inputs, head(hidden)), which hands its head to the loss."
-                )
-            raise TypeError(
-                "`sampled` must be None, True, a harmonic_tf.SampledOptions or its config, "
-                f"got {sampled!r}.{hint}"
-            )
-        self.sampled = sampled
+        _inputs.check_int("dense_max_bytes", dense_max_bytes, 0)
+        if seed is not None:
+            _inputs.check_int("seed", seed, 0)
+        self.sampled = _sampled_options(sampled)
         self.chunk_size = chunk_size
         self.evaluation_chunk_size = evaluation_chunk_size
         self.seed = seed
         self.ignore_index = ignore_index
         self.require_trainable_centers = require_trainable_centers
+        self.dense_max_bytes = dense_max_bytes
 
     def call(self, y_true, y_pred):
         raise ValueError(
@@ -136,65 +138,44 @@ class HarmonicLoss(keras.losses.Loss):
             "harmonic logits is the exact harmonic loss."
         )
 
-    def weighted_sum(self, head, hidden, labels, sample_weight=None, training: bool = True):
-        """``(sum of weight * loss over the tokens, per-token losses or None)`` for hidden
-        states ``[..., D]`` read by ``head`` and int ``labels`` ``[...]``: the training
-        estimator, or, with ``training=False``, the exact chunked loss and its per-token values."""
-        common = dict(eta=head.resolved_eta(), eps=head.eps, ignore_index=self.ignore_index)
-        if not training:
-            losses = harmonic_loss(
-                hidden,
-                head.centers,
-                labels,
-                reduction="none",
-                chunk_size=self.evaluation_chunk_size,
-                **common,
-            )
-            return tf.reduce_sum(weighted(losses, sample_weight)), losses
-        self._check_trainable(head)
-        common.update(reduction="sum", weights=sample_weight)
-        if self.sampled is None:
-            total = harmonic_loss(
-                hidden, head.centers, labels, chunk_size=self.chunk_size, **common
-            )
-        else:
-            seed = self.next_seed(head)
-            total = sampled_harmonic_loss(
-                hidden, head.centers, labels, self.sampled, seed=seed, **common
-            )
-        return total, None
-
-    def reduce(self, total: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        """The loss from :meth:`weighted_sum`'s total: divided by the count of non-ignored
-        tokens (unless ``reduction="sum"``), then scaled per replica as Keras's losses are."""
-        if self.reduction != "sum":
-            keep = tf.logical_not(_inputs.ignored_mask(labels, self.ignore_index))
-            total = tf.math.divide_no_nan(total, tf.reduce_sum(tf.cast(keep, tf.float32)))
-        return per_replica(total)
-
-    def _check_trainable(self, head) -> None:
-        centers = head.centers_variable
-        owner = head.tied_embedding or head
-        if self.require_trainable_centers and not (
-            centers.trainable and owner.trainable and head.trainable
-        ):
+    def terms(self, head, hidden, labels, sample_weight=None, training=True, step=None):
+        """The batch's :class:`~harmonic_tf.ops.LossTerms` for hidden states ``[..., D]`` read
+        by ``head`` (a :class:`HarmonicLMHead`) and int ``labels`` ``[...]``: the training
+        estimator, or, with ``training=False``, the exact chunked loss with its per-token
+        values. ``step``: the sampling step that seeds a seeded sampled loss."""
+        if training and self.require_trainable_centers and not head.centers_trainable:
             raise ValueError(
-                f"The centers of {head.name!r} ({centers.path}) are not trainable, so training "
-                "with HarmonicLoss would silently leave them unchanged. Unfreeze the head (or the "
-                "tied embedding), or pass require_trainable_centers=False to train against "
-                "frozen centers on purpose."
+                f"The centers of {head.name!r} ({head.centers_variable.path}) are not "
+                "trainable, so training with HarmonicLoss would silently leave them unchanged. "
+                "Unfreeze the head (or the tied embedding), or pass "
+                "require_trainable_centers=False to train against frozen centers on purpose."
             )
+        chunk = self.chunk_size if training else self.evaluation_chunk_size
+        return loss_terms(
+            hidden, head.centers, labels, eta=head.resolved_eta(), eps=head.eps,
+            ignore_index=self.ignore_index, weights=sample_weight,
+            sampled=self.sampled if training else None, seed=self.seed_for(step),
+            chunk_size=chunk, dense_max_bytes=self.dense_max_bytes, per_token=not training,
+        )  # fmt: skip
 
-    def next_seed(self, head):
-        """``[seed, step]`` with the head's sampling-step counter: the sequence of negatives is
-        reproducible and, since the counter is a weight of the model, survives checkpoints."""
-        if self.seed is None:
+    def reduce(self, terms: LossTerms) -> tf.Tensor:
+        """The loss from :meth:`terms`: the total over the count of non-ignored tokens (unless
+        ``reduction="sum"``), divided by the replica count as Keras's own losses are (replicas'
+        gradients are summed)."""
+        total = terms.total
+        if self.reduction != "sum":
+            total = tf.math.divide_no_nan(total, terms.num_tokens)
+        return total / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def seed_for(self, step) -> tf.Tensor | None:
+        """``[seed, step]`` for the sampling step (a counter the model keeps as a weight, so
+        the sequence of negatives is reproducible and survives checkpoints); ``None`` without
+        a seed. Replicas fold in their id: they must draw different negatives."""
+        if self.seed is None or step is None:
             return None
-        step = head.next_sampling_step()
-        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
-            # Replicas must draw different negatives from one seed.
             seed = tf.random.experimental.stateless_fold_in(
                 seed, ctx.replica_id_in_sync_group, alg="philox"
             )
@@ -210,4 +191,5 @@ class HarmonicLoss(keras.losses.Loss):
             "seed": self.seed,
             "ignore_index": self.ignore_index,
             "require_trainable_centers": self.require_trainable_centers,
+            "dense_max_bytes": self.dense_max_bytes,
         }

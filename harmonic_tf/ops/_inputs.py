@@ -2,7 +2,7 @@
 
 Static problems (ranks, shapes, enums, ranges) raise ``ValueError``/``TypeError`` at trace time,
 before any computation. Label range is data: it is asserted at run time (eager and graph), and
-because XLA drops asserts, invalid rows also carry a NaN loss and NaN gradients.
+because XLA compiles asserts to nothing, invalid rows also carry a NaN loss and NaN gradients.
 """
 
 from __future__ import annotations
@@ -65,8 +65,7 @@ def resolve_eta(eta, dim: int) -> float | tf.Tensor:
             f"`eta` as a tensor must be a float scalar, got dtype {t.dtype.name} shape {t.shape}."
         )
     t = tf.cast(t, tf.float32)
-    if not inside_xla():
-        tf.debugging.assert_positive(t, message="`eta` must be > 0")
+    tf.debugging.assert_positive(t, message="`eta` must be > 0")  # a no-op under XLA
     return t
 
 
@@ -135,13 +134,13 @@ def prepare(hidden_states, class_centers, labels, ignore_index: int | None) -> P
     invalid = tf.logical_and(
         tf.logical_not(ignored), tf.logical_or(tf.less(y, 0), tf.greater_equal(y, vocab_size))
     )
-    if not inside_xla():
-        # Eager and graph mode: fail with a message. XLA drops asserts; the NaN below remains.
-        tf.debugging.assert_equal(
-            tf.reduce_any(invalid),
-            False,
-            message=(f"`labels` must be in [0, {vocab_size}) or equal ignore_index={ignore_index}"),
-        )
+    # Eager and graph mode fail with the message; XLA compiles asserts to nothing, so the NaN
+    # loss and gradients of invalid rows (below) are what remains there.
+    tf.debugging.assert_equal(
+        tf.reduce_any(invalid),
+        False,
+        message=(f"`labels` must be in [0, {vocab_size}) or equal ignore_index={ignore_index}"),
+    )
     safe = tf.where(tf.logical_or(ignored, invalid), tf.zeros_like(y), y)
     return Prepared(x, w, safe, y, ignored, invalid, labels_shape, n, vocab_size, dim, labels_rank)
 
@@ -151,17 +150,6 @@ def ignored_mask(labels: tf.Tensor, ignore_index: int | None) -> tf.Tensor:
     if ignore_index is None:
         return tf.zeros_like(labels, dtype=tf.bool)
     return tf.equal(labels, ignore_index)
-
-
-def inside_xla() -> bool:
-    """True while tracing a function compiled with ``jit_compile=True``."""
-    from tensorflow.python.framework import ops
-    from tensorflow.python.ops import control_flow_util
-
-    graph = ops.get_default_graph()
-    if not isinstance(graph, ops.Graph) or tf.executing_eagerly():
-        return False
-    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
 
 
 def flat_weights(weights, labels_shape: tf.Tensor, labels_rank: int) -> tf.Tensor:

@@ -7,8 +7,8 @@ import math
 import keras
 import tensorflow as tf
 
-from harmonic_tf import _inputs
-from harmonic_tf.distances import harmonic_logits
+from harmonic_tf.keras import _compat
+from harmonic_tf.ops import _inputs, harmonic_logits
 
 OUTPUTS = ("logits", "probabilities")
 LEARNED = "learned"
@@ -65,42 +65,16 @@ class HarmonicLMHead(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if units is not None and vocab_size is not None and units != vocab_size:
-            raise ValueError(f"`units` ({units}) and `vocab_size` ({vocab_size}) disagree.")
-        units = units if units is not None else vocab_size
-        if units is not None:
-            _inputs.check_int("units", units, 2)
-        if units is None and tied_embedding is None:
-            raise ValueError("HarmonicLMHead needs `units` (or `vocab_size`) or `tied_embedding`.")
-        if isinstance(eta, str) and eta != LEARNED:
-            raise ValueError(f"`eta` must be a positive number, None or {LEARNED!r}, got {eta!r}.")
-        if eta != LEARNED and eta is not None:
-            _inputs.check_positive("eta", eta)
-        if eta_init is not None:
-            if eta != LEARNED:
-                raise ValueError(f"`eta_init` goes with eta={LEARNED!r}, got eta={eta!r}.")
-            _inputs.check_positive("eta_init", eta_init)
-        _inputs.check_positive("eps", eps)
-        _inputs.check_choice("output_mode", output_mode, OUTPUTS)
+        units = _check_head_args(units, vocab_size, eta, eta_init, eps, output_mode)
         self._tied_name = None
         self._tied_layer = None
         if isinstance(tied_embedding, str):
             self._tied_name = tied_embedding
         elif tied_embedding is not None:
-            if not hasattr(tied_embedding, "input_dim") or not hasattr(
-                tied_embedding, "output_dim"
-            ):
-                raise TypeError(
-                    "`tied_embedding` must be a keras.layers.Embedding or ReversibleEmbedding, "
-                    f"got {tied_embedding!r}."
-                )
+            units = _check_embedding(tied_embedding, units)
             self._tie(tied_embedding)
-            if units is not None and units != tied_embedding.input_dim:
-                raise ValueError(
-                    f"`units` ({units}) must equal the tied embedding's input_dim "
-                    f"({tied_embedding.input_dim})."
-                )
-            units = tied_embedding.input_dim
+        if units is None and tied_embedding is None:
+            raise ValueError("HarmonicLMHead needs `units` (or `vocab_size`) or `tied_embedding`.")
         self.units = units
         self.eta = eta
         self.eta_init = eta_init
@@ -144,6 +118,13 @@ class HarmonicLMHead(keras.layers.Layer):
         return tf.transpose(variable) if self._reads_reverse_embeddings else variable
 
     @property
+    def centers_trainable(self) -> bool:
+        """Whether training moves the centers: their variable, its owner and this head are
+        all trainable."""
+        owner = self._tied_layer or self
+        return bool(self.centers_variable.trainable and owner.trainable and self.trainable)
+
+    @property
     def _reads_reverse_embeddings(self) -> bool:
         """Tied to a ``ReversibleEmbedding(tie_weights=False)``: its separate output matrix."""
         return getattr(self._tied_layer, "tie_weights", True) is False
@@ -156,7 +137,14 @@ class HarmonicLMHead(keras.layers.Layer):
 
     def __call__(self, inputs, *args, **kwargs):
         if self._tied_name is not None and self._tied_layer is None:
-            self._tie(_find_ancestor(inputs, self._tied_name, self.name))
+            layer = _compat.find_upstream_layer(inputs, self._tied_name)
+            if layer is None:
+                raise ValueError(
+                    f"{self.name}: tied embedding {self._tied_name!r} was not found among the "
+                    "layers that feed this head. Pass the layer object as `tied_embedding=` "
+                    "when building the model."
+                )
+            self._tie(layer)
         return super().__call__(inputs, *args, **kwargs)
 
     def next_sampling_step(self) -> tf.Tensor:
@@ -236,27 +224,35 @@ class HarmonicLMHead(keras.layers.Layer):
         return config
 
 
-def _find_ancestor(tensor, name: str, head_name: str):
-    """The layer called ``name`` among the functional-graph ancestors of ``tensor``, or inside
-    one of them (a keras-hub backbone is one nested model holding ``token_embedding``)."""
-    seen, stack = set(), [tensor]
-    while stack:
-        t = stack.pop()
-        history = getattr(t, "_keras_history", None)
-        if history is None:
-            continue
-        op = history.operation
-        if id(op) in seen:
-            continue
-        seen.add(id(op))
-        if op.name == name:
-            return op
-        for layer in op._flatten_layers(include_self=False) if hasattr(op, "layers") else ():
-            if layer.name == name:
-                return layer
-        node = op._inbound_nodes[history.node_index]
-        stack.extend(node.input_tensors)
-    raise ValueError(
-        f"{head_name}: tied embedding {name!r} was not found among the layers that feed this head. "
-        "Pass the layer object as `tied_embedding=` when building the model."
-    )
+def _check_head_args(units, vocab_size, eta, eta_init, eps, output_mode) -> int | None:
+    """Checks :class:`HarmonicLMHead`'s scalar arguments; returns ``units``."""
+    if units is not None and vocab_size is not None and units != vocab_size:
+        raise ValueError(f"`units` ({units}) and `vocab_size` ({vocab_size}) disagree.")
+    units = units if units is not None else vocab_size
+    if units is not None:
+        _inputs.check_int("units", units, 2)
+    if isinstance(eta, str) and eta != LEARNED:
+        raise ValueError(f"`eta` must be a positive number, None or {LEARNED!r}, got {eta!r}.")
+    if eta != LEARNED and eta is not None:
+        _inputs.check_positive("eta", eta)
+    if eta_init is not None:
+        if eta != LEARNED:
+            raise ValueError(f"`eta_init` goes with eta={LEARNED!r}, got eta={eta!r}.")
+        _inputs.check_positive("eta_init", eta_init)
+    _inputs.check_positive("eps", eps)
+    _inputs.check_choice("output_mode", output_mode, OUTPUTS)
+    return units
+
+
+def _check_embedding(layer, units: int | None) -> int:
+    """The class count of a tied embedding layer, checked against ``units``."""
+    if not hasattr(layer, "input_dim") or not hasattr(layer, "output_dim"):
+        raise TypeError(
+            "`tied_embedding` must be a keras.layers.Embedding or ReversibleEmbedding, "
+            f"got {layer!r}."
+        )
+    if units is not None and units != layer.input_dim:
+        raise ValueError(
+            f"`units` ({units}) must equal the tied embedding's input_dim ({layer.input_dim})."
+        )
+    return layer.input_dim

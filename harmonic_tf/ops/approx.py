@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from harmonic_tf.options import SampledOptions
-from harmonic_tf.sampled import sampled_harmonic_loss
+from harmonic_tf.ops.options import SampledOptions
+from harmonic_tf.ops.sampled import sampled_harmonic_loss
 
 
 def harmonic_loss_approx(

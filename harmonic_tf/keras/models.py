@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
-from harmonic_tf.exact import nearest_centers
-from harmonic_tf.layers import HarmonicLMHead
-from harmonic_tf.losses import HarmonicLoss, labels_from_keras
-from harmonic_tf.metrics import HarmonicAccuracy, HarmonicPerplexity, _HarmonicMetric
+from harmonic_tf.keras import _compat
+from harmonic_tf.keras.layers import HarmonicLMHead
+from harmonic_tf.keras.losses import HarmonicLoss, labels_from_keras
+from harmonic_tf.keras.metrics import HarmonicStep, HarmonicMetric
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,20 +30,12 @@ class _Route:
     hidden_model: keras.Model | None = None
 
 
-class _Forward(NamedTuple):
-    loss: tf.Tensor  # reduced, per replica, with the model's regularization losses
-    total: tf.Tensor  # sum of weight * loss over the tokens
-    token_losses: tf.Tensor | None  # exact per-token losses (evaluation only)
-    hidden: tf.Tensor
-    labels: tf.Tensor
-
-
 class HarmonicTraining:
     """Mixin for a ``keras.Model`` whose output is ``harmonic_head(hidden_states(x))``.
 
     Overrides the hooks Keras provides for this (``compile``, ``train_step``, ``test_step``,
     ``compute_loss``, ``metrics``) so that a compiled :class:`HarmonicLoss` gets hidden states;
-    :class:`HarmonicModel` and :class:`harmonic_tf.hub.HarmonicCausalLM` are built on it.
+    :class:`HarmonicModel` and :class:`harmonic_tf.keras.hub.HarmonicCausalLM` are built on it.
     Subclasses provide the ``harmonic_head`` property and ``hidden_states(x, training)``.
     """
 
@@ -79,50 +70,27 @@ class HarmonicTraining:
         loss = getattr(self, "loss", None)
         return loss if isinstance(loss, HarmonicLoss) else None
 
-    def compile(
-        self,
-        optimizer="rmsprop",
-        loss=None,
-        loss_weights=None,
-        metrics=None,
-        weighted_metrics=None,
-        **kwargs,
-    ):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None, **kw):
         """``keras.Model.compile``. With a :class:`HarmonicLoss`, :class:`HarmonicAccuracy` and
         :class:`HarmonicPerplexity` are computed from hidden states (chunked); any other metric
         reads the head's output, which the step then builds (``[tokens, V]``)."""
         if not isinstance(loss, HarmonicLoss):
             object.__setattr__(self, "_harmonic_metrics", ())
             return super().compile(
-                optimizer=optimizer,
-                loss=loss,
-                loss_weights=loss_weights,
-                metrics=metrics,
-                weighted_metrics=weighted_metrics,
-                **kwargs,
-            )
-        if loss_weights is not None:
+                optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
+                **kw,
+            )  # fmt: skip
+        if kw.get("loss_weights") is not None:
             raise ValueError("`loss_weights` has no meaning for a single HarmonicLoss.")
         stock, harmonic = _split_metrics(metrics, loss, weighted=False)
         stock_weighted, harmonic_weighted = _split_metrics(weighted_metrics, loss, weighted=True)
         super().compile(
-            optimizer=optimizer,
-            loss=None,  # computed by this model, never by Keras on the output
-            metrics=stock,
-            weighted_metrics=stock_weighted,
-            **kwargs,
-        )
+            optimizer=optimizer, loss=None, metrics=stock, weighted_metrics=stock_weighted, **kw
+        )  # loss=None: computed by this model from hidden states, never by Keras on the output
         self.loss = loss
         object.__setattr__(self, "_harmonic_metrics", tuple(harmonic + harmonic_weighted))
-        from keras.src.saving.serialization_lib import SerializableDict
-
-        self._compile_config = SerializableDict(
-            **{
-                **self._compile_config.config,
-                "loss": loss,
-                "metrics": metrics,
-                "weighted_metrics": weighted_metrics,
-            }
+        _compat.set_compile_config(
+            self, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics
         )
 
     def compile_from_config(self, config):
@@ -143,16 +111,15 @@ class HarmonicTraining:
         (``y_pred`` is not used), e.g. in a ``GradientTape`` loop."""
         if self.harmonic_loss is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        return self._harmonic_forward(x, y, sample_weight, training).loss
+        return self._harmonic_step(x, y, sample_weight, training)[0]
 
     def train_step(self, data):
         if self.harmonic_loss is None:
             return super().train_step(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            forward = self._harmonic_forward(x, y, sample_weight, training=True)
-            self._track_loss(forward.loss, x)
-            loss = forward.loss
+            loss, step = self._harmonic_step(x, y, sample_weight, training=True)
+            self._track_loss(loss, x)
             if self.optimizer is not None:
                 loss = self.optimizer.scale_loss(loss)
         if self.trainable_weights:
@@ -160,76 +127,59 @@ class HarmonicTraining:
             self.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights, strict=True))
         else:
             warnings.warn("The model does not have any trainable weights.", stacklevel=2)
-        return self._harmonic_logs(forward, y, sample_weight, training=True)
+        return self._harmonic_logs(step, y, sample_weight)
 
     def test_step(self, data):
         if self.harmonic_loss is None:
             return super().test_step(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        forward = self._harmonic_forward(x, y, sample_weight, training=False)
-        self._track_loss(forward.loss, x)
-        return self._harmonic_logs(forward, y, sample_weight, training=False)
+        loss, step = self._harmonic_step(x, y, sample_weight, training=False)
+        self._track_loss(loss, x)
+        return self._harmonic_logs(step, y, sample_weight)
 
-    def _harmonic_forward(self, x, y, sample_weight, training: bool) -> _Forward:
+    def _harmonic_step(self, x, y, sample_weight, training: bool):
+        """``(loss, HarmonicStep)``: the reduced loss (per replica, with the model's
+        regularization losses) and what the harmonic metrics read."""
         head, loss_fn = self.harmonic_head, self.harmonic_loss
         hidden = self.hidden_states(x, training=training)
         if not head.built:  # a subclassed model's first step: no call has built it yet
             head.build(hidden.shape)
         labels = labels_from_keras(y, hidden.shape.rank, head.units)
-        total, token_losses = loss_fn.weighted_sum(head, hidden, labels, sample_weight, training)
-        loss = loss_fn.reduce(total, labels)
+        seeded = training and loss_fn.sampled is not None and loss_fn.seed is not None
+        sampling_step = head.next_sampling_step() if seeded else None
+        terms = loss_fn.terms(head, hidden, labels, sample_weight, training, sampling_step)
+        loss = loss_fn.reduce(terms)
         for extra in self.losses:  # regularizers and add_loss, as Keras's compute_loss adds them
             loss += tf.reduce_sum(tf.cast(extra, loss.dtype))
-        return _Forward(loss, total, token_losses, hidden, labels)
+        chunk = loss_fn.evaluation_chunk_size
+        return loss, HarmonicStep(
+            terms, hidden, labels, sample_weight, training, head.centers, chunk
+        )
 
     def _track_loss(self, loss, x) -> None:
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-        self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
+        _compat.track_loss(self, loss * replicas, batch)
 
-    def _harmonic_logs(self, forward, y, sample_weight, training: bool) -> dict:
-        """Updates the metrics this step can compute and returns their results; harmonic
-        metrics it cannot compute exactly (accuracy in training, perplexity under the sampled
-        loss) are left out of the logs rather than shown stale or NaN."""
-        head = self.harmonic_head
-        if self._compile_metrics is not None:  # stock metrics read the model's output
-            self._compile_metrics.update_state(y, head(forward.hidden), sample_weight)
-        shown, nearest = set(), None
-        for metric, is_weighted in self._harmonic_metrics:
-            weight = sample_weight if is_weighted else None
-            if isinstance(metric, HarmonicPerplexity):
-                if forward.token_losses is not None:
-                    metric.accumulate(forward.token_losses, forward.labels, weight)
-                elif self.harmonic_loss.sampled is None and weight is sample_weight:
-                    metric.accumulate_total(forward.total, forward.labels, weight)
-                else:
-                    continue
-            elif isinstance(metric, HarmonicAccuracy) and not training:
-                if nearest is None:
-                    nearest = self._nearest(forward.hidden, forward.labels)
-                hits = tf.cast(nearest == forward.labels, tf.float32)
-                metric.accumulate(hits, forward.labels, weight)
-            else:
-                continue
-            shown.add(id(metric))
-        unshown = {id(m) for m, _ in self._harmonic_metrics} - shown
+    def _harmonic_logs(self, step: HarmonicStep, y, sample_weight) -> dict:
+        """Updates the metrics and returns their results; a harmonic metric the step cannot
+        give exactly (accuracy in training, perplexity under the sampled loss) is left out of
+        the logs rather than shown stale or NaN."""
+        stock = _compat.compiled_metrics(self)
+        if stock is not None:  # stock metrics read the model's output
+            stock.update_state(y, self.harmonic_head(step.hidden), sample_weight)
+        unshown = {
+            id(metric)
+            for metric, weighted in self._harmonic_metrics
+            if not metric.update_from_step(step, weighted)
+        }
         logs = {}
         for metric in self.metrics:
             if id(metric) in unshown:
                 continue
             result = metric.result()
-            if isinstance(result, dict):
-                logs.update(result)
-            else:
-                logs[metric.name] = result
+            logs.update(result if isinstance(result, dict) else {metric.name: result})
         return logs
-
-    def _nearest(self, hidden, labels):
-        head = self.harmonic_head
-        flat = tf.reshape(tf.cast(hidden, tf.float32), [-1, hidden.shape[-1]])
-        centers = tf.cast(head.centers, tf.float32)
-        ids = nearest_centers(flat, centers, self.harmonic_loss.evaluation_chunk_size)
-        return tf.reshape(ids, tf.shape(labels))
 
 
 def _split_metrics(metrics, loss: HarmonicLoss, weighted: bool):
@@ -240,7 +190,7 @@ def _split_metrics(metrics, loss: HarmonicLoss, weighted: bool):
         metrics = [metrics]
     stock, harmonic = [], []
     for metric in metrics:
-        if isinstance(metric, _HarmonicMetric):
+        if isinstance(metric, HarmonicMetric):
             if metric.ignore_index != loss.ignore_index:
                 raise ValueError(
                     f"Metric {metric.name!r} has ignore_index={metric.ignore_index} but the "
@@ -278,21 +228,17 @@ class HarmonicModel(HarmonicTraining, keras.Model):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        outputs = getattr(self, "_outputs_struct", None)
-        if outputs is None:
+        if not args and "outputs" not in kwargs:
             raise TypeError(
                 "HarmonicModel is built functionally: HarmonicModel(inputs, head(hidden)). For a "
                 "subclassed model use the mixin: class MyModel(ht.HarmonicTraining, keras.Model)."
             )
-        flat = tf.nest.flatten(outputs)
-        if len(flat) != 1:
-            raise ValueError(f"HarmonicModel needs one output, got {len(flat)}.")
-        history = flat[0]._keras_history
-        head = history.operation
+        if len(keras.tree.flatten(self.outputs)) != 1:
+            raise ValueError(f"HarmonicModel needs one output, got {len(self.outputs)}.")
+        head, hidden = _compat.output_layer(self)
         if not isinstance(head, HarmonicLMHead):
             raise ValueError(
                 "HarmonicModel's output must be a HarmonicLMHead's output, got the output of "
                 f"{head.name!r} ({type(head).__name__})."
             )
-        hidden = head._inbound_nodes[history.node_index].input_tensors[0]
         self._route_to(head, keras.Model(self.input, hidden, name=f"{self.name}_hidden_states"))

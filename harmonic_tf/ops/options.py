@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from harmonic_tf import _inputs
-from harmonic_tf.sampling import Sampler, UnigramSampler, sampler_spec
+from harmonic_tf.ops import _inputs
+from harmonic_tf.ops.sampling import Sampler, UnigramSampler, sampler_spec
 
 NEGATIVES = ("shared", "per_example")
 LOG_Q_CORRECTIONS = ("negatives", "all", "none")

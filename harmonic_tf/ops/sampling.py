@@ -12,7 +12,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from harmonic_tf import _inputs
+from harmonic_tf.ops import _inputs
 
 # Per-example collision resampling rounds for non-uniform samplers; a collision left after
 # them (probability q_y^64) is masked like an accidental hit.

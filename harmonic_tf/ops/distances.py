@@ -4,33 +4,28 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from harmonic_tf import _inputs
+from harmonic_tf.ops import _inputs
 
 
 def expanded_sq_distances(
     x: tf.Tensor, w: tf.Tensor, x_sq: tf.Tensor | None = None, w_sq: tf.Tensor | None = None
 ) -> tf.Tensor:
-    """``[N, D] x [M, D] -> [N, M]`` via ``|x|^2 - 2 x.w + |w|^2`` (one matmul), clamped at 0.
+    """``[N, D]`` hidden states against centers ``[M, D]`` (shared) or ``[N, M, D]`` (per
+    token) -> ``[N, M]`` squared distances via ``|x|^2 - 2 x.w + |w|^2`` (one matmul), clamped
+    at 0.
 
     Cancellation can make the expansion slightly negative when ``x`` is near ``w``; the clamp keeps
-    ``log(d2 + eps)`` finite. Use :func:`true_sq_distances` where the distance must be exact.
+    ``log(d2 + eps)`` finite. Where a distance must be exact, use the explicit difference.
     """
     if x_sq is None:
         x_sq = tf.reduce_sum(tf.square(x), axis=-1)
     if w_sq is None:
         w_sq = tf.reduce_sum(tf.square(w), axis=-1)
-    cross = tf.matmul(x, w, transpose_b=True)
-    return tf.maximum(x_sq[:, None] - 2.0 * cross + w_sq[None, :], 0.0)
-
-
-def true_sq_distances(
-    x: tf.Tensor, w: tf.Tensor, labels: tf.Tensor, origin: tf.Tensor | None = None
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Exact ``||x_n - w_{y_n}||^2`` from the explicit difference; returns ``(d2 [N], diff [N, D])``.
-    ``origin``: subtracted from the gathered centers (``x`` is already measured from it)."""
-    w_y = tf.gather(w, labels)
-    diff = x - (w_y if origin is None else w_y - origin)
-    return tf.reduce_sum(tf.square(diff), axis=-1), diff
+    if w.shape.rank == 3:
+        cross = tf.einsum("nd,nkd->nk", x, w)
+    else:
+        cross, w_sq = tf.matmul(x, w, transpose_b=True), w_sq[None, :]
+    return tf.maximum(x_sq[:, None] - 2.0 * cross + w_sq, 0.0)
 
 
 def reference_point(x: tf.Tensor) -> tf.Tensor:

@@ -1,0 +1,45 @@
+"""The math half: harmonic loss in pure TensorFlow (no Keras import).
+
+Public functions take hidden states ``[N, D]`` or ``[B, S, D]``, class centers ``[V, D]`` and
+int labels; every loss path runs the one custom-gradient kernel in :mod:`._kernel`.
+"""
+
+from harmonic_tf.ops._inputs import default_eta
+from harmonic_tf.ops.approx import harmonic_loss_approx
+from harmonic_tf.ops.distances import harmonic_logits
+from harmonic_tf.ops.exact import (
+    DENSE_MAX_BYTES,
+    harmonic_loss,
+    loss_from_logits,
+    nearest_centers,
+)
+from harmonic_tf.ops.options import SampledOptions
+from harmonic_tf.ops.sampled import sampled_harmonic_loss
+from harmonic_tf.ops.sampling import (
+    LogUniformSampler,
+    Sampler,
+    UniformSampler,
+    UnigramSampler,
+    label_counts,
+)
+from harmonic_tf.ops.terms import LossTerms, label_weights, loss_terms
+
+__all__ = [
+    "DENSE_MAX_BYTES",
+    "LogUniformSampler",
+    "LossTerms",
+    "SampledOptions",
+    "Sampler",
+    "UniformSampler",
+    "UnigramSampler",
+    "default_eta",
+    "harmonic_logits",
+    "harmonic_loss",
+    "harmonic_loss_approx",
+    "label_counts",
+    "label_weights",
+    "loss_from_logits",
+    "loss_terms",
+    "nearest_centers",
+    "sampled_harmonic_loss",
+]
