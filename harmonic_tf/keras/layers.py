@@ -8,7 +8,8 @@ import keras
 import tensorflow as tf
 
 from harmonic_tf.keras import _compat
-from harmonic_tf.ops import _inputs, harmonic_logits
+from harmonic_tf.ops import harmonic_logits
+from harmonic_tf.ops import inputs as checks
 
 OUTPUTS = ("logits", "probabilities")
 LEARNED = "learned"
@@ -133,7 +134,7 @@ class HarmonicLMHead(keras.layers.Layer):
         """The exponent the losses use: a float, or ``exp(log_eta)`` for a learned one."""
         if self.eta == LEARNED:
             return tf.exp(tf.convert_to_tensor(self.log_eta))
-        return _inputs.resolve_eta(self.eta, int(self.centers.shape[-1]))
+        return checks.resolve_eta(self.eta, int(self.centers.shape[-1]))
 
     def __call__(self, inputs, *args, **kwargs):
         if self._tied_name is not None and self._tied_layer is None:
@@ -173,7 +174,7 @@ class HarmonicLMHead(keras.layers.Layer):
                 shape=(),
                 dtype="float32",
                 initializer=keras.initializers.Constant(
-                    math.log(self.eta_init or _inputs.default_eta(dim))
+                    math.log(self.eta_init or checks.default_eta(dim))
                 ),
                 autocast=False,
             )
@@ -230,17 +231,17 @@ def _check_head_args(units, vocab_size, eta, eta_init, eps, output_mode) -> int 
         raise ValueError(f"`units` ({units}) and `vocab_size` ({vocab_size}) disagree.")
     units = units if units is not None else vocab_size
     if units is not None:
-        _inputs.check_int("units", units, 2)
+        checks.check_int("units", units, 2)
     if isinstance(eta, str) and eta != LEARNED:
         raise ValueError(f"`eta` must be a positive number, None or {LEARNED!r}, got {eta!r}.")
     if eta != LEARNED and eta is not None:
-        _inputs.check_positive("eta", eta)
+        checks.check_positive("eta", eta)
     if eta_init is not None:
         if eta != LEARNED:
             raise ValueError(f"`eta_init` goes with eta={LEARNED!r}, got eta={eta!r}.")
-        _inputs.check_positive("eta_init", eta_init)
-    _inputs.check_positive("eps", eps)
-    _inputs.check_choice("output_mode", output_mode, OUTPUTS)
+        checks.check_positive("eta_init", eta_init)
+    checks.check_positive("eps", eps)
+    checks.check_choice("output_mode", output_mode, OUTPUTS)
     return units
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from harmonic_tf.ops import _inputs
-from harmonic_tf.ops.exact import DENSE_MAX_BYTES
-from harmonic_tf.ops.options import SampledOptions
-from harmonic_tf.ops.terms import LossTerms, loss_terms
+from harmonic_tf.ops import DENSE_MAX_BYTES, LossTerms, SampledOptions, loss_terms
+from harmonic_tf.ops import inputs as checks
 
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum")
 # Vocabulary chunk of the exact loss in `evaluate`: [tokens, 4096] float32 blocks at most.
@@ -114,13 +112,13 @@ class HarmonicLoss(keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        _inputs.check_choice("reduction", reduction, REDUCTIONS)
+        checks.check_choice("reduction", reduction, REDUCTIONS)
         if chunk_size is not None:
-            _inputs.check_int("chunk_size", chunk_size, 1)
-        _inputs.check_int("evaluation_chunk_size", evaluation_chunk_size, 1)
-        _inputs.check_int("dense_max_bytes", dense_max_bytes, 0)
+            checks.check_int("chunk_size", chunk_size, 1)
+        checks.check_int("evaluation_chunk_size", evaluation_chunk_size, 1)
+        checks.check_int("dense_max_bytes", dense_max_bytes, 0)
         if seed is not None:
-            _inputs.check_int("seed", seed, 0)
+            checks.check_int("seed", seed, 0)
         self.sampled = _sampled_options(sampled)
         self.chunk_size = chunk_size
         self.evaluation_chunk_size = evaluation_chunk_size

@@ -18,7 +18,7 @@ import tensorflow as tf
 from harmonic_tf.keras import _compat
 from harmonic_tf.keras.layers import HarmonicLMHead
 from harmonic_tf.keras.losses import HarmonicLoss, labels_from_keras
-from harmonic_tf.keras.metrics import HarmonicStep, HarmonicMetric
+from harmonic_tf.keras.metrics import HarmonicMetric, HarmonicStep
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,6 @@ Public functions take hidden states ``[N, D]`` or ``[B, S, D]``, class centers `
 int labels; every loss path runs the one custom-gradient kernel in :mod:`._kernel`.
 """
 
-from harmonic_tf.ops._inputs import default_eta
 from harmonic_tf.ops.approx import harmonic_loss_approx
 from harmonic_tf.ops.distances import harmonic_logits
 from harmonic_tf.ops.exact import (
@@ -13,6 +12,7 @@ from harmonic_tf.ops.exact import (
     loss_from_logits,
     nearest_centers,
 )
+from harmonic_tf.ops.inputs import default_eta
 from harmonic_tf.ops.options import SampledOptions
 from harmonic_tf.ops.sampled import sampled_harmonic_loss
 from harmonic_tf.ops.sampling import (

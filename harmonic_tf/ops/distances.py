@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from harmonic_tf.ops import _inputs
+from harmonic_tf.ops import inputs
 
 
 def expanded_sq_distances(
@@ -88,8 +88,8 @@ def harmonic_logits(
         raise ValueError(f"`hidden_states` must be [..., D], got shape {x.shape}.")
     if w.shape.rank != 2 or w.shape[1] != x.shape[-1]:
         raise ValueError(f"`class_centers` must be [V, {x.shape[-1]}], got shape {w.shape}.")
-    eta = _inputs.resolve_eta(eta, int(x.shape[-1]))
-    _inputs.check_positive("eps", eps)
+    eta = inputs.resolve_eta(eta, int(x.shape[-1]))
+    inputs.check_positive("eps", eps)
     lead = tf.shape(x)[:-1]
     flat = tf.reshape(tf.cast(x, tf.float32), [-1, x.shape[-1]])
     origin = reference_point(flat)

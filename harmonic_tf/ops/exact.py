@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from harmonic_tf.ops import _inputs, _kernel
+from harmonic_tf.ops import _kernel, inputs
 from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq, reference_point
 
 PATHS = ("auto", "dense", "fused", "two_pass")
@@ -80,21 +80,21 @@ def harmonic_loss(
     >>> print(f"{float(dense):.4f} {float(chunked):.4f}")  # never an [8, 100] tensor
     13.1943 13.1943
     """
-    _inputs.check_choice("reduction", reduction, _inputs.REDUCTIONS)
-    _inputs.check_choice("path", path, PATHS)
-    _inputs.check_positive("eps", eps)
-    _inputs.check_int("dense_max_bytes", dense_max_bytes, 0)
+    inputs.check_choice("reduction", reduction, inputs.REDUCTIONS)
+    inputs.check_choice("path", path, PATHS)
+    inputs.check_positive("eps", eps)
+    inputs.check_int("dense_max_bytes", dense_max_bytes, 0)
     if chunk_size is not None:
-        _inputs.check_int("chunk_size", chunk_size, 1)
-    p = _inputs.prepare(hidden_states, class_centers, labels, ignore_index)
-    eta = _inputs.resolve_eta(eta, p.dim)
+        inputs.check_int("chunk_size", chunk_size, 1)
+    p = inputs.prepare(hidden_states, class_centers, labels, ignore_index)
+    eta = inputs.resolve_eta(eta, p.dim)
     chosen = choose_path(path, p.num_tokens, p.vocab_size, chunk_size, reduction, dense_max_bytes)
     if chosen == "fused":
-        per_token = _inputs.token_weights(p, reduction, weights)
+        per_token = inputs.token_weights(p, reduction, weights)
         return fused_weighted_loss(p.x, p.w, p.labels, per_token, eta, eps, chunk_size)
     chunk = chunk_size if chosen == "two_pass" else None
     losses = exact_token_losses(p.x, p.w, p.labels, eta, eps, chunk)
-    return _inputs.finish(losses, p, reduction, weights=weights)
+    return inputs.finish(losses, p, reduction, weights=weights)
 
 
 def choose_path(
@@ -318,7 +318,7 @@ def loss_from_logits(logits: tf.Tensor, labels: tf.Tensor, ignore_index=-100) ->
     """
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(labels, tf.int32)
-    ignored = _inputs.ignored_mask(labels, ignore_index)
+    ignored = inputs.ignored_mask(labels, ignore_index)
     safe = tf.where(ignored, tf.zeros_like(labels), labels)
     vocab = tf.shape(logits)[-1]
     invalid = tf.logical_and(tf.logical_not(ignored), tf.logical_or(safe < 0, safe >= vocab))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from harmonic_tf.ops import _inputs
+from harmonic_tf.ops import inputs
 from harmonic_tf.ops.sampling import Sampler, UnigramSampler, sampler_spec
 
 NEGATIVES = ("shared", "per_example")
@@ -64,24 +64,24 @@ class SampledOptions:
     center_rows: int | None = None
 
     def __post_init__(self):
-        _inputs.check_choice("negatives", self.negatives, NEGATIVES)
-        _inputs.check_choice("log_q_correction", self.log_q_correction, LOG_Q_CORRECTIONS)
-        _inputs.check_choice("center_gradient", self.center_gradient, CENTER_GRADIENTS)
+        inputs.check_choice("negatives", self.negatives, NEGATIVES)
+        inputs.check_choice("log_q_correction", self.log_q_correction, LOG_Q_CORRECTIONS)
+        inputs.check_choice("center_gradient", self.center_gradient, CENTER_GRADIENTS)
         if not isinstance(self.remove_accidental_hits, bool):
             raise TypeError(
                 f"`remove_accidental_hits` must be a bool, got {self.remove_accidental_hits!r}."
             )
         if self.in_batch_negatives != "all":
-            _inputs.check_int("in_batch_negatives", self.in_batch_negatives, 0)
+            inputs.check_int("in_batch_negatives", self.in_batch_negatives, 0)
         in_batch = self.in_batch_negatives != 0
         if self.negatives == "per_example":
-            _inputs.check_int("k", self.k, 1)
+            inputs.check_int("k", self.k, 1)
         else:
-            _inputs.check_int("k", self.k, 0 if in_batch else 1)
+            inputs.check_int("k", self.k, 0 if in_batch else 1)
         rows = self.center_rows
         if self.center_gradient == "rows":
             rows = DEFAULT_CENTER_ROWS if rows is None else rows
-            _inputs.check_int("center_rows", rows, 1)
+            inputs.check_int("center_rows", rows, 1)
         elif rows is not None:
             raise ValueError(
                 f"`center_rows` goes with center_gradient='rows', got center_rows={rows} with "

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from harmonic_tf.ops import _inputs, _kernel
+from harmonic_tf.ops import _kernel, inputs
 from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq
 from harmonic_tf.ops.options import SampledOptions
 from harmonic_tf.ops.sampling import RandomStream, get_sampler
@@ -77,12 +77,12 @@ def sampled_harmonic_loss(
     options = SampledOptions() if options is None else options
     if not isinstance(options, SampledOptions):
         raise TypeError(f"`options` must be a harmonic_tf.SampledOptions, got {options!r}.")
-    _inputs.check_choice("reduction", reduction, _inputs.REDUCTIONS)
-    _inputs.check_positive("eps", eps)
-    p = _inputs.prepare(hidden_states, class_centers, labels, ignore_index)
+    inputs.check_choice("reduction", reduction, inputs.REDUCTIONS)
+    inputs.check_positive("eps", eps)
+    p = inputs.prepare(hidden_states, class_centers, labels, ignore_index)
     if options.negatives == "per_example":
-        _inputs.check_int("k", options.k, 1, p.vocab_size - 1)
-    eta = _inputs.resolve_eta(eta, p.dim)
+        inputs.check_int("k", options.k, 1, p.vocab_size - 1)
+    eta = inputs.resolve_eta(eta, p.dim)
     rng = RandomStream(seed)
     cand = build_candidates(p, options, rng, sampled_ids)
     center_rows = None
@@ -94,7 +94,7 @@ def sampled_harmonic_loss(
 
     losses = _kernel.token_losses(p.x, p.w, cand.labels, eta, eps, columns, cand.log_q_true)
     bad = None if cand.bad_ids is None else tf.logical_and(cand.bad_ids, tf.logical_not(p.ignored))
-    return _inputs.finish(losses, p, reduction, also_invalid=bad, weights=weights)
+    return inputs.finish(losses, p, reduction, also_invalid=bad, weights=weights)
 
 
 def _in_batch_capacity(in_batch_negatives, num_tokens):
@@ -181,7 +181,7 @@ class Candidates:
 
 
 def build_candidates(
-    p: _inputs.Prepared,
+    p: inputs.Prepared,
     options: SampledOptions,
     rng: RandomStream,
     sampled_ids: tf.Tensor | None = None,
@@ -222,7 +222,7 @@ class InBatch(NamedTuple):
     member: tf.Tensor
 
 
-def _in_batch_block(p: _inputs.Prepared, options: SampledOptions) -> InBatch | None:
+def _in_batch_block(p: inputs.Prepared, options: SampledOptions) -> InBatch | None:
     if options.in_batch_negatives == 0:
         return None
     capacity = _in_batch_capacity(options.in_batch_negatives, p.num_tokens)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from harmonic_tf.ops import _inputs
+from harmonic_tf.ops import inputs
 
 # Per-example collision resampling rounds for non-uniform samplers; a collision left after
 # them (probability q_y^64) is masked like an accidental hit.
@@ -96,7 +96,7 @@ class Sampler:
     name = "sampler"
 
     def __init__(self, vocab_size: int):
-        _inputs.check_int("vocab_size", vocab_size, 2)
+        inputs.check_int("vocab_size", vocab_size, 2)
         self.vocab_size = vocab_size
 
     def sample(self, shape, rng: RandomStream) -> tf.Tensor:
@@ -213,7 +213,7 @@ class UnigramSampler(Sampler):
             raise ValueError("`counts` must be finite and >= 0 (token counts per id).")
         if counts.sum() <= 0:
             raise ValueError("`counts` must not be all zero.")
-        _inputs.check_positive("distortion", distortion)
+        inputs.check_positive("distortion", distortion)
         super().__init__(int(counts.size))
         self.counts = counts
         self.distortion = float(distortion)
@@ -251,7 +251,7 @@ def sampler_spec(sampler) -> str | Sampler:
     ``"log_uniform"``), a :class:`Sampler`, or token counts (a 1-D list/array, or a
     :class:`UnigramSampler` config dict), which become a :class:`UnigramSampler`."""
     if isinstance(sampler, str):
-        _inputs.check_choice("sampler", sampler, [*SAMPLERS, "<Sampler>", "<token counts>"])
+        inputs.check_choice("sampler", sampler, [*SAMPLERS, "<Sampler>", "<token counts>"])
         return sampler
     if isinstance(sampler, Sampler):
         return sampler
@@ -289,7 +289,7 @@ def label_counts(labels, vocab_size: int, ignore_index: int | None = -100) -> np
     >>> label_counts([[1, 1, 3], [0, -100, 1]], vocab_size=4)
     array([1., 3., 0., 1.])
     """
-    _inputs.check_int("vocab_size", vocab_size, 2)
+    inputs.check_int("vocab_size", vocab_size, 2)
     counts = np.zeros(vocab_size, np.float64)
     batches = labels.as_numpy_iterator() if isinstance(labels, tf.data.Dataset) else [labels]
     for batch in batches:

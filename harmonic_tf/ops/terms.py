@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from harmonic_tf.ops import _inputs
+from harmonic_tf.ops import inputs
 from harmonic_tf.ops.exact import DENSE_MAX_BYTES, harmonic_loss
 from harmonic_tf.ops.options import SampledOptions
 from harmonic_tf.ops.sampled import sampled_harmonic_loss
@@ -82,7 +82,7 @@ def loss_terms(
             hidden_states, class_centers, labels, reduction="sum", weights=weights,
             chunk_size=chunk_size, dense_max_bytes=dense_max_bytes, **common,
         )  # fmt: skip
-    keep = tf.cast(tf.logical_not(_inputs.ignored_mask(labels, ignore_index)), tf.float32)
+    keep = tf.cast(tf.logical_not(inputs.ignored_mask(labels, ignore_index)), tf.float32)
     return LossTerms(
         total=total,
         num_tokens=tf.reduce_sum(keep),
@@ -101,7 +101,7 @@ def label_weights(labels: tf.Tensor, ignore_index: int | None, weights=None) -> 
     [[2.  0. ]
      [0.5 0.5]]
     """
-    keep = tf.logical_not(_inputs.ignored_mask(tf.convert_to_tensor(labels), ignore_index))
+    keep = tf.logical_not(inputs.ignored_mask(tf.convert_to_tensor(labels), ignore_index))
     return _weighted(tf.cast(keep, tf.float32), weights)
 
 
@@ -110,4 +110,4 @@ def _weighted(values: tf.Tensor, weights) -> tf.Tensor:
     if weights is None:
         return values
     shape = tf.shape(values)
-    return values * tf.reshape(_inputs.flat_weights(weights, shape, values.shape.rank), shape)
+    return values * tf.reshape(inputs.flat_weights(weights, shape, values.shape.rank), shape)

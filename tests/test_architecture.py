@@ -1,0 +1,132 @@
+"""The package's shape: two halves, one kernel, short functions, private uses in one place."""
+
+import ast
+import importlib
+import pathlib
+import re
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "harmonic_tf"
+COMPAT = PACKAGE / "keras" / "_compat.py"
+MAX_FUNCTION_LINES = 60
+
+
+def _sources(folder: pathlib.Path = PACKAGE):
+    return sorted(folder.rglob("*.py"))
+
+
+def test_ops_imports_no_keras():
+    # Read, not run: `import tensorflow` itself loads Keras, so only the imports tell.
+    allowed = ("tensorflow", "numpy", "harmonic_tf.ops", "__future__")
+    for path in _sources(PACKAGE / "ops"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                ok = name.startswith(allowed) or root in sys.stdlib_module_names
+                assert ok, f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_keras_half_uses_only_the_public_ops():
+    for path in _sources(PACKAGE / "keras"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "harmonic_tf.ops"
+            ):
+                assert node.module == "harmonic_tf.ops", (path, node.module)
+                assert all(not a.name.startswith("_") for a in node.names), (path, node.module)
+
+
+TODAY = [
+    "HarmonicAccuracy", "HarmonicPerplexity", "HarmonicLMHead", "HarmonicLoss", "HarmonicModel",
+    "HarmonicTraining", "LogUniformSampler", "SampledOptions", "Sampler", "UniformSampler",
+    "UnigramSampler", "default_eta", "harmonic_logits", "harmonic_loss", "harmonic_loss_approx",
+    "label_counts", "sampled_harmonic_loss",
+]  # fmt: skip
+
+
+def test_public_names_of_the_previous_layout_still_import():
+    import harmonic_tf as ht
+
+    for name in TODAY:
+        assert name in ht.__all__ and getattr(ht, name) is not None, name
+    for name in ht.__all__:
+        assert getattr(ht, name).__module__.startswith(("harmonic_tf.ops", "harmonic_tf.keras"))
+    pytest.importorskip("keras_hub")
+    old = importlib.import_module("harmonic_tf.hub")
+    new = importlib.import_module("harmonic_tf.keras.hub")
+    assert old.HarmonicCausalLM is new.HarmonicCausalLM
+
+
+def _functions(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def _code_lines(node) -> int:
+    """Lines of a function without its docstring."""
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def test_no_function_over_60_lines():
+    long = [
+        f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name} ({_code_lines(fn)} lines)"
+        for path in _sources()
+        for fn in _functions(ast.parse(path.read_text()))
+        if _code_lines(fn) > MAX_FUNCTION_LINES
+    ]
+    assert not long, long
+
+
+def test_custom_gradient_sequence_is_written_once():
+    # The forward/backward sequence (custom gradient, softplus margin, true pull) lives in the
+    # kernel; every path reaches it through ops/_kernel.py.
+    for path in _sources():
+        text = path.read_text()
+        if path.name == "_kernel.py":
+            assert "tf.custom_gradient" in text and "tf.math.softplus" in text
+            continue
+        for marker in ("tf.custom_gradient", "tf.math.softplus", "sigmoid(margin)"):
+            assert marker not in text, (path, marker)
+
+
+PRIVATE = re.compile(
+    r"keras\.src|keras_hub\.src|tensorflow\.python|\b(?!self\b|cls\b)[a-z]\w*\._[a-z]"
+)
+
+
+def test_private_apis_only_in_compat():
+    found = []
+    for path in _sources():
+        if path == COMPAT:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            for match in PRIVATE.finditer(code):
+                owner = match.group(0).split(".")[0]
+                # The package's own private modules (ops._kernel) are not another
+                # library's internals.
+                if owner in {"_kernel", "_compat", "ops", "harmonic_tf"}:
+                    continue
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, found
+
+
+def test_tested_major_versions():
+    from harmonic_tf.keras import _compat
+
+    problems = _compat.untested_versions()
+    assert not problems, "\n".join(problems)
