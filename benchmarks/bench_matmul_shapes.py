@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+from _common import machine
+
 PRODUCTS = {
     "distances x w^T": "rows x V from [rows, D] x [V, D]^T",
     "dx = c w": "rows x D from [rows, V] x [V, D]",
@@ -66,8 +68,6 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_loss import machine
     from tqdm import tqdm
 
     # The reference point (N=4,096, D=512) and the example's training step (N=2,048, D=128),

@@ -4,8 +4,11 @@ at an LM vocabulary: cross-entropy (tied dot-product head) vs sampled and exact 
     python benchmarks/bench_train_step.py                 # V = 50,257, batch 32 x 64
     python benchmarks/bench_train_step.py --vocab-size 8001 --steps 30
     python benchmarks/bench_train_step.py --chunk-size 2048,4096,0   # exact at three chunk sizes
+    python benchmarks/bench_train_step.py --base-tree /tmp/old   # also an older checkout's rows
 
-Each loss runs in its own subprocess. Writes train_step_v<V>.json and .md to --out.
+Each loss runs in its own subprocess. Writes train_step_v<V>.json and .md to --out. With
+--base-tree, each round also runs the same losses with the package (and this script's
+`--single` mode) of another checkout, so a change is measured side by side with its base.
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ import time
 
 import numpy as np
 
+from _common import machine
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSSES = {
     "ce": "cross-entropy (tied dot-product head)",
     "sampled": "sampled harmonic (package defaults, unigram tail draws)",
+    "exact_default": "exact harmonic (HarmonicLoss() defaults)",
     "exact_chunked": "exact harmonic",
 }
+EXAMPLES = os.path.join(HERE, "..", "examples")
 
 
 def run_single(kind: str, args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, os.path.join(HERE, "..", "examples"))
     import keras
     import tensorflow as tf
 
@@ -53,8 +59,11 @@ def run_single(kind: str, args) -> dict:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     elif kind == "sampled":
         loss = ht.HarmonicLoss(sampled=ht.SampledOptions(sampler=counts), seed=0)
-    else:
-        loss = ht.HarmonicLoss(chunk_size=int(kind.split("@")[1]) or None)
+    elif kind == "exact_default":
+        loss = ht.HarmonicLoss()
+    else:  # the chunked path at this chunk size (0: dense), whatever "auto" would take
+        chunk = int(kind.split("@")[1]) or None
+        loss = ht.HarmonicLoss(chunk_size=chunk, **({"dense_max_bytes": 0} if chunk else {}))
     model.compile(keras.optimizers.Adam(1e-3), loss=loss, jit_compile=True)
     x = tf.constant(tokens[:, :-1], tf.int32)
     y = tf.constant(tokens[:, 1:], tf.int32)
@@ -76,6 +85,22 @@ def run_single(kind: str, args) -> dict:
     }
 
 
+SINGLE_ARGS = ("vocab_size", "batch", "seq_len", "steps", "warmup")
+
+
+def _run_in(folder: str, kind: str, single_args: list[str]) -> dict:
+    """One loss's run by the ``bench_train_step.py`` in ``folder`` (a checkout's benchmarks/),
+    with that checkout's package and examples first on the path."""
+    root = os.path.dirname(folder)
+    path = os.pathsep.join([root, os.path.join(root, "examples")])
+    env = dict(os.environ, PYTHONPATH=path + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    script = os.path.join(folder, "bench_train_step.py")
+    cmd = [sys.executable, script, "--single", kind, *single_args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-500:]}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,13 +116,12 @@ def main(argv=None):
         "--chunk-size", default="2048", help="exact runs' chunk sizes, comma-separated; 0: dense"
     )
     p.add_argument("--single", help=argparse.SUPPRESS)
+    p.add_argument("--base-tree", help="another checkout to measure side by side (rows base:...)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     if args.single:
         print("RESULT " + json.dumps(run_single(args.single, args)), flush=True)
         return None
-    sys.path.insert(0, HERE)
-    from bench_loss import machine
 
     command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *sys.argv[1:]])
     # Rounds interleave the losses, so a slow spell of a shared CPU hits them alike; each loss
@@ -106,16 +130,16 @@ def main(argv=None):
     for kind in args.runs.split(","):
         chunks = args.chunk_size.split(",") if kind == "exact_chunked" else [None]
         kinds += [kind if c is None else f"{kind}@{int(c)}" for c in chunks]
-    rounds: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    runs = [(kind, kind, HERE) for kind in kinds]
+    if args.base_tree:  # the base checkout knows neither the defaults' row nor newer kinds
+        base = os.path.join(os.path.abspath(args.base_tree), "benchmarks")
+        runs += [(f"base:{kind}", kind, base) for kind in kinds if kind != "exact_default"]
+    single_args = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in SINGLE_ARGS]
+    rounds: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
     for r in range(args.repeats):
-        for kind in rounds:
-            cmd = [sys.executable, os.path.abspath(__file__), "--single", kind, *sys.argv[1:]]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-            rounds[kind].append(
-                json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-500:]}
-            )
-            print(f"round {r + 1}", kind, rounds[kind][-1], flush=True)
+        for name, kind, folder in runs:
+            rounds[name].append(_run_in(folder, kind, single_args))
+            print(f"round {r + 1}", name, rounds[name][-1], flush=True)
     rows = {}
     for kind, results in rounds.items():
         ok = [res for res in results if "median_step_s" in res]
@@ -130,7 +154,9 @@ def main(argv=None):
         }
     info = machine()
     ce = rows.get("ce", {}).get("tokens_per_s")
-    exact_kinds = [kind for kind in rows if kind.startswith("exact_chunked@")]
+    exact_kinds = [
+        kind for kind in rows if kind.startswith(("exact_chunked@", "base:exact_chunked@"))
+    ]
     exact = rows[exact_kinds[0]].get("tokens_per_s") if exact_kinds else None
     text = [
         f"Machine: {info['cpu']}, {info['cores']} cores; TensorFlow {info['tensorflow']}; command: `{command}`",
@@ -146,6 +172,9 @@ def main(argv=None):
     for kind in exact_kinds:
         chunk = int(kind.split("@")[1])
         names[kind] = f"exact harmonic ({f'chunk_size={chunk}' if chunk else 'dense logits'})"
+    for kind in rows:
+        if kind.startswith("base:"):
+            names[kind] = f"base checkout: {names.get(kind[5:], LOSSES.get(kind[5:], kind))}"
     for kind, r in rows.items():
         if "tokens_per_s" in r:
             rel = [f"{r['tokens_per_s'] / b:.2f}x" if b else "-" for b in (ce, exact)]

@@ -22,7 +22,7 @@ def test_bench_train_step_runs_every_loss(tmp_path):
         *("--warmup", "1", "--chunk-size", "128,0", "--repeats", "1", "--out", str(tmp_path)),
     )
     rows = json.loads((tmp_path / "train_step_v300.json").read_text())["rows"]
-    assert set(rows) == {"ce", "sampled", "exact_chunked@128", "exact_chunked@0"}
+    assert set(rows) == {"ce", "sampled", "exact_default", "exact_chunked@128", "exact_chunked@0"}
     assert all(r["tokens_per_s"] > 0 for r in rows.values()), rows
     table = (tmp_path / "train_step_v300.md").read_text()
     assert "exact harmonic (chunk_size=128)" in table and "failed" not in table

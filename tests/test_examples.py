@@ -2,14 +2,10 @@
 fell. These are tests, not benchmarks."""
 
 import json
-import os
-import sys
 
 import pytest
 
 from conftest import shared_data_path
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
 
 def test_transformer_lm_quick_on_tiny_shakespeare(tmp_path):

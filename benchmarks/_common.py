@@ -1,0 +1,228 @@
+"""What the benchmark scripts share: the configurations and their floors, the machine's
+description, and XLA's memory plan read from a dump. Scripts in this folder import it by name
+(Python puts a script's own folder on the path)."""
+
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import platform
+import re
+
+CHUNK = 2048
+REFERENCE = {"n": 4096, "d": 512, "v": 50257, "k": 256, "chunk": CHUNK}
+# Like for like with tf.nn.sampled_softmax_loss: only the k draws (no in-batch negatives, no
+# center rows).
+PLAIN = {"in_batch_negatives": 0, "center_gradient": "indexed_slices"}
+
+# name -> (description, needs torch)
+CONFIGS = {
+    "matmul_rate_xla": "this machine's matmul rate: a cross-entropy step's 3 products, XLA",
+    "dense_ce_xla": "dense cross-entropy (matmul + sparse_softmax_cross_entropy_with_logits), XLA",
+    "dense_ce": "dense cross-entropy, graph mode",
+    "tf_sampled_softmax": "tf.nn.sampled_softmax_loss (log-uniform, graph mode; no XLA kernel)",
+    "torch_prototype": "user's PyTorch prototype harmonic_loss_approx (per-example, CPU)",
+    "harmonic_dense_xla": "ours: harmonic_loss, dense, XLA",
+    "harmonic_dense": "ours: harmonic_loss, dense, graph mode",
+    "harmonic_chunked_xla": "ours: harmonic_loss, chunk_size=chunk, XLA",
+    "harmonic_chunked": "ours: harmonic_loss, chunk_size=chunk, graph mode",
+    "harmonic_two_pass_xla": "ours: harmonic_loss, chunk_size=chunk, path='two_pass', XLA",
+    "sampled_shared_xla": "ours: sampled_harmonic_loss, shared negatives, XLA",
+    "sampled_shared": "ours: sampled_harmonic_loss, shared negatives, graph mode",
+    "sampled_default_xla": "ours: sampled_harmonic_loss, package defaults (in-batch + center rows), XLA",
+    "sampled_per_example_xla": "ours: sampled_harmonic_loss, per-example negatives, XLA",
+    "sampled_per_example": "ours: sampled_harmonic_loss, per-example negatives, graph mode",
+}
+
+
+def inputs(n: int, d: int, v: int):
+    """Hidden states ``[n, d]``, centers ``[v, d]`` and labels ``[n]``, seeded."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(n, d)).astype(np.float32))
+    w = tf.constant((rng.normal(size=(v, d)) * 0.05).astype(np.float32))
+    y = tf.constant(rng.integers(0, v, n).astype(np.int32))
+    return x, w, y
+
+
+def _default_sampled_shape(k: int, n: int) -> tuple[int, int]:
+    """The package defaults' candidate columns (``k`` draws plus the in-batch block) and center
+    rows."""
+    from harmonic_tf.ops import SampledOptions
+
+    options = SampledOptions(k=k)
+    return k + min(options.in_batch_negatives, n), options.center_rows
+
+
+def matmul_flops(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -> float:
+    """FLOPs of the loss's matmuls: its time floor at a machine's matmul rate. The exact loss
+    needs the 3 products cross-entropy does (6 N V D) on every path; the two-pass path runs a
+    4th (the distances again), which shows as its time over this floor."""
+    base = name.removesuffix("_xla")
+    exact = ("dense_ce", "harmonic_dense", "harmonic_chunked", "harmonic_two_pass", "matmul_rate")
+    if base in exact:
+        return 6.0 * n * v * d
+    if base == "sampled_default":
+        columns, rows = _default_sampled_shape(k, n)
+        # The candidate block's 3 products and the center rows' distances and center gradient.
+        return 6.0 * n * columns * d + 4.0 * rows * v * d
+    return 6.0 * n * k * d
+
+
+def floor_bytes(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -> int:
+    """The unavoidable buffers: the ``[V, D]`` center gradient plus one logits block:
+    ``[N, chunk]`` for the chunked exact loss, ``[N, V]`` dense, ``[N, k]`` sampled (the
+    defaults: ``[N, k + in-batch]`` and the center rows' ``[S, V]``)."""
+    base = name.removesuffix("_xla")
+    block = n * k
+    if base in ("dense_ce", "harmonic_dense"):
+        block = n * v
+    elif base in ("harmonic_chunked", "harmonic_two_pass"):
+        block = n * min(chunk, v)
+    elif base == "sampled_default":
+        columns, rows = _default_sampled_shape(k, n)
+        block = n * columns + rows * v
+    return 4 * (v * d + block)
+
+
+def loss_and_grads(name: str, x, w, y, k: int, chunk: int = CHUNK, reduce_outputs: bool = True):
+    """The configuration's forward+backward as a function of ``(x, w)``: ``(loss, dx, dw)``,
+    each reduced to a scalar unless ``reduce_outputs`` is False (the HLO report keeps them)."""
+    import tensorflow as tf
+
+    import harmonic_tf as ht
+
+    v = int(w.shape[0])
+    base = name.removesuffix("_xla")
+    losses = {
+        "dense_ce": lambda x, w: tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.matmul(x, w, transpose_b=True))
+        ),
+        "tf_sampled_softmax": lambda x, w: tf.reduce_mean(
+            tf.nn.sampled_softmax_loss(w, tf.zeros([v]), tf.cast(y[:, None], tf.int64), x, k, v)
+        ),
+        "harmonic_dense": lambda x, w: ht.harmonic_loss(x, w, y),
+        # dense_max_bytes=0: the chunked path the row names, even where "auto" would go dense.
+        "harmonic_chunked": lambda x, w: ht.harmonic_loss(
+            x, w, y, chunk_size=chunk, dense_max_bytes=0
+        ),
+        "harmonic_two_pass": lambda x, w: ht.harmonic_loss(
+            x, w, y, chunk_size=chunk, path="two_pass"
+        ),
+        "sampled_shared": lambda x, w: ht.sampled_harmonic_loss(
+            x, w, y, ht.SampledOptions(k=k, **PLAIN)
+        ),
+        "sampled_default": lambda x, w: ht.sampled_harmonic_loss(x, w, y, ht.SampledOptions(k=k)),
+        "sampled_per_example": lambda x, w: ht.sampled_harmonic_loss(
+            x, w, y, ht.SampledOptions(k=k, negatives="per_example", **PLAIN)
+        ),
+    }
+    if base == "matmul_rate":
+        return _matmul_rate_step(x, w)
+    if base not in losses:
+        raise ValueError(f"unknown configuration {name!r}")
+    loss_fn = losses[base]
+
+    def f(x=x, w=w):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = loss_fn(x, w)
+        gx, gw = tape.gradient(loss, [x, w])
+        if not reduce_outputs:
+            return loss, gx, tf.convert_to_tensor(gw)
+        # Reduce to scalars so no output buffer is counted beyond what the step needs.
+        gw_sum = tf.reduce_sum(gw.values) if isinstance(gw, tf.IndexedSlices) else tf.reduce_sum(gw)
+        return loss, tf.reduce_sum(gx), gw_sum
+
+    return f
+
+
+def _matmul_rate_step(x, w):
+    """A cross-entropy step's 3 products at the point's shape, without its softmax."""
+    import tensorflow as tf
+
+    g = tf.random.stateless_normal([int(x.shape[0]), int(w.shape[0])], seed=[0, 0])
+
+    def f(x=x, w=w, g=g):
+        logits = tf.matmul(x, w, transpose_b=True)
+        dx, dw = tf.matmul(g, w), tf.matmul(g, x, transpose_a=True)
+        return tf.reduce_sum(logits), tf.reduce_sum(dx), tf.reduce_sum(dw)
+
+    return f
+
+
+def machine() -> dict:
+    import tensorflow as tf
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# Opcodes worth counting (the rest are reshapes, bitcasts, tuples, parameters, constants).
+OPS = (
+    "dot", "fusion", "while", "scatter", "gather", "sort", "rng-bit-generator", "dynamic-slice",
+    "dynamic-update-slice", "reduce", "exponential", "log", "divide", "transpose", "copy",
+    "all-reduce", "custom-call",
+)  # fmt: skip
+
+
+def read_dump(dump: str) -> dict:
+    """Memory plan and op mix of the largest module in ``dump`` (the step; small ones are
+    argument conversions)."""
+    reports = glob.glob(os.path.join(dump, "*cpu_after_optimizations-buffer-assignment.txt"))
+    best = max(reports, key=lambda p: _total_bytes(open(p).read()))
+    text = open(best).read()
+    temp, outputs, params, values = 0, 0, 0, []
+    for block in re.split(r"\n(?=allocation \d+:)", text.split("\nTotal bytes used")[0]):
+        head = block.split("\n", 1)[0]
+        match = re.match(r"allocation \d+: size (\d+)", head)
+        if not match:
+            continue
+        size = int(match.group(1))
+        if "preallocated-temp" in head:
+            temp += size
+            for value in re.finditer(
+                r"value: <\d+ (\S+) @\d+> \(size=(\d+),offset=\d+\): (\S+)", block
+            ):
+                values.append((int(value.group(2)), value.group(1), value.group(3)))
+        elif "parameter" in head:
+            params += size
+        elif "maybe-live-out" in head or "output shape" in head:
+            outputs += size
+    hlo = open(best.replace("-buffer-assignment.txt", ".txt")).read()
+    ops = collections.Counter(op for op in re.findall(r"= \S+ ([a-z][a-z\-]*)\(", hlo) if op in OPS)
+    values.sort(reverse=True)
+    return {
+        "temp_bytes": temp,
+        "output_bytes": outputs,
+        "parameter_bytes": params,
+        "largest_temp_values": [
+            {"bytes": b, "instruction": i, "shape": s} for b, i, s in values[:5]
+        ],
+        "ops": dict(sorted(ops.items())),
+    }
+
+
+def _total_bytes(text: str) -> int:
+    match = re.search(r"Total bytes used: (\d+)", text)
+    return int(match.group(1)) if match else 0
+
+
+def with_dump_flags(env: dict, dump: str) -> dict:
+    """``env`` with XLA told to dump each compiled module's HLO and buffer assignment to
+    ``dump`` (after any ``XLA_FLAGS`` already set)."""
+    flags = f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
+    return {**env, "XLA_FLAGS": (env.get("XLA_FLAGS", "") + " " + flags).strip()}
