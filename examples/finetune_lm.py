@@ -37,7 +37,7 @@ try:
 except ImportError as error:  # pragma: no cover
     raise SystemExit("finetune_lm.py needs keras-hub: pip install -e '.[examples,hub]'") from error
 
-from harmonic_tf.hub import HarmonicCausalLM  # noqa: E402
+from harmonic_tf.keras.hub import HarmonicCausalLM  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TEXT = os.path.join(HERE, "..", "..", "shared", "data", "tinyshakespeare.txt")

@@ -1,8 +1,8 @@
 """Tables and plots over several ``transformer_lm.py`` result files.
 
-    python examples/summarize_runs.py lr runs/lr/*/results.json --out docs/lr_sweep.png
+    python examples/summarize_runs.py lr runs/lr/*/results.json --out docs/images/lr_sweep.png
     python examples/summarize_runs.py seeds runs/seed*/results.json
-    python examples/summarize_runs.py eta runs/eta/pydoc/*/results.json --out docs/eta_pydoc.png
+    python examples/summarize_runs.py eta runs/eta/pydoc/*/results.json --out docs/images/eta_pydoc.png
 
 ``lr``: final exact validation loss against the peak learning rate, one line per loss.
 ``eta``: the exact harmonic loss over the (exponent, learning rate) grid, one row per exponent,
