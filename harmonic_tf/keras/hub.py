@@ -90,12 +90,8 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         eps: float = 1e-9,
         **kwargs,
     ):
-        embedding = getattr(backbone, "token_embedding", None)
-        if embedding is None:
-            raise ValueError(
-                f"`backbone` ({type(backbone).__name__}) has no `token_embedding` to tie the "
-                "harmonic head to."
-            )
+        _check_backbone(backbone)
+        embedding = backbone.token_embedding
         self.backbone = backbone
         self.preprocessor = preprocessor
         head = HarmonicLMHead(
@@ -167,6 +163,7 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
             )
         if scoring_mode == "loss" and target_ids is None:
             raise ValueError("scoring_mode='loss' needs `target_ids`.")
+        token_ids = tf.convert_to_tensor(token_ids)  # NumPy or lists, as keras-hub accepts
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(token_ids)[:2], tf.bool)
         hidden = self.backbone({"token_ids": token_ids, "padding_mask": padding_mask})
@@ -220,3 +217,30 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
             with open(source.path(COMPILE_FILE)) as f:
                 task.compile_from_config(json.load(f))
         return task
+
+
+def _check_backbone(backbone) -> None:
+    """A causal-LM backbone with a plain hidden-state output and a token embedding, or a
+    ``ValueError`` saying what is missing."""
+    name = type(backbone).__name__
+    if getattr(backbone, "token_embedding", None) is None:
+        raise ValueError(
+            f"`backbone` ({name}) has no `token_embedding` to tie the harmonic head to."
+        )
+    if not any(
+        getattr(c, "backbone_cls", None) is type(backbone) for c in _compat.causal_lm_classes()
+    ):
+        raise ValueError(
+            f"`backbone` ({name}) is not a causal-LM backbone: keras-hub has no CausalLM for it "
+            "(an encoder such as BERT reads both directions). HarmonicCausalLM needs a "
+            "decoder backbone (GPT-2, Llama, Gemma, ...)."
+        )
+    cap = getattr(backbone, "final_logit_soft_cap", None)
+    if cap is not None:
+        raise ValueError(
+            f"`backbone` ({name}) has final_logit_soft_cap={cap}: its CausalLM squashes "
+            "dot-product logits as cap * tanh(z / cap). Harmonic logits are -(eta/2) log(d^2), "
+            "hundreds in size at eta = 2 D, so the same cap would flatten every distribution; "
+            "the harmonic head does not apply it. Build the backbone with "
+            "final_logit_soft_cap=None to train it with a harmonic head."
+        )

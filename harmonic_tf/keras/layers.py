@@ -114,9 +114,31 @@ class HarmonicLMHead(keras.layers.Layer):
     @property
     def centers(self):
         """The ``[V, D]`` centers: :attr:`centers_variable` itself, or its transpose for an
-        untied ``ReversibleEmbedding`` (whose ``[D, V]`` output matrix gets a dense gradient)."""
+        untied ``ReversibleEmbedding`` (whose ``[D, V]`` output matrix gets a dense gradient);
+        for an int8-quantized tied embedding (``model.quantize("int8")``), the table
+        dequantized with its per-class scale, as the embedding's own lookup does."""
         variable = self.centers_variable
-        return tf.transpose(variable) if self._reads_reverse_embeddings else variable
+        reverse = self._reads_reverse_embeddings
+        mode = getattr(self._tied_layer, "quantization_mode", None)
+        if mode is None:
+            return tf.transpose(variable) if reverse else variable
+        if mode != "int8":
+            raise ValueError(
+                f"{self.name}: the tied embedding {self._tied_layer.name!r} is quantized as "
+                f"{mode!r}; a harmonic head reads int8 tables only (dequantized: distances need "
+                "the centers themselves, not a quantized product). Quantize with 'int8', or "
+                "leave the embedding out of quantize() (its `filters` argument)."
+            )
+        layer = self._tied_layer
+        if getattr(layer, "lora_enabled", False):
+            raise ValueError(
+                f"{self.name}: the tied embedding {layer.name!r} is int8-quantized with LoRA "
+                "enabled on it; its table and LoRA factors cannot be read apart through public "
+                "attributes. Enable LoRA on the backbone's other layers only."
+            )
+        table = tf.transpose(variable) if reverse else variable  # [V, D] int8
+        scale = layer.reverse_embeddings_scale if reverse else layer.embeddings_scale  # [V]
+        return tf.cast(table, tf.float32) / tf.cast(scale, tf.float32)[:, None]
 
     @property
     def centers_trainable(self) -> bool:
