@@ -42,6 +42,8 @@ from harmonic_tf.keras.hub import HarmonicCausalLM  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TEXT = os.path.join(HERE, "..", "..", "shared", "data", "tinyshakespeare.txt")
 END = "<|endoftext|>"
+# GPT2Tokenizer pads with id 0: a token of its own, so padding never reads as end-of-text.
+PAD = "<|pad|>"
 
 
 def train_bpe(text: str, vocab_size: int) -> keras_hub.models.GPT2Tokenizer:
@@ -50,7 +52,7 @@ def train_bpe(text: str, vocab_size: int) -> keras_hub.models.GPT2Tokenizer:
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = tokenizers.trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[END],
+        special_tokens=[PAD, END],  # ids 0 and 1
         initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -124,14 +126,18 @@ def response_loss(lm, x, labels, weight) -> float:
 
 
 def greedy(lm, tokenizer, prompts, length) -> list[str]:
+    """Greedy continuations by keras-hub's own ``generate()``: strings in and out, stopping at
+    the end-of-text token (``stop_token_ids="auto"``). The preprocessor is attached for
+    generation only: training feeds token ids."""
+    lm.preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer)
+    room = lm.backbone.max_sequence_length - length - 1  # -1: the start token
     out = []
     for prompt in prompts:
-        ids = _ids(tokenizer, prompt)[-(lm.backbone.max_sequence_length - length) :]
-        tokens = np.zeros([1, len(ids) + length], "int32")
-        tokens[0, : len(ids)] = ids
-        mask = np.arange(tokens.shape[1])[None, :] < len(ids)
-        gen = lm.generate({"token_ids": tokens, "padding_mask": mask}, stop_token_ids=None)
-        out.append(_text(tokenizer.detokenize(gen["token_ids"][0, len(ids) :])))
+        ids = _ids(tokenizer, prompt)[-room:]
+        text = _text(tokenizer.detokenize(ids))
+        full = _text(lm.generate(text, max_length=len(ids) + 1 + length))
+        out.append(full[len(text) :] if full.startswith(text) else full)
+    lm.preprocessor = None
     return out
 
 

@@ -187,5 +187,17 @@ def test_finetune_lm_quick_on_tiny_shakespeare(tmp_path):
         curve = result["curves"][name]
         assert curve[-1][1] < curve[0][1], (name, curve)
         assert len(result["generations"][name]) == 3
+        # generate() with stop_token_ids="auto" stops at end-of-text, not at once at padding.
+        assert any(text.strip() for text in result["generations"][name]), result["generations"]
     assert (out / "finetune.png").stat().st_size > 0
     assert json.loads((out / "result.json").read_text())["vocab"] == 512
+
+
+def test_finetune_tokenizer_keeps_padding_apart_from_end_of_text():
+    pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
+    import finetune_lm
+
+    text = open(shared_data_path("tinyshakespeare.txt"), encoding="utf-8").read()[:20_000]
+    tokenizer = finetune_lm.train_bpe(text, 300)
+    assert tokenizer.pad_token_id == tokenizer.token_to_id(finetune_lm.PAD) == 0
+    assert tokenizer.end_token_id == tokenizer.token_to_id(finetune_lm.END) != 0

@@ -1,6 +1,8 @@
 """keras-hub: HarmonicCausalLM on a random-initialised GPT-2, built offline, and harmonic heads
 on keras-hub backbones in functional models."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -216,3 +218,126 @@ def test_untied_reversible_embedding_uses_its_output_matrix():
     model.fit(x, y, epochs=1, verbose=0)
     assert not np.allclose(emb.reverse_embeddings.numpy(), reverse)  # the centers moved
     assert not np.allclose(emb.embeddings.numpy(), forward)  # and the input embedding
+
+
+def _twins(seed=0):
+    """A HarmonicCausalLM and a stock GPT2CausalLM on two backbones with the same weights."""
+    harmonic, stock = _backbone(seed), _backbone(seed)
+    stock.set_weights(harmonic.get_weights())
+    return HarmonicCausalLM(harmonic), keras_hub.models.GPT2CausalLM(stock)
+
+
+def test_int8_quantized_model_agrees_with_its_float_model_as_stock_does():
+    x, _, _ = _batches(16)
+    lm, stock = _twins()
+    before, stock_before = lm.predict(x, verbose=0), stock.predict(x, verbose=0)
+    for model in (lm, stock):
+        model.quantize("int8")
+    after, stock_after = lm.predict(x, verbose=0), stock.predict(x, verbose=0)
+    agree = (after.argmax(-1) == before.argmax(-1)).mean()
+    stock_agree = (stock_after.argmax(-1) == stock_before.argmax(-1)).mean()
+    change = np.abs(after - before).max() / np.abs(before).max()
+    stock_change = np.abs(stock_after - stock_before).max() / np.abs(stock_before).max()
+    assert agree >= min(0.9, stock_agree - 0.05), (agree, stock_agree)
+    assert change < max(0.05, 3 * stock_change), (change, stock_change)
+    # The head reads the table as the embedding's own lookup dequantizes it.
+    emb = lm.backbone.token_embedding
+    table = emb.embeddings.numpy().astype("float64") / emb.embeddings_scale.numpy()[:, None]
+    np.testing.assert_allclose(lm.harmonic_head.centers, table, rtol=1e-6)
+    out = lm.generate(
+        {"token_ids": x["token_ids"][:2], "padding_mask": x["padding_mask"][:2]},
+        stop_token_ids=None,
+    )
+    assert out["token_ids"].shape == x["token_ids"][:2].shape
+
+
+def test_a_quantization_mode_the_head_cannot_read_is_refused():
+    lm, _ = _twins()
+    lm.quantize("int4")
+    x, _, _ = _batches(4)
+    with pytest.raises(ValueError, match="int4"):
+        lm.predict(x, verbose=0)
+
+
+def _tokenizer():
+    vocab = {"<|endoftext|>": 0, "t": 1, "1": 2, "t1": 3, **{f"w{i}": i for i in range(4, V)}}
+    return keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=["t 1"])
+
+
+@pytest.mark.parametrize("with_tokenizer", [False, True])
+def test_keras_hub_loaders_build_the_harmonic_model_or_fail_loudly(tmp_path, with_tokenizer):
+    preprocessor = None
+    if with_tokenizer:
+        preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(_tokenizer(), sequence_length=S)
+    lm = HarmonicCausalLM(_backbone(), preprocessor)
+    lm.compile(loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8), seed=4), sampler="greedy")
+    preset = str(tmp_path / "preset")
+    lm.save_to_preset(preset)
+    x, _, _ = _batches(4)
+    logits = lm.score(x["token_ids"], x["padding_mask"])  # predict would run the preprocessor
+    for loader in (keras_hub.models.CausalLM, HarmonicCausalLM):
+        loaded = loader.from_preset(preset)
+        assert isinstance(loaded, HarmonicCausalLM), loader
+        assert loaded.harmonic_loss.get_config() == lm.harmonic_loss.get_config()
+        assert type(loaded.sampler).__name__ == "GreedySampler"
+        assert (loaded.preprocessor is not None) == with_tokenizer
+        got = loaded.score(x["token_ids"], x["padding_mask"])
+        np.testing.assert_allclose(got, logits, rtol=1e-5, atol=1e-5)
+    for loader in (keras_hub.models.GPT2CausalLM, keras_hub.models.GPT2Backbone):
+        with pytest.raises(ValueError, match="HarmonicCausalLM"):
+            loader.from_preset(preset)
+
+
+def test_score_takes_numpy_ids_and_clone_model_clones():
+    lm, stock = _twins()
+    x, y, _ = _batches(4)
+    ids = x["token_ids"]
+    np.testing.assert_allclose(lm.score(ids), lm.score(ids, np.ones_like(ids, bool)), rtol=1e-6)
+    assert lm.score(ids.tolist()).shape == (4, S, V)
+    for model in (lm, stock):
+        clone = keras.models.clone_model(model)  # new weights, as Keras clones
+        assert clone.predict(x, verbose=0).shape == (4, S, V)
+    lm.compile(loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8)))
+    assert keras.models.clone_model(lm).predict(x, verbose=0).shape == (4, S, V)
+
+
+def test_backbones_the_head_cannot_serve_are_refused():
+    bert = keras_hub.models.BertBackbone(
+        vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=D, intermediate_dim=64,
+        max_sequence_length=S,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="not a causal-LM backbone"):
+        HarmonicCausalLM(bert)
+    gemma = keras_hub.models.GemmaBackbone(
+        vocabulary_size=V, num_layers=1, num_query_heads=2, num_key_value_heads=1,
+        hidden_dim=D, intermediate_dim=64, head_dim=16, final_logit_soft_cap=30.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="final_logit_soft_cap"):
+        HarmonicCausalLM(gemma)
+
+
+def test_accuracy_is_zero_when_no_token_counts():
+    lm = _compiled(_backbone())
+    x, y, sw = _batches(8)
+    logs = lm.evaluate(x, y, sample_weight=np.zeros_like(sw), verbose=0, return_dict=True)
+    assert logs["accuracy"] == 0.0
+
+
+def test_reloaded_lora_model_warns_before_training_centers_saved_frozen(tmp_path):
+    lm = HarmonicCausalLM(_backbone())
+    lm.backbone.enable_lora(4)
+    assert not lm.harmonic_head.centers_trainable
+    loss = ht.HarmonicLoss(sampled=ht.SampledOptions(k=8), require_trainable_centers=False)
+    lm.compile(keras.optimizers.Adam(1e-3), loss=loss)
+    x, y, sw = _batches(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # frozen as saved: no warning
+        lm.train_on_batch(x, y, sample_weight=sw)
+    path = str(tmp_path / "lora.keras")
+    lm.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.harmonic_head.frozen_when_saved
+    # keras-hub 0.32 drops the LoRA freeze on reload (a stock GPT2CausalLM too).
+    assert loaded.harmonic_head.centers_trainable
+    with pytest.warns(UserWarning, match="frozen when this model was saved"):
+        loaded.train_on_batch(x, y, sample_weight=sw)

@@ -135,3 +135,21 @@ class Preset:
 
     def path(self, filename: str) -> str:
         return self._utils.get_file(self.preset, filename)
+
+    def edit(self, filename: str, change) -> None:
+        """Rewrites the JSON file ``filename`` of a local preset directory as
+        ``change(content)``; keras-hub has no public hook into what a preset saves."""
+        import json
+        import os
+
+        path = os.path.join(self.preset, filename)
+        with open(path) as f:
+            content = json.load(f)
+        with open(path, "w") as f:
+            json.dump(change(content), f, indent=4)
+
+    def edit_backbone_config(self, change) -> None:
+        self.edit(self._utils.CONFIG_FILE, change)
+
+    def edit_task_config(self, change) -> None:
+        self.edit(self._utils.TASK_CONFIG_FILE, change)

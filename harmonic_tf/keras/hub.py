@@ -11,7 +11,6 @@ head, so ``generate()`` with any keras-hub sampler samples the harmonic distribu
 from __future__ import annotations
 
 import json
-import os
 
 import keras
 import tensorflow as tf
@@ -28,7 +27,38 @@ from harmonic_tf.keras.metrics import HarmonicAccuracy
 from harmonic_tf.keras.models import HarmonicTraining
 from harmonic_tf.ops import harmonic_loss
 
+# Presets saved by harmonic-tf 0.1 kept their compile settings in this file; still read.
 COMPILE_FILE = "compile.json"
+
+
+@keras.saving.register_keras_serializable(package="harmonic_tf")
+class HarmonicCausalLMPreset:
+    """The class a :class:`HarmonicCausalLM` preset's ``config.json`` names in place of its
+    backbone's. keras-hub's loaders choose a task class by the backbone class alone, so a
+    preset naming a stock backbone would load as a stock dot-product model. With this class:
+    ``keras_hub.models.CausalLM.from_preset`` finds the preset's ``task.json`` and builds the
+    ``HarmonicCausalLM`` (compile settings included); a loader that needs the stock backbone
+    (``GPT2CausalLM.from_preset``, ``Backbone.from_preset``) fails with this message.
+    The backbone's own config stays in the file (``task.json`` holds it too)."""
+
+    MESSAGE = (
+        "This keras-hub preset holds a harmonic-tf HarmonicCausalLM (a harmonic head on its "
+        "backbone), not a stock model. Load it with "
+        "harmonic_tf.keras.hub.HarmonicCausalLM.from_preset(preset) or "
+        "keras_hub.models.CausalLM.from_preset(preset) (with harmonic_tf imported); "
+        "HarmonicCausalLM.from_preset(preset).backbone is the backbone."
+    )
+
+    def get_config(self) -> dict:  # pragma: no cover - never instantiated
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        raise ValueError(cls.MESSAGE)
+
+    @classmethod
+    def from_preset(cls, *args, **kwargs):
+        raise ValueError(cls.MESSAGE)
 
 
 def causal_lm_class(backbone_cls: type) -> type:
@@ -60,7 +90,7 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
     Args:
       backbone: a keras-hub causal-LM backbone (e.g. ``GPT2Backbone``).
       preprocessor: its ``CausalLMPreprocessor``, or ``None``.
-      eta, eta_init, eps: of the head (see :class:`HarmonicLMHead`).
+      eta, eta_init, eps, frozen_when_saved: of the head (see :class:`HarmonicLMHead`).
 
     ``compile`` defaults: Adam(2e-5), the exact ``HarmonicLoss()``, weighted
     :class:`HarmonicAccuracy`, ``sampler="top_k"``; the settings survive a ``.keras`` reload
@@ -88,6 +118,7 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         eta: float | str | None = None,
         eta_init: float | None = None,
         eps: float = 1e-9,
+        frozen_when_saved: bool = False,
         **kwargs,
     ):
         _check_backbone(backbone)
@@ -95,8 +126,9 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         self.backbone = backbone
         self.preprocessor = preprocessor
         head = HarmonicLMHead(
-            tied_embedding=embedding, eta=eta, eta_init=eta_init, eps=eps, name="harmonic_head"
-        )
+            tied_embedding=embedding, eta=eta, eta_init=eta_init, eps=eps,
+            frozen_when_saved=frozen_when_saved, name="harmonic_head",
+        )  # fmt: skip
         inputs = backbone.input
         outputs = head(backbone(inputs))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -125,7 +157,15 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
             sampler=sampler,
             **kwargs,
         )
-        _compat.set_compile_config(self, sampler=self.sampler)
+        # The sampler stays out of the compile config (it goes in get_config): Keras's
+        # clone_model compiles a plain Functional copy with that config, whose compile() has
+        # no `sampler`.
+
+    def compile_from_config(self, config):
+        restored = getattr(self, "_restored_sampler", None)
+        if restored is not None and "sampler" not in config:
+            config = {**config, "sampler": restored}
+        super().compile_from_config(config)
 
     @property
     def _decoding_lm(self) -> type:
@@ -166,6 +206,7 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         token_ids = tf.convert_to_tensor(token_ids)  # NumPy or lists, as keras-hub accepts
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(token_ids)[:2], tf.bool)
+        padding_mask = tf.convert_to_tensor(padding_mask)
         hidden = self.backbone({"token_ids": token_ids, "padding_mask": padding_mask})
         head = self.harmonic_head
         if scoring_mode == "logits":
@@ -184,19 +225,45 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         )
 
     def save_to_preset(self, preset_dir: str, max_shard_size: int | float | None = 10) -> None:
-        """keras-hub's preset, plus this model's compile settings (``compile.json``: the loss,
-        its estimator, the metrics, the optimizer's config and the sampler), which keras-hub's
-        preset format leaves out; :meth:`from_preset` compiles with them."""
+        """keras-hub's preset, plus this model's compile settings (the loss, its estimator, the
+        metrics, the optimizer's config and the sampler, in ``task.json``), which keras-hub's
+        preset format leaves out. ``config.json`` names :class:`HarmonicCausalLMPreset` for
+        the backbone class, so keras-hub's own loaders build this model or fail loudly, never a
+        stock dot-product model."""
         super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        preset = _compat.Preset(preset_dir)
+        preset.edit_backbone_config(_preset_marker)
         if self.compiled:
-            with open(os.path.join(preset_dir, COMPILE_FILE), "w") as f:
-                json.dump(self.get_compile_config(), f, indent=1)
+            compiled = {**self.get_compile_config(), "sampler": self.get_config()["sampler"]}
+
+            def with_compile(task):
+                task["config"]["compile_config"] = compiled
+                return task
+
+            preset.edit_task_config(with_compile)
 
     def get_config(self) -> dict:
         head = self.harmonic_head
         config = super().get_config()
         config.update(eta=head.eta, eta_init=head.eta_init, eps=head.eps)
+        config["frozen_when_saved"] = head.get_config()["frozen_when_saved"]
+        sampler = getattr(self, "sampler", None) if self.compiled else None
+        config["sampler"] = (
+            None if sampler is None else keras.saving.serialize_keras_object(sampler)
+        )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> HarmonicCausalLM:
+        config = dict(config)
+        sampler = config.pop("sampler", None)
+        compiled = config.pop("compile_config", None)  # a preset's task.json
+        model = super().from_config(config)
+        # compile_from_config (a .keras reload) compiles with it; a plain object, not tracked.
+        object.__setattr__(model, "_restored_sampler", sampler)
+        if compiled is not None:
+            model.compile_from_config(compiled)
+        return model
 
     @classmethod
     def from_preset(cls, preset: str, load_weights: bool = True, **kwargs) -> HarmonicCausalLM:
@@ -244,3 +311,16 @@ def _check_backbone(backbone) -> None:
             "the harmonic head does not apply it. Build the backbone with "
             "final_logit_soft_cap=None to train it with a harmonic head."
         )
+
+
+def _preset_marker(config: dict) -> dict:
+    """``config.json`` naming :class:`HarmonicCausalLMPreset` instead of the backbone class."""
+    return {
+        **config,
+        "module": HarmonicCausalLMPreset.__module__,
+        "class_name": HarmonicCausalLMPreset.__name__,
+        "registered_name": keras.saving.get_registered_name(HarmonicCausalLMPreset),
+        "harmonic_tf_backbone": {
+            key: config.get(key) for key in ("module", "class_name", "registered_name")
+        },
+    }

@@ -42,6 +42,9 @@ class HarmonicLMHead(keras.layers.Layer):
         centers, or its name (resolved among the layers feeding this head, as after a reload).
       centers_initializer, centers_regularizer, centers_constraint: for owned centers.
       output_mode: ``"logits"`` or ``"probabilities"`` (softmax of the logits).
+      frozen_when_saved: set by :meth:`get_config`: the centers were not trainable when the
+        model was saved (a reload that makes them trainable again, as keras-hub's LoRA does,
+        then warns when training moves them).
 
     Example:
     >>> inputs = keras.Input([32])
@@ -63,6 +66,7 @@ class HarmonicLMHead(keras.layers.Layer):
         output_mode: str = "logits",
         vocab_size: int | None = None,
         eta_init: float | None = None,
+        frozen_when_saved: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -84,6 +88,7 @@ class HarmonicLMHead(keras.layers.Layer):
         self.centers_initializer = keras.initializers.get(centers_initializer)
         self.centers_regularizer = keras.regularizers.get(centers_regularizer)
         self.centers_constraint = keras.constraints.get(centers_constraint)
+        self.frozen_when_saved = bool(frozen_when_saved)
         self._centers = None
 
     def _tie(self, layer) -> None:
@@ -243,8 +248,15 @@ class HarmonicLMHead(keras.layers.Layer):
             centers_regularizer=keras.regularizers.serialize(self.centers_regularizer),
             centers_constraint=keras.constraints.serialize(self.centers_constraint),
             output_mode=self.output_mode,
+            frozen_when_saved=self._frozen_now(),
         )
         return config
+
+    def _frozen_now(self) -> bool:
+        try:
+            return not self.centers_trainable
+        except (ValueError, AttributeError):  # not built, or tied by name and not resolved yet
+            return self.frozen_when_saved
 
 
 def _check_head_args(units, vocab_size, eta, eta_init, eps, output_mode) -> int | None:

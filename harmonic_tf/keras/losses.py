@@ -3,6 +3,8 @@ states and its head's centers."""
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import tensorflow as tf
 
@@ -148,6 +150,15 @@ class HarmonicLoss(keras.losses.Loss):
                 "Unfreeze the head (or the tied embedding), or pass "
                 "require_trainable_centers=False to train against frozen centers on purpose."
             )
+        if training and not self.require_trainable_centers and head.frozen_when_saved:
+            if head.centers_trainable:
+                warnings.warn(
+                    f"The centers of {head.name!r} were frozen when this model was saved and "
+                    "are trainable now (a reload drops keras-hub's LoRA freeze): training "
+                    "will move them. Freeze them again (`embedding.trainable = False`, or "
+                    "`backbone.enable_lora(rank)` after loading) if that is not meant.",
+                    stacklevel=2,
+                )
         chunk = self.chunk_size if training else self.evaluation_chunk_size
         return loss_terms(
             hidden, head.centers, labels, eta=head.resolved_eta(), eps=head.eps,
