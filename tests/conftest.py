@@ -29,3 +29,17 @@ def shared_data_path(name: str) -> str:
     if not os.path.exists(path):
         pytest.skip(f"shared data {name!r} not found at {path} (CI always has ../shared/data)")
     return path
+
+
+# Modules whose every test is a whole workflow (Keras training loops, resumption, property
+# searches): CI runs them; the day-to-day subset (`-m "not slow"`) leaves them out.
+SLOW_MODULES = {"test_keras.py", "test_reliability.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The day-to-day subset checks each case eagerly: graph-mode and XLA parametrizations
+    (``mode``), and the workflow modules above, are marked ``slow`` (CI runs them all)."""
+    for item in items:
+        mode = getattr(getattr(item, "callspec", None), "params", {}).get("mode")
+        if mode in ("graph", "xla") or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

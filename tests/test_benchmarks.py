@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # still run in CI; left out of `-m "not slow"`
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import shared_data_path
 
+pytestmark = pytest.mark.slow  # still run in CI; left out of `-m "not slow"`
+
 
 def test_transformer_lm_quick_on_tiny_shakespeare(tmp_path):
     import transformer_lm

@@ -13,6 +13,8 @@ import harmonic_tf as ht
 keras_hub = pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
 from harmonic_tf.hub import HarmonicCausalLM  # noqa: E402
 
+pytestmark = pytest.mark.slow  # still run in CI; left out of `-m "not slow"`
+
 V, S, D = 300, 12, 32
 
 

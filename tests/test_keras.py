@@ -469,6 +469,7 @@ DISTRIBUTED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_two_logical_cpus():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run(

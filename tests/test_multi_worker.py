@@ -14,6 +14,8 @@ import harmonic_tf as ht
 
 from multi_worker_job import build, data
 
+pytestmark = pytest.mark.slow  # still run in CI; left out of `-m "not slow"`
+
 JOB = os.path.join(os.path.dirname(__file__), "multi_worker_job.py")
 
 
