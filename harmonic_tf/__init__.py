@@ -13,6 +13,7 @@ from harmonic_tf.keras import (
     HarmonicTraining,
 )
 from harmonic_tf.ops import (
+    Confidence,
     LogUniformSampler,
     LossTerms,
     SampledOptions,
@@ -20,6 +21,8 @@ from harmonic_tf.ops import (
     UniformSampler,
     UnigramSampler,
     default_eta,
+    explained_variance,
+    harmonic_confidence,
     harmonic_logits,
     harmonic_loss,
     harmonic_loss_approx,
@@ -27,12 +30,15 @@ from harmonic_tf.ops import (
     loss_from_logits,
     loss_terms,
     nearest_centers,
+    nearest_k,
+    principal_components,
     sampled_harmonic_loss,
 )
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "Confidence",
     "HarmonicAccuracy",
     "HarmonicPerplexity",
     "HarmonicLMHead",
@@ -46,6 +52,8 @@ __all__ = [
     "UniformSampler",
     "UnigramSampler",
     "default_eta",
+    "explained_variance",
+    "harmonic_confidence",
     "harmonic_logits",
     "harmonic_loss",
     "harmonic_loss_approx",
@@ -53,5 +61,7 @@ __all__ = [
     "loss_from_logits",
     "loss_terms",
     "nearest_centers",
+    "nearest_k",
+    "principal_components",
     "sampled_harmonic_loss",
 ]

@@ -262,3 +262,31 @@ def test_nearest_centers_match_float64_argmin(rng, mode, chunk_size):
     )
     np.testing.assert_array_equal(got.numpy(), expected)
     assert np.all(expected[:5] == 3)
+
+
+def test_auto_path_goes_dense_under_the_budget_and_chunked_above():
+    from harmonic_tf.ops.exact import MIN_FUSED_ROWS, choose_path
+
+    n, v = 2048, 50_257  # the V = 50,257 training step: 412 MB of float32 logits
+    assert choose_path("auto", n, v, 4096, "mean", ht.ops.DENSE_MAX_BYTES) == "dense"
+    assert choose_path("auto", n, v, 4096, "mean", 4 * n * v - 1) == "fused"
+    assert choose_path("auto", n, v, 4096, "none", 0) == "two_pass"  # per-token: no fused
+    assert choose_path("auto", None, v, 4096, "mean", 2**40) == "two_pass"  # unknown N
+    short = (MIN_FUSED_ROWS - 1) * v // n  # chunks of fewer than MIN_FUSED_ROWS tokens
+    assert choose_path("auto", n, v, short, "mean", 0) == "two_pass"
+    assert choose_path("dense", n, v, 4096, "mean", 0) == "dense"
+    assert choose_path("auto", n, v, None, "mean", 0) == "dense"  # no chunk: dense as asked
+
+
+@pytest.mark.parametrize("path", ["auto", "dense", "fused", "two_pass"])
+def test_every_path_gives_the_float64_loss_and_gradients(rng, path):
+    x, w, y = _problem(rng, n=40, d=8, v=97)
+    ref, ref_gx, ref_gw = harmax_numpy(x, w, y, 3.0)
+    budget = {"auto": 2**20}.get(path, 0)  # auto: [40, 97] fits, so dense
+    loss, gx, gw = _loss_and_grads(
+        ht.harmonic_loss, x, w, y, "eager", eta=3.0, chunk_size=8, path=path,
+        dense_max_bytes=budget,
+    )  # fmt: skip
+    np.testing.assert_allclose(loss, ref, rtol=2e-5)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(gw, ref_gw, rtol=1e-4, atol=2e-6)

@@ -203,3 +203,15 @@ def test_finetune_tokenizer_keeps_padding_apart_from_end_of_text():
     tokenizer = finetune_lm.train_bpe(text, 300)
     assert tokenizer.pad_token_id == tokenizer.token_to_id(finetune_lm.PAD) == 0
     assert tokenizer.end_token_id == tokenizer.token_to_id(finetune_lm.END) != 0
+
+
+def test_finetune_lm_lora_quick(tmp_path):
+    pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
+    import finetune_lm
+
+    out = tmp_path / "lora"
+    args = ["--text", shared_data_path("tinyshakespeare.txt"), "--quick", "--out", str(out)]
+    result = finetune_lm.main([*args, "--lora", "4", "--seed", "1"])
+    for name in ("cross-entropy", "harmonic"):
+        curve = result["curves"][name]
+        assert curve[-1][1] < curve[0][1], (name, curve)

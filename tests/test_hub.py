@@ -343,3 +343,26 @@ def test_reloaded_lora_model_warns_before_training_centers_saved_frozen(tmp_path
     assert loaded.harmonic_head.centers_trainable
     with pytest.warns(UserWarning, match="frozen when this model was saved"):
         loaded.train_on_batch(x, y, sample_weight=sw)
+
+
+def test_lora_fine_tuning_with_frozen_centers_saves_and_loads_its_adapters(tmp_path):
+    """The documented recipe: LoRA on the backbone, the tied embedding (the centers) frozen at
+    the pretrained one; keras-hub's save_lora_weights / load_lora_weights round trip."""
+    lm = HarmonicCausalLM(_backbone(5))
+    lm.backbone.enable_lora(4)
+    loss = ht.HarmonicLoss(sampled=ht.SampledOptions(k=16), require_trainable_centers=False)
+    lm.compile(keras.optimizers.Adam(1e-2), loss=loss, jit_compile=True)
+    centers = lm.harmonic_head.centers_variable.numpy().copy()
+    x, y, sw = _batches(16)
+    start = lm.evaluate(x, y, sample_weight=sw, verbose=0)
+    lm.fit(x, y, sample_weight=sw, batch_size=8, epochs=3, verbose=0)
+    assert lm.evaluate(x, y, sample_weight=sw, verbose=0) < start
+    np.testing.assert_array_equal(lm.harmonic_head.centers_variable.numpy(), centers)
+    path = str(tmp_path / "adapters.lora.h5")
+    lm.backbone.save_lora_weights(path)
+    fresh = HarmonicCausalLM(_backbone(5))
+    fresh.backbone.enable_lora(4)
+    fresh.backbone.load_lora_weights(path)
+    np.testing.assert_allclose(
+        fresh.predict(x, verbose=0), lm.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from harmonic_tf.keras import _compat
-from harmonic_tf.ops import harmonic_logits
+from harmonic_tf.ops import Confidence, Nearest, harmonic_confidence, harmonic_logits, nearest_k
 from harmonic_tf.ops import inputs as checks
 
 OUTPUTS = ("logits", "probabilities")
@@ -162,6 +162,19 @@ class HarmonicLMHead(keras.layers.Layer):
         if self.eta == LEARNED:
             return tf.exp(tf.convert_to_tensor(self.log_eta))
         return checks.resolve_eta(self.eta, int(self.centers.shape[-1]))
+
+    def nearest(self, hidden_states, k: int = 1, chunk_size: int = 4096) -> Nearest:
+        """The ``k`` nearest centers (classes) of each hidden state ``[..., D]`` and their
+        distances, ``[N, k]`` each (:func:`harmonic_tf.nearest_k`): the classes a hidden
+        state is closest to, which for an LM are tokens (prototypes)."""
+        return nearest_k(hidden_states, self.centers, k, chunk_size)
+
+    def confidence(self, hidden_states, chunk_size: int = 4096) -> Confidence:
+        """Distance to the nearest center and its harmonic probability for each hidden state
+        (:func:`harmonic_tf.harmonic_confidence`)."""
+        return harmonic_confidence(
+            hidden_states, self.centers, self.resolved_eta(), self.eps, chunk_size
+        )
 
     def __call__(self, inputs, *args, **kwargs):
         if self._tied_name is not None and self._tied_layer is None:

@@ -4,13 +4,21 @@ Public functions take hidden states ``[N, D]`` or ``[B, S, D]``, class centers `
 int labels; every loss path runs the one custom-gradient kernel in :mod:`._kernel`.
 """
 
+from harmonic_tf.ops.analysis import (
+    Confidence,
+    Nearest,
+    explained_variance,
+    harmonic_confidence,
+    nearest_centers,
+    nearest_k,
+    principal_components,
+)
 from harmonic_tf.ops.approx import harmonic_loss_approx
 from harmonic_tf.ops.distances import harmonic_logits
 from harmonic_tf.ops.exact import (
     DENSE_MAX_BYTES,
     harmonic_loss,
     loss_from_logits,
-    nearest_centers,
 )
 from harmonic_tf.ops.inputs import default_eta
 from harmonic_tf.ops.options import SampledOptions
@@ -25,7 +33,9 @@ from harmonic_tf.ops.sampling import (
 from harmonic_tf.ops.terms import LossTerms, label_weights, loss_terms
 
 __all__ = [
+    "Confidence",
     "DENSE_MAX_BYTES",
+    "Nearest",
     "LogUniformSampler",
     "LossTerms",
     "SampledOptions",
@@ -33,6 +43,8 @@ __all__ = [
     "UniformSampler",
     "UnigramSampler",
     "default_eta",
+    "explained_variance",
+    "harmonic_confidence",
     "harmonic_logits",
     "harmonic_loss",
     "harmonic_loss_approx",
@@ -41,5 +53,7 @@ __all__ = [
     "loss_from_logits",
     "loss_terms",
     "nearest_centers",
+    "nearest_k",
+    "principal_components",
     "sampled_harmonic_loss",
 ]

@@ -280,34 +280,6 @@ class VocabChunks:
         return dx, _kernel.CenterGrad(dense=dw), other_l if learn_eta else None
 
 
-def nearest_centers(
-    hidden_states: tf.Tensor, class_centers: tf.Tensor, chunk_size: int | None = None
-) -> tf.Tensor:
-    """``[N]`` int32 id of each hidden state's nearest center (the harmonic argmax, for any
-    ``eta > 0``) for float32 ``[N, D]`` hidden states and ``[V, D]`` centers; with
-    ``chunk_size``, never more than ``[N, chunk_size]`` distances at once. Ties go to the
-    lower id, as ``argmax`` does."""
-    x, w = hidden_states, class_centers
-    origin = reference_point(x)
-    x = x - origin
-    vocab_size = int(w.shape[0])
-    if chunk_size is None or chunk_size >= vocab_size:
-        return tf.argmin(expanded_sq_distances(x, w - origin), axis=-1, output_type=tf.int32)
-    x_sq = tf.reduce_sum(tf.square(x), axis=-1)
-
-    def body(i, best_d2, best_id):
-        w_c, w_sq, ids, _, start = _chunk(w, origin, i, chunk_size)
-        d2 = expanded_sq_distances(x, w_c, x_sq, w_sq)
-        chunk_best = tf.reduce_min(d2, axis=-1)
-        chunk_id = start + tf.argmin(d2, axis=-1, output_type=tf.int32)
-        better = chunk_best < best_d2  # strict: an earlier chunk keeps a tie
-        return tf.where(better, chunk_best, best_d2), tf.where(better, chunk_id, best_id)
-
-    init = (tf.fill(tf.shape(x_sq), float("inf")), tf.zeros_like(x_sq, tf.int32))
-    _, best_id = _kernel.loop(_num_chunks(vocab_size, chunk_size), body, init)
-    return best_id
-
-
 def loss_from_logits(logits: tf.Tensor, labels: tf.Tensor, ignore_index=-100) -> tf.Tensor:
     """Per-token ``logsumexp(z) - z_y`` ``[...]`` from full logits ``[..., V]`` and int labels
     ``[...]``: 0 where ignored, NaN where a label is outside ``[0, V)``.
