@@ -128,6 +128,15 @@ def response_loss(lm, x, labels, weight) -> float:
     return total / count
 
 
+def enable_lora(backbone, rank: int) -> None:
+    """keras-hub's LoRA, with the adapted layers' biases frozen too: ``enable_lora`` leaves
+    them trainable and ``save_lora_weights`` does not save them."""
+    backbone.enable_lora(rank)
+    for v in backbone.trainable_variables:
+        if v.path.endswith("/bias"):
+            v.trainable = False
+
+
 def greedy(lm, tokenizer, prompts, length) -> list[str]:
     """Greedy continuations by keras-hub's own ``generate()``: strings in and out, stopping at
     the end-of-text token (``stop_token_ids="auto"``). The preprocessor is attached for
@@ -243,7 +252,7 @@ def main(argv=None) -> dict:
             counts = ht.label_counts(labels, vocab)  # BPE ids: the unigram sampler needs counts
             lm = HarmonicCausalLM(fresh_backbone())
             if args.lora:
-                lm.backbone.enable_lora(args.lora)
+                enable_lora(lm.backbone, args.lora)
             loss = ht.HarmonicLoss(
                 sampled=ht.SampledOptions(k=args.k, sampler=ht.UnigramSampler(counts + 1.0)),
                 seed=args.seed,
@@ -257,7 +266,7 @@ def main(argv=None) -> dict:
         else:
             lm = keras_hub.models.GPT2CausalLM(fresh_backbone())
             if args.lora:
-                lm.backbone.enable_lora(args.lora)
+                enable_lora(lm.backbone, args.lora)
             lm.compile(keras.optimizers.Adam(args.lr), weighted_metrics=[], sampler="greedy")
         data = tf.data.Dataset.from_tensor_slices(
             (x, labels) if weight is None else (x, labels, weight)
