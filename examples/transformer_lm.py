@@ -157,6 +157,7 @@ def run(kind, args, data, vectorizer, counts):
     rng = np.random.default_rng(args.seed)
     prompts = [val_ids[i : i + 8] for i in rng.integers(0, len(val_ids) - 8, args.samples)]
     samples = generate(model, vectorizer, prompts, args.seq_len, 24, rng) if args.samples else []
+    near = [] if head is None else prototypes(model, head, vectorizer, val_ids[:6], args.seq_len)
     return {
         "name": RUN_NAMES[kind],
         "kind": kind,
@@ -169,7 +170,27 @@ def run(kind, args, data, vectorizer, counts):
         "tokens_per_second": timer.tokens_per_second(),
         "eta": etas,  # the head's exponent at each evaluation (changes only when learned)
         "samples": samples,
+        "prototypes": near,
     }
+
+
+def prototypes(model, head, vectorizer, ids, seq_len: int, k: int = 5) -> list[dict]:
+    """The ``k`` nearest centers (tokens) of the hidden state at each position of ``ids``,
+    with their distances: the harmonic head's ranking of the next token, read as prototypes."""
+    vocab = vectorizer.get_vocabulary()
+    tokens = np.zeros([1, seq_len], "int32")
+    tokens[0, : len(ids)] = ids  # causal: the padding after a position does not reach it
+    hidden = model.hidden_states(tokens)[0, : len(ids)]
+    near = head.nearest(hidden, k)
+    return [
+        {
+            "context": " ".join(vocab[t] for t in ids[max(0, i - 3) : i + 1]),
+            "nearest": [[vocab[j], round(float(d), 3)] for j, d in zip(ids_, dists, strict=True)],
+        }
+        for i, (ids_, dists) in enumerate(
+            zip(near.ids.numpy(), near.distances.numpy(), strict=True)
+        )
+    ]
 
 
 RUN_NAMES = {"ce": "cross-entropy", "exact": "exact harmonic", "sampled": "sampled harmonic"}
@@ -321,6 +342,11 @@ def main(argv=None) -> list[dict]:
     for r in results:
         for s in r["samples"]:
             print(f"  [{r['name']}] {s}")
+    for r in results:
+        if r["prototypes"]:
+            print(f"\nNearest centers (tokens, distance) of the {r['name']} model's hidden states:")
+            for p in r["prototypes"]:
+                print(f"  ... {p['context']} -> " + ", ".join(f"{t} {d}" for t, d in p["nearest"]))
     print("\nExact validation loss at the end of training:\n" + table(results))
     print(f"\nwrote {args.out}/results.json, curves.png, samples.txt")
     return results

@@ -1,67 +1,14 @@
 """harmonic-tf: exact, memory-efficient and sampled harmonic loss for TensorFlow and Keras.
 
 Two halves: :mod:`harmonic_tf.ops`, the math in pure TensorFlow, and :mod:`harmonic_tf.keras`,
-the Keras layer, loss, metrics and models built on it. Every public name is here.
+the Keras layer, loss, metrics and models built on it. Every public name of both is here.
 """
 
-from harmonic_tf.keras import (
-    HarmonicAccuracy,
-    HarmonicLMHead,
-    HarmonicLoss,
-    HarmonicModel,
-    HarmonicPerplexity,
-    HarmonicTraining,
-)
-from harmonic_tf.ops import (
-    Confidence,
-    LogUniformSampler,
-    LossTerms,
-    SampledOptions,
-    Sampler,
-    UniformSampler,
-    UnigramSampler,
-    default_eta,
-    explained_variance,
-    harmonic_confidence,
-    harmonic_logits,
-    harmonic_loss,
-    harmonic_loss_approx,
-    label_counts,
-    loss_from_logits,
-    loss_terms,
-    nearest_centers,
-    nearest_k,
-    principal_components,
-    sampled_harmonic_loss,
-)
+from harmonic_tf import keras as _keras_half
+from harmonic_tf import ops as _ops_half
+from harmonic_tf.keras import *  # noqa: F403
+from harmonic_tf.ops import *  # noqa: F403
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "Confidence",
-    "HarmonicAccuracy",
-    "HarmonicPerplexity",
-    "HarmonicLMHead",
-    "HarmonicLoss",
-    "HarmonicModel",
-    "HarmonicTraining",
-    "LogUniformSampler",
-    "LossTerms",
-    "SampledOptions",
-    "Sampler",
-    "UniformSampler",
-    "UnigramSampler",
-    "default_eta",
-    "explained_variance",
-    "harmonic_confidence",
-    "harmonic_logits",
-    "harmonic_loss",
-    "harmonic_loss_approx",
-    "label_counts",
-    "loss_from_logits",
-    "loss_terms",
-    "nearest_centers",
-    "nearest_k",
-    "principal_components",
-    "sampled_harmonic_loss",
-]
+__all__ = sorted({*_ops_half.__all__, *_keras_half.__all__})

@@ -24,6 +24,11 @@ def test_transformer_lm_quick_on_tiny_shakespeare(tmp_path):
     for r in results:
         assert r["val_loss"][-1] < r["val_loss"][0] - 0.2, r["name"]
         assert r["tokens_per_second"] > 0 and len(r["samples"]) == 1
+        # Prototypes: the harmonic heads' 5 nearest tokens per position, nearest first.
+        assert len(r["prototypes"]) == (0 if r["kind"] == "ce" else 6)
+        for p in r["prototypes"]:
+            distances = [d for _, d in p["nearest"]]
+            assert len(distances) == 5 and distances == sorted(distances)
     for name in ("results.json", "curves.png", "samples.txt"):
         assert (out / name).stat().st_size > 0
     saved = json.loads((out / "results.json").read_text())
