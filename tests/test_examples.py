@@ -3,6 +3,7 @@ fell. These are tests, not benchmarks."""
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import shared_data_path
@@ -220,3 +221,25 @@ def test_finetune_lm_lora_quick(tmp_path):
     for name in ("cross-entropy", "harmonic"):
         curve = result["curves"][name]
         assert curve[-1][1] < curve[0][1], (name, curve)
+
+
+def test_algorithmic_quick(tmp_path):
+    import algorithmic
+
+    result = algorithmic.main(["--quick", "--out", str(tmp_path / "alg")])
+    assert len(result["runs"]) == 4  # two tasks x two heads
+    for run in result["runs"]:
+        assert 0.0 <= run["explained_variance_top2"] <= 1.0 + 1e-9
+        vocab = 31 if run["task"] == "modular_addition" else 25
+        assert np.asarray(run["pca"]).shape == (vocab, 2)
+        assert len(run["test_accuracy"]) == 3
+    assert result["table"].count("\n") == 5  # header, rule, 4 rows
+    assert (tmp_path / "alg" / "pca.png").stat().st_size > 0
+
+
+def test_grokking_epoch_is_the_first_epoch_that_stays_above():
+    from algorithmic import grokking_epoch
+
+    assert grokking_epoch([0.1, 0.95, 0.5] + [0.95] * 20) == 4
+    assert grokking_epoch([0.1] * 30) is None
+    assert grokking_epoch([0.5, 0.95, 0.96]) == 2  # held to the end
