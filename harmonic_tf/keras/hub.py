@@ -71,8 +71,9 @@ def causal_lm_class(backbone_cls: type) -> type:
     ]
     if not found:
         raise ValueError(
-            f"keras-hub has no CausalLM for {backbone_cls.__name__}, so generate() has no "
-            "decoding code to borrow; fit, evaluate, predict and score still work."
+            f"`backbone` ({backbone_cls.__name__}) is not a causal-LM backbone: keras-hub has "
+            "no CausalLM for it (an encoder such as BERT reads both directions). "
+            "HarmonicCausalLM needs a decoder backbone (GPT-2, Llama, Gemma, ...)."
         )
     return found[0]
 
@@ -294,14 +295,7 @@ def _check_backbone(backbone) -> None:
         raise ValueError(
             f"`backbone` ({name}) has no `token_embedding` to tie the harmonic head to."
         )
-    if not any(
-        getattr(c, "backbone_cls", None) is type(backbone) for c in _compat.causal_lm_classes()
-    ):
-        raise ValueError(
-            f"`backbone` ({name}) is not a causal-LM backbone: keras-hub has no CausalLM for it "
-            "(an encoder such as BERT reads both directions). HarmonicCausalLM needs a "
-            "decoder backbone (GPT-2, Llama, Gemma, ...)."
-        )
+    causal_lm_class(type(backbone))  # raises for a backbone without a causal LM
     cap = getattr(backbone, "final_logit_soft_cap", None)
     if cap is not None:
         raise ValueError(
