@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import harmonic_tf as ht  # noqa: E402
-from harmonic_tf import distances, exact, sampled  # noqa: E402
+from harmonic_tf.ops import _kernel, distances, exact  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,7 +48,9 @@ def make_step(kind: str, shifted: bool, args):
         gx, gw = tape.gradient(loss, [x, w])
         return loss, tf.reduce_sum(gx), tf.reduce_sum(tf.convert_to_tensor(gw))
 
-    modules = (distances, exact, sampled)
+    # Every module that measures from the reference point (the kernel for every per-token
+    # path, exact for the fused one, distances for the logits).
+    modules = (distances, exact, _kernel)
     saved = [m.reference_point for m in modules]
     if not shifted:
         for m in modules:

@@ -97,3 +97,28 @@ def test_bench_matmul_shapes_measures_every_product(tmp_path):
     for r in rows:
         assert all(r[name]["gflops"] > 0 for name in ("distances x w^T", "dx = c w", "dW = c^T x"))
     assert "| 16 | 32 |" in (tmp_path / "matmul_shapes.md").read_text()
+
+
+def test_bench_reference_point_times_both_variants(tmp_path):
+    _run(
+        "bench_reference_point.py",
+        *("--tokens", "64", "--dim", "8", "--vocab-size", "500", "--chunk-size", "128"),
+        *("--rounds", "1", "--reps", "1", "--out", str(tmp_path)),
+    )
+    median = json.loads((tmp_path / "reference_point.json").read_text())["median_ms"]
+    assert set(median) == {
+        f"{k} {s}" for k in ("exact", "sampled") for s in ("shifted", "unshifted")
+    }
+    assert all(v > 0 for v in median.values())
+
+
+def test_bench_revisions_measures_two_checkouts_side_by_side(tmp_path):
+    _run(
+        "bench_revisions.py",
+        *("--base-tree", ROOT, "--rounds", "1", "--reps", "1", "--n", "64", "--d", "8"),
+        *("--v", "500", "--k", "8", "--chunk", "128", "--out", str(tmp_path)),
+        *("--configs", "harmonic_chunked_xla,sampled_default_xla"),
+    )
+    rows = json.loads((tmp_path / "revisions.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["harmonic_chunked_xla", "sampled_default_xla"]
+    assert all(r["this_s"] > 0 and r["base_s"] > 0 for r in rows), rows
