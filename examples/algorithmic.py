@@ -60,7 +60,9 @@ def column_rms(weights: tf.Tensor) -> tf.Tensor:
     return 0.01 * tf.reduce_mean(tf.sqrt(tf.reduce_mean(tf.square(weights), axis=0)))
 
 
-def build(vocab: int, inputs: int, head: str, seed: int) -> tuple[keras.Model, keras.layers.Layer]:
+def build(
+    vocab: int, inputs: int, head: str, seed: int, eta: float = 2.0
+) -> tuple[keras.Model, keras.layers.Layer]:
     keras.utils.set_random_seed(seed)
     tokens = keras.Input([inputs], dtype="int32")
     embedding = keras.layers.Embedding(
@@ -70,7 +72,7 @@ def build(vocab: int, inputs: int, head: str, seed: int) -> tuple[keras.Model, k
     h = keras.layers.Dense(HIDDEN, activation="silu")(h)
     h = keras.layers.Dense(EMBED)(h)
     if head == "harmonic":
-        out = ht.HarmonicLMHead(tied_embedding=embedding, eta=2.0, name="head")(h)
+        out = ht.HarmonicLMHead(tied_embedding=embedding, eta=eta, name="head")(h)
         return ht.HarmonicModel(tokens, out), embedding
     out = TiedDotProduct(embedding, name="head")(h)
     return keras.Model(tokens, out), embedding
@@ -90,11 +92,11 @@ class TiedDotProduct(keras.layers.Layer):
         return tf.matmul(h, self.embedding.embeddings, transpose_b=True) + self.bias
 
 
-def train(task: str, head: str, seed: int, epochs: int, weight_decay: float, lr: float) -> dict:
+def train(task, head, seed, epochs, weight_decay, lr, eta=2.0) -> dict:
     rng = np.random.default_rng(seed)
     x, y, vocab = TASKS[task](rng)
     cut = int(TRAIN_FRACTION * SAMPLES)
-    model, embedding = build(vocab, x.shape[1], head, seed)
+    model, embedding = build(vocab, x.shape[1], head, seed, eta)
     if head == "harmonic":
         loss = ht.HarmonicLoss()
     else:
@@ -110,6 +112,7 @@ def train(task: str, head: str, seed: int, epochs: int, weight_decay: float, lr:
     return {
         "task": task,
         "head": head,
+        "eta": eta if head == "harmonic" else None,
         "seed": seed,
         "explained_variance_top2": float(np.sum(ht.explained_variance(table, 2))),
         "grokking_epoch": grokking_epoch(accuracy),
@@ -209,6 +212,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--heads", default="standard,harmonic")
+    parser.add_argument(
+        "--eta", type=float, default=2.0, help="harmonic exponent on d (2: the code's 1 on d^2)"
+    )
     parser.add_argument("--out", default="runs/algorithmic")
     parser.add_argument("--quick", action="store_true", help="a smoke run (CI)")
     args = parser.parse_args(argv)
@@ -216,14 +223,10 @@ def main(argv=None) -> dict:
         args.seeds, args.epochs = 1, 3
     from tqdm import tqdm
 
-    jobs = [
-        (t, h, s)
-        for t in args.tasks.split(",")
-        for s in range(args.seeds)
-        for h in ("standard", "harmonic")
-    ]
+    heads = args.heads.split(",")
+    jobs = [(t, h, s) for t in args.tasks.split(",") for s in range(args.seeds) for h in heads]
     runs = [
-        train(t, h, s, args.epochs, args.weight_decay, args.lr)
+        train(t, h, s, args.epochs, args.weight_decay, args.lr, args.eta)
         for t, h, s in tqdm(jobs, desc="runs")
     ]
     os.makedirs(args.out, exist_ok=True)
