@@ -15,6 +15,15 @@ from harmonic_tf.hub import HarmonicCausalLM  # noqa: E402
 
 pytestmark = pytest.mark.slow  # still run in CI; left out of `-m "not slow"`
 
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    """Each keras-hub model compiles its own XLA programs: free them between tests, or the
+    suite's memory grows with every family."""
+    yield
+    keras.backend.clear_session(free_memory=True)
+
+
 V, S, D = 300, 12, 32
 
 
