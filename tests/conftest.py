@@ -24,6 +24,16 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def fresh_keras_state():
+    """Frees Keras's state (and the compiled programs) after the test: each keras-hub model
+    compiles its own, and the suite's memory would grow with every one."""
+    yield
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+
+
 def shared_data_path(name: str) -> str:
     path = os.path.abspath(os.path.join(SHARED_DATA, name))
     if not os.path.exists(path):

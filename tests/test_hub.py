@@ -13,15 +13,8 @@ import harmonic_tf as ht
 keras_hub = pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
 from harmonic_tf.hub import HarmonicCausalLM  # noqa: E402
 
-pytestmark = pytest.mark.slow  # still run in CI; left out of `-m "not slow"`
-
-
-@pytest.fixture(autouse=True)
-def _fresh_keras_state():
-    """Each keras-hub model compiles its own XLA programs: free them between tests, or the
-    suite's memory grows with every family."""
-    yield
-    keras.backend.clear_session(free_memory=True)
+# Slow: still run in CI, left out of `-m "not slow"`.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_keras_state")]
 
 
 V, S, D = 300, 12, 32

@@ -12,15 +12,7 @@ import keras  # noqa: E402
 import harmonic_tf as ht  # noqa: E402
 from harmonic_tf.keras.hub import HarmonicCausalLM  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _fresh_keras_state():
-    """Each keras-hub model compiles its own XLA programs: free them between tests, or the
-    suite's memory grows with every family."""
-    yield
-    keras.backend.clear_session(free_memory=True)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_keras_state")]
 
 
 V, S, D = 64, 8, 16
