@@ -153,7 +153,7 @@ def greedy(lm, tokenizer, prompts, length) -> list[str]:
     return out
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--text", default=DEFAULT_TEXT)
     parser.add_argument("--preset", default=None, help="a keras-hub GPT-2 preset to start from")
@@ -169,15 +169,98 @@ def main(argv=None) -> dict:
     parser.add_argument("--k", type=int, default=256, help="sampled negatives per step")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the backbone (0: off)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="fine-tuning seed (data order, negatives)"
+        "--seeds",
+        default="0",
+        help="fine-tuning seeds (data order, negatives), comma list: each fine-tunes both "
+        "losses from the one pretrained checkpoint",
     )
     parser.add_argument("--out", default="runs/finetune")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (CI)")
     args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in str(args.seeds).split(",")]
     if args.quick:
         args.vocab, args.seq_len, args.width, args.layers = 512, 48, 32, 1
         args.pretrain_steps, args.finetune_steps, args.eval_every = 20, 20, 10
         args.batch, args.k = 8, 32
+    return args
+
+
+def pretrain(args, text: str):
+    """``(tokenizer, causal_lm)``: a keras-hub preset, or a BPE and a small GPT-2 pretrained
+    with cross-entropy on the running text."""
+    if args.preset:
+        base = keras_hub.models.GPT2CausalLM.from_preset(args.preset)
+        return base.preprocessor.tokenizer, base
+    tokenizer = train_bpe(text, args.vocab)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=args.layers,
+        num_heads=4 if args.width >= 64 else 2,
+        hidden_dim=args.width,
+        intermediate_dim=4 * args.width,
+        max_sequence_length=args.seq_len + 1,
+        dropout=0.0,
+    )
+    base = keras_hub.models.GPT2CausalLM(backbone)
+    ids = np.asarray(tokenizer(text))
+    n = (len(ids) - 1) // args.seq_len
+    windows = ids[: n * args.seq_len + 1]
+    x = np.lib.stride_tricks.sliding_window_view(windows, args.seq_len + 1)[:: args.seq_len]
+    data = (
+        tf.data.Dataset.from_tensor_slices(x.astype("int32"))
+        .shuffle(len(x), seed=0)
+        .repeat()
+        .batch(args.batch, drop_remainder=True)
+        .map(
+            lambda s: (
+                {"token_ids": s[:, :-1], "padding_mask": tf.ones_like(s[:, :-1], tf.bool)},
+                s[:, 1:],
+            )
+        )
+    )
+    base.compile(
+        keras.optimizers.Adam(args.lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[],
+    )
+    print(f"pretraining with cross-entropy: {args.pretrain_steps} steps")
+    base.fit(data, steps_per_epoch=args.pretrain_steps, epochs=1, verbose=2)
+    return tokenizer, base
+
+
+def fine_tuned(name: str, seed: int, backbone, vocab: int, args, train):
+    """A compiled ``GPT2CausalLM`` (cross-entropy) or ``HarmonicCausalLM`` (sampled harmonic
+    loss) on ``backbone`` (LoRA adapters if ``--lora``), and its training batches."""
+    keras.utils.set_random_seed(1 + seed)
+    harmonic = name == "harmonic"
+    x, labels, weight = batches(*train, ignore_prompt=harmonic)
+    if harmonic:
+        counts = ht.label_counts(labels, vocab)  # BPE ids: the unigram sampler needs counts
+        lm = HarmonicCausalLM(backbone)
+        if args.lora:
+            enable_lora(lm.backbone, args.lora)
+        loss = ht.HarmonicLoss(
+            sampled=ht.SampledOptions(k=args.k, sampler=ht.UnigramSampler(counts + 1.0)),
+            seed=seed,
+            # With LoRA the tied embedding is frozen: the centers stay the pretrained ones.
+            require_trainable_centers=not args.lora,
+        )
+        lm.compile(keras.optimizers.Adam(args.lr), loss=loss, weighted_metrics=[], sampler="greedy")
+        weight = None
+    else:
+        lm = keras_hub.models.GPT2CausalLM(backbone)
+        if args.lora:
+            enable_lora(lm.backbone, args.lora)
+        lm.compile(keras.optimizers.Adam(args.lr), weighted_metrics=[], sampler="greedy")
+    data = tf.data.Dataset.from_tensor_slices(
+        (x, labels) if weight is None else (x, labels, weight)
+    )
+    data = data.shuffle(len(labels), seed=seed).repeat().batch(args.batch, drop_remainder=True)
+    return lm, data
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     keras.utils.set_random_seed(0)
     text = open(args.text, encoding="utf-8").read()
@@ -185,52 +268,14 @@ def main(argv=None) -> dict:
         text = text[:60_000]
     split = int(0.9 * len(text))
     started = time.time()
-
-    if args.preset:
-        base = keras_hub.models.GPT2CausalLM.from_preset(args.preset)
-        tokenizer = base.preprocessor.tokenizer
-    else:
-        tokenizer = train_bpe(text[:split], args.vocab)
-        backbone = keras_hub.models.GPT2Backbone(
-            vocabulary_size=tokenizer.vocabulary_size(),
-            num_layers=args.layers,
-            num_heads=4 if args.width >= 64 else 2,
-            hidden_dim=args.width,
-            intermediate_dim=4 * args.width,
-            max_sequence_length=args.seq_len + 1,
-            dropout=0.0,
-        )
-        base = keras_hub.models.GPT2CausalLM(backbone)
-        ids = np.asarray(tokenizer(text[:split]))
-        n = (len(ids) - 1) // args.seq_len
-        windows = ids[: n * args.seq_len + 1]
-        x = np.lib.stride_tricks.sliding_window_view(windows, args.seq_len + 1)[:: args.seq_len]
-        data = (
-            tf.data.Dataset.from_tensor_slices(x.astype("int32"))
-            .shuffle(len(x), seed=0)
-            .repeat()
-            .batch(args.batch, drop_remainder=True)
-            .map(
-                lambda s: (
-                    {"token_ids": s[:, :-1], "padding_mask": tf.ones_like(s[:, :-1], tf.bool)},
-                    s[:, 1:],
-                )
-            )
-        )
-        base.compile(
-            keras.optimizers.Adam(args.lr),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            weighted_metrics=[],
-        )
-        print(f"pretraining with cross-entropy: {args.pretrain_steps} steps")
-        base.fit(data, steps_per_epoch=args.pretrain_steps, epochs=1, verbose=2)
+    tokenizer, base = pretrain(args, text[:split])
     vocab = tokenizer.vocabulary_size()
     checkpoint = base.backbone.get_weights()
 
-    train_ids, train_mask = pairs(text[:split], tokenizer, args.seq_len, args.seq_len // 2)
+    train = pairs(text[:split], tokenizer, args.seq_len, args.seq_len // 2)
     test_ids, test_mask = pairs(text[split:], tokenizer, args.seq_len, args.seq_len // 2)
     test_ids, test_mask = test_ids[:256], test_mask[:256]
-    print(f"{len(train_ids)} train / {len(test_ids)} held-out prompt/response pairs, V = {vocab}")
+    print(f"{len(train[0])} train / {len(test_ids)} held-out prompt/response pairs, V = {vocab}")
     tx, tlabels, _ = batches(test_ids, test_mask, ignore_prompt=True)
     tweight = (tlabels != -100).astype("float32")
     prompts = [
@@ -243,64 +288,65 @@ def main(argv=None) -> dict:
         clone.set_weights(checkpoint)
         return clone
 
-    curves, generations = {}, {}
-    for name in ("cross-entropy", "harmonic"):
-        keras.utils.set_random_seed(1 + args.seed)
-        harmonic = name == "harmonic"
-        x, labels, weight = batches(train_ids, train_mask, ignore_prompt=harmonic)
-        if harmonic:
-            counts = ht.label_counts(labels, vocab)  # BPE ids: the unigram sampler needs counts
-            lm = HarmonicCausalLM(fresh_backbone())
-            if args.lora:
-                enable_lora(lm.backbone, args.lora)
-            loss = ht.HarmonicLoss(
-                sampled=ht.SampledOptions(k=args.k, sampler=ht.UnigramSampler(counts + 1.0)),
-                seed=args.seed,
-                # With LoRA the tied embedding is frozen: the centers stay the pretrained ones.
-                require_trainable_centers=not args.lora,
-            )
-            lm.compile(
-                keras.optimizers.Adam(args.lr), loss=loss, weighted_metrics=[], sampler="greedy"
-            )
-            weight = None
-        else:
-            lm = keras_hub.models.GPT2CausalLM(fresh_backbone())
-            if args.lora:
-                enable_lora(lm.backbone, args.lora)
-            lm.compile(keras.optimizers.Adam(args.lr), weighted_metrics=[], sampler="greedy")
-        data = tf.data.Dataset.from_tensor_slices(
-            (x, labels) if weight is None else (x, labels, weight)
-        )
-        data = (
-            data.shuffle(len(labels), seed=args.seed)
-            .repeat()
-            .batch(args.batch, drop_remainder=True)
-        )
-        curve = [(0, response_loss(lm, tx, tlabels, tweight))]
-        print(f"{name}: step 0 held-out response loss {curve[0][1]:.4f}")
-        for step in range(args.eval_every, args.finetune_steps + 1, args.eval_every):
-            lm.fit(data, steps_per_epoch=args.eval_every, epochs=1, verbose=0)
-            curve.append((step, response_loss(lm, tx, tlabels, tweight)))
-            print(f"{name}: step {step} held-out response loss {curve[-1][1]:.4f}")
-        curves[name] = curve
-        generations[name] = greedy(lm, tokenizer, prompts, 24)
+    runs = {}
+    for seed in args.seeds:
+        curves, generations = {}, {}
+        for name in ("cross-entropy", "harmonic"):
+            lm, data = fine_tuned(name, seed, fresh_backbone(), vocab, args, train)
+            curve = [(0, response_loss(lm, tx, tlabels, tweight))]
+            print(f"seed {seed} {name}: step 0 held-out response loss {curve[0][1]:.4f}")
+            for step in range(args.eval_every, args.finetune_steps + 1, args.eval_every):
+                lm.fit(data, steps_per_epoch=args.eval_every, epochs=1, verbose=0)
+                curve.append((step, response_loss(lm, tx, tlabels, tweight)))
+                print(f"seed {seed} {name}: step {step} held-out response loss {curve[-1][1]:.4f}")
+            curves[name] = curve
+            generations[name] = greedy(lm, tokenizer, prompts, 24)
+        runs[seed] = {"curves": curves, "generations": generations}
 
+    first = runs[args.seeds[0]]
     result = {
         "args": vars(args),
         "vocab": vocab,
-        "pairs": [len(train_ids), len(test_ids)],
-        "curves": curves,
-        "switch_cost_at_step_0": curves["harmonic"][0][1] - curves["cross-entropy"][0][1],
+        "pairs": [len(train[0]), len(test_ids)],
+        "runs": runs,
+        "curves": first["curves"],
+        "switch_cost_at_step_0": first["curves"]["harmonic"][0][1]
+        - first["curves"]["cross-entropy"][0][1],
         "prompts": prompts,
-        "generations": generations,
+        "generations": first["generations"],
+        "table": seed_table(runs),
         "seconds": round(time.time() - started, 1),
     }
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
-    plot(curves, os.path.join(args.out, "finetune.png"))
-    for name, curve in curves.items():
-        print(f"{name:>13}: response loss {curve[0][1]:.3f} -> {curve[-1][1]:.3f}")
+    plot(first["curves"], os.path.join(args.out, "finetune.png"))
+    print(result["table"])
     return result
+
+
+def seed_table(runs: dict) -> str:
+    """Markdown: per seed, the held-out response loss of both losses after the last step and at
+    their best evaluation, the difference harmonic - cross-entropy, and the mean over seeds."""
+    rows = [
+        "| seed | CE final | harmonic final | harmonic - CE | CE best | harmonic best |",
+        "|---|---|---|---|---|---|",
+    ]
+    cols = []
+    for seed, run in runs.items():
+        ce, hm = (np.array(run["curves"][n])[:, 1] for n in ("cross-entropy", "harmonic"))
+        cols.append((ce[-1], hm[-1], hm[-1] - ce[-1], ce.min(), hm.min()))
+        rows.append(
+            f"| {seed} | "
+            + " | ".join(f"{v:+.3f}" if i == 2 else f"{v:.3f}" for i, v in enumerate(cols[-1]))
+            + " |"
+        )
+    mean = np.mean(cols, axis=0)
+    spread = np.ptp(np.array(cols)[:, 2])
+    cells = [
+        f"**{v:+.3f}** (spread {spread:.3f})" if i == 2 else f"{v:.3f}" for i, v in enumerate(mean)
+    ]
+    rows.append("| mean | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def plot(curves: dict, path: str) -> None:

@@ -191,9 +191,12 @@ def test_finetune_lm_quick_on_tiny_shakespeare(tmp_path):
     result = finetune_lm.main(
         ["--text", shared_data_path("tinyshakespeare.txt"), "--quick", "--out", str(out)]
     )
-    for name in ("cross-entropy", "harmonic"):
-        curve = result["curves"][name]
-        assert curve[-1][1] < curve[0][1], (name, curve)
+    assert sorted(result["runs"]) == [1, 2]
+    for run in result["runs"].values():
+        for name in ("cross-entropy", "harmonic"):
+            curve = run["curves"][name]
+            assert curve[-1][1] < curve[0][1], (name, curve)
+    assert result["table"].count("\n") == 4  # header, rule, two seeds, mean
         assert len(result["generations"][name]) == 3
         # generate() with stop_token_ids="auto" stops at end-of-text, not at once at padding.
         assert any(text.strip() for text in result["generations"][name]), result["generations"]
@@ -217,7 +220,7 @@ def test_finetune_lm_lora_quick(tmp_path):
 
     out = tmp_path / "lora"
     args = ["--text", shared_data_path("tinyshakespeare.txt"), "--quick", "--out", str(out)]
-    result = finetune_lm.main([*args, "--lora", "4", "--seed", "1"])
+    result = finetune_lm.main([*args, "--lora", "4", "--seeds", "1,2"])
     for name in ("cross-entropy", "harmonic"):
         curve = result["curves"][name]
         assert curve[-1][1] < curve[0][1], (name, curve)
