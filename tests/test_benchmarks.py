@@ -122,3 +122,18 @@ def test_bench_revisions_measures_two_checkouts_side_by_side(tmp_path):
     rows = json.loads((tmp_path / "revisions.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["harmonic_chunked_xla", "sampled_default_xla"]
     assert all(r["this_s"] > 0 and r["base_s"] > 0 for r in rows), rows
+
+
+def test_bench_mixed_precision_counts_loss_scale_halvings():
+    pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_mixed_precision as bench
+
+    log = bench.ScaleLog()
+    log.scales = [2.0**15, 2.0**14, 2.0**14, 2.0**15, 2.0**13]
+    assert log.skipped(2.0**15) == [1, 4]  # halvings only; a doubling is no skip
+    result = bench.main(["--quick", "--verbose", "0"])
+    assert [r["loss"] for r in result["rows"]] == list(bench.LOSSES)
+    for row in result["rows"]:
+        assert row["steps"] == 6 and 0 <= row["skipped"] <= 6, row
+        assert row["final_train_loss"] > 0

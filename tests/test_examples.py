@@ -83,6 +83,58 @@ def test_cifar10_quick_on_shared_images(tmp_path):
         assert (out / name).stat().st_size > 0
 
 
+def test_cifar10_confidence_auroc_counts_pairs_with_ties_as_half():
+    import cifar10_confidence
+
+    rng = np.random.default_rng(0)
+    known, unknown = rng.integers(0, 6, 40), rng.integers(2, 9, 25)  # many ties
+    pairs = unknown[:, None] - known[None, :]
+    expected = np.mean(pairs > 0) + 0.5 * np.mean(pairs == 0)
+    assert cifar10_confidence.auroc(known, unknown) == pytest.approx(expected, abs=1e-12)
+    assert cifar10_confidence.auroc(np.zeros(3), np.ones(2)) == 1.0
+    assert cifar10_confidence.auroc(np.ones(3), np.zeros(2)) == 0.0
+
+
+def test_cifar10_confidence_ece_is_the_binned_gap():
+    import cifar10_confidence
+
+    confidence = np.array([0.05, 0.1, 0.55, 0.6, 0.95, 1.0])
+    correct = np.array([0, 0, 1, 0, 1, 1])
+    # 3 bins: [0, 1/3] holds 2 (acc 0, conf 0.075); (1/3, 2/3] 2 (acc 0.5, conf 0.575);
+    # (2/3, 1] 2 (acc 1, conf 0.975).
+    expected = (2 * 0.075 + 2 * 0.075 + 2 * 0.025) / 6
+    got = cifar10_confidence.expected_calibration_error(confidence, correct, bins=3)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert cifar10_confidence.expected_calibration_error([1.0, 1.0], [1, 1]) == 0.0
+
+
+def test_cifar10_confidence_quick_on_shared_images(tmp_path):
+    import cifar10_confidence
+
+    archive = shared_data_path("cifar10-images.tar.gz")
+    out = tmp_path / "conf"
+    args = ["--data-dir", archive, "--quick", "--limit", "400", "--seeds", "3"]
+    summary = cifar10_confidence.main([*args, "--out", str(out), "--verbose", "0"])
+    (row,) = summary["rows"]
+    assert row["seed"] == 3
+    for key, _ in cifar10_confidence.COLUMNS:
+        assert 0.0 <= row[key] <= 1.0, key
+    assert summary["table"].count("\n") == 3  # header, rule, one seed, mean
+    assert (out / "confidence.png").stat().st_size > 0
+
+
+def test_cifar10_confidence_splits_the_held_out_classes():
+    import cifar10_confidence
+
+    y = np.arange(10, dtype=np.int32).repeat(2)
+    x = y.reshape(-1, 1, 1, 1) * np.ones((1, 32, 32, 3), np.uint8)
+    (xt, yt), (xk, yk), xu = cifar10_confidence.split_classes(((x, y), (x, y)), [3, 9])
+    assert sorted(set(yt)) == list(range(8)) and len(xt) == 16
+    assert sorted(set(xu[:, 0, 0, 0])) == [3, 9]
+    np.testing.assert_array_equal(yk, yt)  # relabelled alike in train and test
+    assert list(xk[yk == 3, 0, 0, 0]) == [4, 4]  # class 4 is the 4th known class
+
+
 @pytest.mark.parametrize("layout", ["batches_py"])
 def test_cifar10_reads_cifar_batches_py(tmp_path, layout):
     import pickle
@@ -191,12 +243,9 @@ def test_finetune_lm_quick_on_tiny_shakespeare(tmp_path):
     result = finetune_lm.main(
         ["--text", shared_data_path("tinyshakespeare.txt"), "--quick", "--out", str(out)]
     )
-    assert sorted(result["runs"]) == [1, 2]
-    for run in result["runs"].values():
-        for name in ("cross-entropy", "harmonic"):
-            curve = run["curves"][name]
-            assert curve[-1][1] < curve[0][1], (name, curve)
-    assert result["table"].count("\n") == 4  # header, rule, two seeds, mean
+    for name in ("cross-entropy", "harmonic"):
+        curve = result["curves"][name]
+        assert curve[-1][1] < curve[0][1], (name, curve)
         assert len(result["generations"][name]) == 3
         # generate() with stop_token_ids="auto" stops at end-of-text, not at once at padding.
         assert any(text.strip() for text in result["generations"][name]), result["generations"]
@@ -221,9 +270,12 @@ def test_finetune_lm_lora_quick(tmp_path):
     out = tmp_path / "lora"
     args = ["--text", shared_data_path("tinyshakespeare.txt"), "--quick", "--out", str(out)]
     result = finetune_lm.main([*args, "--lora", "4", "--seeds", "1,2"])
-    for name in ("cross-entropy", "harmonic"):
-        curve = result["curves"][name]
-        assert curve[-1][1] < curve[0][1], (name, curve)
+    assert sorted(result["runs"]) == [1, 2]
+    for run in result["runs"].values():
+        for name in ("cross-entropy", "harmonic"):
+            curve = run["curves"][name]
+            assert curve[-1][1] < curve[0][1], (name, curve)
+    assert result["table"].count("\n") == 4  # header, rule, two seeds, mean
 
 
 def test_algorithmic_quick(tmp_path):
