@@ -104,7 +104,10 @@ def generate(model, vectorizer, prompt_ids, seq_len, length, rng, temperature=0.
     return texts
 
 
-def run(kind, args, data, vectorizer, counts):
+def run(kind, args, data, vectorizer, counts, loss=None, on_trained=None):
+    """Trains one run and evaluates it. ``loss`` replaces the kind's own (a harmonic kind's
+    model either way); ``on_trained(model, head)`` is called on the trained model (its result
+    is kept as ``"extra"``)."""
     train_ids, val_ids = data
     vocab_size = args.vocab_size
     eta, eta_init = eta_value(args.eta, args.d_model)
@@ -129,7 +132,7 @@ def run(kind, args, data, vectorizer, counts):
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss=make_loss(kind, head, args, counts),
+        loss=loss or make_loss(kind, head, args, counts),
         jit_compile=True,
     )
     val = val_dataset(val_ids, args.seq_len, args.batch, args.val_tokens)
@@ -153,6 +156,7 @@ def run(kind, args, data, vectorizer, counts):
         verbose=args.verbose,
     )
     val_losses = [float(initial)] + [float(v) for v in hist.history["val_loss"]]
+    extra = None if on_trained is None else on_trained(model, head)
     seconds = np.concatenate([[0.0], np.cumsum(timer.epoch_seconds)]).tolist()
     rng = np.random.default_rng(args.seed)
     prompts = [val_ids[i : i + 8] for i in rng.integers(0, len(val_ids) - 8, args.samples)]
@@ -171,6 +175,7 @@ def run(kind, args, data, vectorizer, counts):
         "eta": etas,  # the head's exponent at each evaluation (changes only when learned)
         "samples": samples,
         "prototypes": near,
+        "extra": extra,
     }
 
 
@@ -306,8 +311,9 @@ def parse_steps(spec: str, kinds: list[str]) -> dict[str, int]:
     return steps
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
+def prepare(args):
+    """``((train_ids, val_ids), vectorizer, counts, source)`` for the run's text and tokens;
+    sets ``args.vocab_size`` to the vocabulary's real size."""
     if args.text:
         with open(args.text, encoding="utf-8") as f:
             text = f.read()
@@ -323,6 +329,12 @@ def main(argv=None) -> list[dict]:
         f"{source}: {len(train_ids):,} train / {len(val_ids):,} validation tokens, "
         f"V = {args.vocab_size:,}, steps {args.steps} of {args.batch}x{args.seq_len} tokens"
     )
+    return (train_ids, val_ids), vectorizer, counts, source
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    (train_ids, val_ids), vectorizer, counts, source = prepare(args)
     results = []
     for kind in args.runs.split(","):
         results.append(run(kind, args, (train_ids, val_ids), vectorizer, counts))

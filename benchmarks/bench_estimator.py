@@ -1,0 +1,255 @@
+"""Where the sampled estimator's gap to the exact loss comes from: one LM setup, several seeds,
+one change at a time, every run scored by the exact validation loss.
+
+Configurations (``--configs``):
+  exact, sampled                 the exact loss; the sampled loss with the package defaults
+  exact-centers                  sampled loss and hidden-state gradient, EXACT center gradient
+  exact-hidden                   the reverse: exact hidden-state gradient, sampled centers' one
+  rows=S, k=K, in-batch=M|all|none, sampler=NAME   one estimator setting changed
+
+After each sampled run the denominator estimate alone is measured on a held-out batch of the
+trained model: the sampled per-token loss minus the exact one over ``--draws`` seeds (the
+log-denominator's error: the true logit carries no correction), its bias and spread.
+
+    python benchmarks/bench_estimator.py --setup pydoc12k --seeds 0,1,2
+    python benchmarks/bench_estimator.py --quick            # a smoke run
+
+Writes ``estimator_<setup>.json`` (after every run: a long sweep can be cut short), ``.md``
+and ``.png`` (exact validation loss against training seconds) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "examples"))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import harmonic_tf as ht  # noqa: E402
+from harmonic_tf.ops import loss_terms  # noqa: E402
+
+import transformer_lm  # noqa: E402
+
+SETUPS = {
+    # The issue's untuned setup: word-level CPython docs, V = 12,000, D = 160, 3 blocks.
+    "pydoc12k": "--corpus pydoc --tokens words --vocab-size 12000 --d-model 160 --layers 3 "
+    "--mlp-dim 640 --steps 1500 --eval-every 250",
+    "stdlib16k": "--corpus stdlib --tokens code --vocab-size 16000 --d-model 160 --layers 3 "
+    "--mlp-dim 640 --steps 1500 --eval-every 250",
+    "quick": "--quick --vocab-size 400 --samples 0",
+}
+
+
+class MixedGradientLoss(ht.HarmonicLoss):
+    """The sampled loss's value with one half of its gradient taken from the exact loss:
+    ``exact_part="centers"`` (exact center gradient, sampled hidden-state gradient) or
+    ``"hidden"`` (the reverse). An ablation, not an estimator: it costs the exact loss too."""
+
+    def __init__(self, exact_part: str, **kwargs):
+        super().__init__(**kwargs)
+        if exact_part not in ("centers", "hidden"):
+            raise ValueError(f"`exact_part` must be 'centers' or 'hidden', got {exact_part!r}.")
+        self.exact_part = exact_part
+
+    def terms(self, head, hidden, labels, sample_weight=None, training=True, step=None):
+        if not training:
+            return super().terms(head, hidden, labels, sample_weight, training, step)
+        common = dict(
+            eta=head.resolved_eta(), eps=head.eps, ignore_index=self.ignore_index,
+            weights=sample_weight,
+        )  # fmt: skip
+        w, stop = head.centers, tf.stop_gradient
+        # Each loss sees the other half as a constant: its gradient reaches one half only.
+        x_s, w_s, x_e, w_e = (
+            (hidden, stop(w), stop(hidden), w)
+            if self.exact_part == "centers"
+            else (stop(hidden), w, hidden, stop(w))
+        )
+        sampled = loss_terms(
+            x_s, w_s, labels, sampled=self.sampled, seed=self.seed_for(step), **common
+        )
+        exact = loss_terms(x_e, w_e, labels, chunk_size=self.chunk_size, **common).total
+        return sampled._replace(total=sampled.total + exact - stop(exact))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "exact_part": self.exact_part}
+
+
+def denominator_error(model, head, options, batch, draws: int) -> dict:
+    """Sampled minus exact per-token loss on one batch over ``draws`` seeds: its bias (mean),
+    the spread of one token's estimate (sd over draws, averaged over tokens) and of the batch
+    mean (sd over draws)."""
+    tokens, labels = batch
+    hidden = model.hidden_states(tokens)
+    eta = head.resolved_eta()
+    exact = ht.harmonic_loss(hidden, head.centers, labels, eta=eta, eps=head.eps, reduction="none")
+    diffs = np.stack(
+        [
+            (
+                ht.sampled_harmonic_loss(
+                    hidden, head.centers, labels, options, eta=eta, eps=head.eps,
+                    reduction="none", seed=s,
+                ) - exact
+            ).numpy()
+            for s in range(draws)
+        ]
+    )  # fmt: skip
+    return {
+        "bias": float(diffs.mean()),
+        "token_sd": float(diffs.std(axis=0).mean()),
+        "batch_mean_sd": float(diffs.mean(axis=(1, 2)).std()),
+        "exact_mean": float(exact.numpy().mean()),
+    }
+
+
+def config_args(name: str) -> tuple[str, list[str], str | None]:
+    """``(kind, extra transformer_lm arguments, exact_part)`` of a configuration name."""
+    if name in ("exact", "sampled"):
+        return name, [], None
+    if name in ("exact-centers", "exact-hidden"):
+        return "sampled", [], name.split("-")[1]
+    key, _, value = name.partition("=")
+    flags = {
+        "rows": "--exact-center-rows",
+        "k": "--k",
+        "in-batch": "--in-batch-negatives",
+        "sampler": "--sampler",
+    }
+    if key not in flags or not value:
+        raise SystemExit(f"unknown configuration {name!r}")
+    return "sampled", [flags[key], value], None
+
+
+def one_run(name: str, seed: int, setup: str, data, draws: int) -> dict:
+    kind, extra, exact_part = config_args(name)
+    argv = [*SETUPS[setup].split(), *extra, "--runs", kind, "--seed", str(seed), "--verbose", "0"]
+    args = transformer_lm.parse_args(argv)
+    (train_ids, val_ids), vectorizer, counts = data
+    args.vocab_size = len(vectorizer.get_vocabulary())
+    loss = None
+    sampled = None
+    if kind == "sampled":
+        sampled = transformer_lm.make_loss("sampled", None, args, counts)
+        if exact_part:
+            sampled = MixedGradientLoss(exact_part, sampled=sampled.sampled, seed=seed + 1000)
+        loss = sampled
+    window = args.seq_len
+    ids = np.stack([val_ids[i * window : (i + 1) * window + 1] for i in range(args.batch)])
+    batch = (tf.constant(ids[:, :-1]), tf.constant(ids[:, 1:]))
+
+    def measure(model, head):
+        if sampled is None:
+            return None
+        return denominator_error(model, head, sampled.sampled, batch, draws)
+
+    r = transformer_lm.run(kind, args, (train_ids, val_ids), vectorizer, counts, loss, measure)
+    r.update(config=name, seed=seed, samples=[], prototypes=[])
+    return r
+
+
+def table(runs: list[dict]) -> str:
+    """Markdown: per configuration, the final exact validation loss per seed, the gap to the
+    exact run of the same seed (mean and range), tokens/s and the denominator's error."""
+    exact = {r["seed"]: r["final_val_loss"] for r in runs if r["config"] == "exact"}
+    lines = [
+        "| configuration | seeds | val loss per seed | gap to exact: mean [min, max] | "
+        "tokens/s | denominator bias | token sd | batch-mean sd |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["config"] for r in runs):
+        rows = [r for r in runs if r["config"] == name]
+        losses = " / ".join(f"{r['final_val_loss']:.3f}" for r in rows)
+        gaps = [r["final_val_loss"] - exact[r["seed"]] for r in rows if r["seed"] in exact]
+        gap = f"**{np.mean(gaps):+.3f}** [{min(gaps):+.3f}, {max(gaps):+.3f}]" if gaps else "-"
+        tps = np.median([r["tokens_per_second"] for r in rows])
+        den = [r["extra"] for r in rows if r.get("extra")]
+        den_cells = (
+            " | ".join(
+                f"{np.mean([d[k] for d in den]):+.3f}"
+                for k in ("bias", "token_sd", "batch_mean_sd")
+            )
+            if den
+            else "- | - | -"
+        )
+        lines.append(f"| {name} | {len(rows)} | {losses} | {gap} | {tps:,.0f} | {den_cells} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {}
+    for r in runs:
+        color = colors.setdefault(r["config"], f"C{len(colors) % 10}")
+        label = (
+            r["config"]
+            if sum(q["config"] == r["config"] for q in runs[: runs.index(r)]) == 0
+            else None
+        )
+        ax.plot(r["train_seconds"], r["val_loss"], color=color, marker="o", ms=3, label=label)
+    ax.set_xlabel("training seconds (2 CPU cores)")
+    ax.set_ylabel("exact validation loss (nats)")
+    lows = [min(r["val_loss"]) for r in runs]
+    ax.set_ylim(min(lows) - 0.1, min(lows) + 1.5)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--setup", default="pydoc12k", choices=list(SETUPS))
+    p.add_argument("--configs", default="exact,sampled,exact-centers,exact-hidden")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--draws", type=int, default=32, help="seeds of the denominator study")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--quick", action="store_true", help="the quick setup, one seed")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.setup, args.seeds, args.draws = "quick", "0", 4
+    setup_args = transformer_lm.parse_args(SETUPS[args.setup].split())
+    train_val, vectorizer, counts, source = transformer_lm.prepare(setup_args)
+    data = (train_val, vectorizer, counts)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"estimator_{args.setup}")
+    runs = []
+    if os.path.exists(stem + ".json") and not args.quick:  # resume a cut-short sweep
+        runs = json.load(open(stem + ".json"))["runs"]
+    done = {(r["config"], r["seed"]) for r in runs}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name in args.configs.split(","):
+            if (name, seed) in done:
+                continue
+            runs.append(one_run(name, seed, args.setup, data, args.draws))
+            print(
+                f"{name} seed {seed}: exact val loss {runs[-1]['final_val_loss']:.4f}", flush=True
+            )
+            summary = {"setup": SETUPS[args.setup], "source": source, "runs": runs}
+            with open(stem + ".json", "w") as f:
+                json.dump(summary, f, indent=1)
+    text = table(runs)
+    with open(stem + ".md", "w") as f:
+        f.write(f"Setup `{args.setup}`: `{SETUPS[args.setup]}` ({source})\n\n{text}\n")
+    plot(runs, stem + ".png", f"{args.setup}: exact validation loss against training time")
+    print(text)
+    return runs
+
+
+if __name__ == "__main__":
+    main()
