@@ -137,3 +137,66 @@ def test_bench_mixed_precision_counts_loss_scale_halvings():
     for row in result["rows"]:
         assert row["steps"] == 6 and 0 <= row["skipped"] <= 6, row
         assert row["final_train_loss"] > 0
+
+
+@pytest.mark.parametrize("exact_part", ["centers", "hidden"])
+def test_mixed_gradient_loss_takes_each_half_from_its_own_loss(exact_part):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_estimator
+    import numpy as np
+    import tensorflow as tf
+
+    import harmonic_tf as ht
+
+    rng = np.random.default_rng(0)
+    head = ht.HarmonicLMHead(300, eta=6.0)
+    head.build((None, 8))
+    hidden = tf.constant(rng.normal(size=(2, 16, 8)), tf.float32)
+    labels = tf.constant(rng.integers(0, 300, (2, 16)), tf.int32)
+    options = ht.SampledOptions(k=32, in_batch_negatives=8, center_rows=4)
+    mixed = bench_estimator.MixedGradientLoss(exact_part, sampled=options, seed=5)
+    step = tf.constant(3, tf.int64)
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(hidden)
+            value = fn()
+        dx, dw = tape.gradient(value, [hidden, head.centers_variable])
+        return value.numpy(), dx.numpy(), tf.convert_to_tensor(dw).numpy()
+
+    got = grads(lambda: mixed.terms(head, hidden, labels, step=step).total)
+    sampled = grads(
+        lambda: ht.sampled_harmonic_loss(
+            hidden, head.centers, labels, options, eta=6.0, reduction="sum",
+            seed=mixed.seed_for(step),
+        )
+    )  # fmt: skip
+    exact = grads(lambda: ht.harmonic_loss(hidden, head.centers, labels, eta=6.0, reduction="sum"))
+    np.testing.assert_allclose(got[0], sampled[0], rtol=1e-5)
+    x_from, w_from = (sampled, exact) if exact_part == "centers" else (exact, sampled)
+    np.testing.assert_allclose(got[1], x_from[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[2], w_from[2], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(sampled[2], exact[2], atol=1e-3)  # the two halves do differ
+
+
+def test_bench_estimator_table_gives_gaps_to_the_same_seeds_exact_run():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_estimator
+
+    def run(config, seed, loss, extra=None):
+        return {"config": config, "seed": seed, "final_val_loss": loss,
+                "tokens_per_second": 100.0, "extra": extra}  # fmt: skip
+
+    den = {"bias": 0.01, "token_sd": 0.2, "batch_mean_sd": 0.02}
+    runs = [run("exact", 0, 3.0), run("sampled", 0, 3.1, den),
+            run("exact", 1, 3.2), run("sampled", 1, 3.25, den)]  # fmt: skip
+    text = bench_estimator.table(runs)
+    assert "| sampled | 2 | 3.100 / 3.250 | **+0.075** [+0.050, +0.100] | 100 | +0.010 |" in text
+    assert bench_estimator.config_args("rows=512") == (
+        "sampled",
+        ["--exact-center-rows", "512"],
+        None,
+    )
+    assert bench_estimator.config_args("exact-hidden") == ("sampled", [], "hidden")
+    with pytest.raises(SystemExit, match="unknown configuration"):
+        bench_estimator.config_args("rows")
