@@ -139,6 +139,7 @@ def build_lm(
     seed: int = 0,
     eta: float | str | None = None,
     eta_init: float | None = None,
+    eta_rate: float = 1.0,
 ):
     """Pre-LayerNorm decoder-only transformer; the output head is tied to the token embedding:
     a dot product (``head="dot"``) or a :class:`HarmonicLMHead` (``head="harmonic"``, exponent
@@ -162,7 +163,7 @@ def build_lm(
     if head == "dot":
         return keras.Model(tokens, embedding(h, reverse=True), name="lm_dot"), None
     lm_head = ht.HarmonicLMHead(
-        tied_embedding=embedding, eta=eta, eta_init=eta_init, name="lm_head"
+        tied_embedding=embedding, eta=eta, eta_init=eta_init, eta_rate=eta_rate, name="lm_head"
     )
     return ht.HarmonicModel(tokens, lm_head(h), name="lm_harmonic"), lm_head
 

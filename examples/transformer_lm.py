@@ -123,6 +123,7 @@ def run(kind, args, data, vectorizer, counts, loss=None, on_trained=None):
         seed=args.seed,
         eta=eta,
         eta_init=eta_init,
+        eta_rate=args.eta_rate,
     )
     lr = args.lr_ce if kind == "ce" else args.lr_harmonic
     steps = args.steps[kind]
@@ -273,6 +274,12 @@ def parse_args(argv=None):
         default=None,
         help=f"harmonic exponent: a number, a rule of D ({', '.join(ETA_RULES)}), learned or "
         "learned:START; default: the package's",
+    )
+    p.add_argument(
+        "--eta-rate",
+        type=float,
+        default=1.0,
+        help="a learned exponent's rate multiplier (HarmonicLMHead(eta_rate=...))",
     )
     p.add_argument("--k", type=int, default=256, help="negatives of the sampled run")
     p.add_argument("--sampler", default="unigram", choices=["uniform", "log_uniform", "unigram"])

@@ -213,3 +213,28 @@ def test_learned_eta_checkpoint_round_trip(tmp_path):
 def test_head_rejects_unknown_eta_string():
     with pytest.raises(ValueError, match="learned"):
         ht.HarmonicLMHead(5, eta="learn")
+
+
+@pytest.mark.parametrize("rate", [1.0, 20.0])
+def test_eta_rate_multiplies_the_learned_exponents_adam_step(rate, tmp_path):
+    model, head = _classifier({"eta_init": 3.0, "eta_rate": rate})
+    np.testing.assert_allclose(float(head.resolved_eta()), 3.0, rtol=1e-6)
+    lr = 1e-3
+    model.compile(keras.optimizers.Adam(lr), loss=ht.HarmonicLoss())
+    x, y = _blobs(64)
+    model.train_on_batch(x, y)
+    # Adam's first step moves the weight by lr (times the gradient's sign): log(eta) by rate * lr.
+    moved = abs(np.log(float(head.resolved_eta())) - np.log(3.0))
+    np.testing.assert_allclose(moved, rate * lr, rtol=1e-3)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded_head = keras.models.load_model(path).get_layer("head")
+    assert loaded_head.eta_rate == rate
+    np.testing.assert_allclose(float(loaded_head.resolved_eta()), float(head.resolved_eta()))
+
+
+def test_eta_rate_needs_a_learned_exponent():
+    with pytest.raises(ValueError, match="eta_rate"):
+        ht.HarmonicLMHead(5, eta=4.0, eta_rate=10.0)
+    with pytest.raises(ValueError, match="eta_rate"):
+        ht.HarmonicLMHead(5, eta="learned", eta_rate=0.0)

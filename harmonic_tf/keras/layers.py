@@ -37,6 +37,11 @@ class HarmonicLMHead(keras.layers.Layer):
         (positive by construction, starting at ``eta_init``), trained by every loss path.
       eta_init: the learned exponent's start (``None``: the default rule); only with
         ``eta="learned"``.
+      eta_rate: the learned exponent's own rate: the weight holds ``log(eta) / eta_rate``, so
+        an optimizer step on it moves ``log(eta)`` ``eta_rate`` times as far (exactly so for
+        Adam and other optimizers whose step does not depend on the gradient's scale;
+        ``eta_rate**2`` times for SGD). ``log(eta)`` moves about ``lr`` per Adam step at the
+        default 1; only with ``eta="learned"``.
       eps: added to squared distances before the log.
       tied_embedding: an ``Embedding``/``ReversibleEmbedding`` layer whose matrix is the
         centers, or its name (resolved among the layers feeding this head, as after a reload).
@@ -67,10 +72,14 @@ class HarmonicLMHead(keras.layers.Layer):
         vocab_size: int | None = None,
         eta_init: float | None = None,
         frozen_when_saved: bool = False,
+        eta_rate: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         units = _check_head_args(units, vocab_size, eta, eta_init, eps, output_mode)
+        if eta_rate != 1.0 and eta != LEARNED:
+            raise ValueError(f"`eta_rate` goes with eta={LEARNED!r}, got eta={eta!r}.")
+        checks.check_positive("eta_rate", eta_rate)
         self._tied_name = None
         self._tied_layer = None
         if isinstance(tied_embedding, str):
@@ -83,6 +92,7 @@ class HarmonicLMHead(keras.layers.Layer):
         self.units = units
         self.eta = eta
         self.eta_init = eta_init
+        self.eta_rate = float(eta_rate)
         self.eps = eps
         self.output_mode = output_mode
         self.centers_initializer = keras.initializers.get(centers_initializer)
@@ -160,7 +170,7 @@ class HarmonicLMHead(keras.layers.Layer):
     def resolved_eta(self) -> float | tf.Tensor:
         """The exponent the losses use: a float, or ``exp(log_eta)`` for a learned one."""
         if self.eta == LEARNED:
-            return tf.exp(tf.convert_to_tensor(self.log_eta))
+            return tf.exp(self.eta_rate * tf.convert_to_tensor(self.log_eta))
         return checks.resolve_eta(self.eta, int(self.centers.shape[-1]))
 
     def nearest(self, hidden_states, k: int = 1, chunk_size: int = 4096) -> Nearest:
@@ -214,7 +224,7 @@ class HarmonicLMHead(keras.layers.Layer):
                 shape=(),
                 dtype="float32",
                 initializer=keras.initializers.Constant(
-                    math.log(self.eta_init or checks.default_eta(dim))
+                    math.log(self.eta_init or checks.default_eta(dim)) / self.eta_rate
                 ),
                 autocast=False,
             )
@@ -255,6 +265,7 @@ class HarmonicLMHead(keras.layers.Layer):
             units=self.units,
             eta=self.eta,
             eta_init=self.eta_init,
+            eta_rate=self.eta_rate,
             eps=self.eps,
             tied_embedding=self._tied_name,
             centers_initializer=keras.initializers.serialize(self.centers_initializer),
