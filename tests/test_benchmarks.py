@@ -200,3 +200,32 @@ def test_bench_estimator_table_gives_gaps_to_the_same_seeds_exact_run():
     assert bench_estimator.config_args("exact-hidden") == ("sampled", [], "hidden")
     with pytest.raises(SystemExit, match="unknown configuration"):
         bench_estimator.config_args("rows")
+
+
+def test_bench_gradient_error_bias_and_noise():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_gradient_error as bench
+    import numpy as np
+    import tensorflow as tf
+
+    import harmonic_tf as ht
+
+    exact = np.array([3.0, 4.0])  # norm 5
+    samples = [exact + [1.0, 0.0], exact + [-1.0, 0.0], exact + [1.0, 2.0], exact + [-1.0, 2.0]]
+    bias, noise = bench.error(samples, exact)
+    assert bias == pytest.approx(1.0 / 5)  # the mean is off by (0, 1)
+    assert noise == pytest.approx(np.sqrt(2.0) / 5)  # each sample is sqrt(2) from the mean
+
+    class Model:
+        def hidden_states(self, tokens):
+            return tf.random.stateless_normal([2, 8, 4], seed=[0, 1])
+
+    head = ht.HarmonicLMHead(50, eta=4.0)
+    head.build((None, 4))
+    labels = tf.constant(np.arange(16).reshape(2, 8) % 50, tf.int32)
+    counts = np.ones(50)
+    rows = bench.sweep(Model(), head, (None, labels), counts, 3, ["defaults", "rows=0 (sparse)"])
+    assert [r["config"] for r in rows] == ["defaults", "rows=0 (sparse)"]
+    # Every label of the batch is in the exact in-batch block and the draws are over the rest:
+    # with 16 labels of 50 the estimate is noisy, never exact.
+    assert all(r["x_noise"] > 0 and r["w_noise"] > 0 for r in rows), rows
