@@ -16,7 +16,9 @@ with prompt tokens masked out of the loss. Steps, all offline:
 Run: ``python examples/finetune_lm.py`` (about 15 min on 2 cores); ``--quick`` for a smoke run.
 ``--lora RANK`` fine-tunes LoRA adapters of rank ``RANK`` on the backbone instead of every
 weight (``backbone.enable_lora``), for both losses: the tied embedding, so the harmonic
-centers, stays the pretrained one (frozen), and the adapters move the hidden states to it.
+centers, stays the pretrained one (frozen) and the adapters move the hidden states to it, or
+with ``--centers trainable`` it is trained beside the adapters. ``--seeds 0,1,2`` fine-tunes
+each seed from the one pretrained checkpoint and prints a per-seed table.
 Writes ``runs/finetune/result.json`` and ``finetune.png``.
 """
 
@@ -128,13 +130,15 @@ def response_loss(lm, x, labels, weight) -> float:
     return total / count
 
 
-def enable_lora(backbone, rank: int) -> None:
+def enable_lora(backbone, rank: int, centers: str = "frozen") -> None:
     """keras-hub's LoRA, with the adapted layers' biases frozen too: ``enable_lora`` leaves
-    them trainable and ``save_lora_weights`` does not save them."""
+    them trainable and ``save_lora_weights`` does not save them. ``centers="trainable"``
+    trains the tied token embedding (the harmonic centers) beside the adapters."""
     backbone.enable_lora(rank)
     for v in backbone.trainable_variables:
         if v.path.endswith("/bias"):
             v.trainable = False
+    backbone.token_embedding.trainable = centers == "trainable"
 
 
 def greedy(lm, tokenizer, prompts, length) -> list[str]:
@@ -168,6 +172,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--k", type=int, default=256, help="sampled negatives per step")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the backbone (0: off)")
+    parser.add_argument(
+        "--centers",
+        default="frozen",
+        choices=["frozen", "trainable"],
+        help="with --lora: the tied embedding (the harmonic centers) frozen, or trained beside "
+        "the adapters (for both losses)",
+    )
     parser.add_argument(
         "--seeds",
         default="0",
@@ -238,19 +249,19 @@ def fine_tuned(name: str, seed: int, backbone, vocab: int, args, train):
         counts = ht.label_counts(labels, vocab)  # BPE ids: the unigram sampler needs counts
         lm = HarmonicCausalLM(backbone)
         if args.lora:
-            enable_lora(lm.backbone, args.lora)
+            enable_lora(lm.backbone, args.lora, args.centers)
         loss = ht.HarmonicLoss(
             sampled=ht.SampledOptions(k=args.k, sampler=ht.UnigramSampler(counts + 1.0)),
             seed=seed,
-            # With LoRA the tied embedding is frozen: the centers stay the pretrained ones.
-            require_trainable_centers=not args.lora,
+            # With LoRA and frozen centers the head reads the pretrained embedding as is.
+            require_trainable_centers=not (args.lora and args.centers == "frozen"),
         )
         lm.compile(keras.optimizers.Adam(args.lr), loss=loss, weighted_metrics=[], sampler="greedy")
         weight = None
     else:
         lm = keras_hub.models.GPT2CausalLM(backbone)
         if args.lora:
-            enable_lora(lm.backbone, args.lora)
+            enable_lora(lm.backbone, args.lora, args.centers)
         lm.compile(keras.optimizers.Adam(args.lr), weighted_metrics=[], sampler="greedy")
     data = tf.data.Dataset.from_tensor_slices(
         (x, labels) if weight is None else (x, labels, weight)

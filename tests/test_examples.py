@@ -278,6 +278,25 @@ def test_finetune_lm_lora_quick(tmp_path):
     assert result["table"].count("\n") == 4  # header, rule, two seeds, mean
 
 
+def test_finetune_lora_trains_the_centers_only_when_asked():
+    pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
+    import keras_hub
+
+    import finetune_lm
+
+    def trainable(centers):
+        backbone = keras_hub.models.GPT2Backbone(
+            vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+            max_sequence_length=8,
+        )  # fmt: skip
+        finetune_lm.enable_lora(backbone, 2, centers)
+        return {v.path for v in backbone.trainable_variables}
+
+    frozen, trained = trainable("frozen"), trainable("trainable")
+    assert all("lora" in path for path in frozen), frozen
+    assert trained - frozen == {"token_embedding/embeddings"}, trained - frozen
+
+
 def test_algorithmic_quick(tmp_path):
     import algorithmic
 
