@@ -6,6 +6,8 @@ Configurations (``--configs``):
   exact-centers                  sampled loss and hidden-state gradient, EXACT center gradient
   exact-hidden                   the reverse: exact hidden-state gradient, sampled centers' one
   rows=S, k=K, in-batch=M|all|none, sampler=NAME   one estimator setting changed
+  control-variate=1              the centers' push with its control variate (own label and
+                                 in-batch columns in full)
 
 After each sampled run the denominator estimate alone is measured on a held-out batch of the
 trained model: the sampled per-token loss minus the exact one over ``--draws`` seeds (the
@@ -122,6 +124,7 @@ def config_args(name: str) -> tuple[str, list[str], str | None]:
         "k": "--k",
         "in-batch": "--in-batch-negatives",
         "sampler": "--sampler",
+        "control-variate": "--center-control-variate",
     }
     if key not in flags or not value:
         raise SystemExit(f"unknown configuration {name!r}")

@@ -35,6 +35,8 @@ import transformer_lm  # noqa: E402
 # name -> SampledOptions changes from the defaults (with the setup's unigram counts)
 CONFIGS = {
     "defaults": {},
+    "control-variate": {"center_control_variate": True},
+    "control-variate, rows=512": {"center_control_variate": True, "center_rows": 512},
     "rows=512": {"center_rows": 512},
     "rows=2048": {"center_rows": 2048},
     "rows=0 (sparse)": {"center_gradient": "indexed_slices"},

@@ -78,6 +78,7 @@ def make_loss(kind: str, head, args, counts: np.ndarray):
         in_batch_negatives=in_batch,
         center_gradient="rows" if rows else "indexed_slices",
         center_rows=rows or None,
+        center_control_variate=bool(args.center_control_variate and rows),
     )
     return ht.HarmonicLoss(sampled=options, seed=args.seed + 1000)
 
@@ -289,6 +290,12 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--exact-center-rows", type=int, default=128, help="tokens giving the centers' exact push"
+    )
+    p.add_argument(
+        "--center-control-variate",
+        type=int,
+        default=0,
+        help="1: the centers' push with its control variate (SampledOptions)",
     )
     p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
     p.add_argument("--val-tokens", type=int, default=24576)

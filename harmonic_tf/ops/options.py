@@ -45,6 +45,10 @@ class SampledOptions:
         ``"dense"``: the same scattered into a ``[V, D]`` tensor.
       center_rows: tokens whose full-vocabulary push moves the centers (``"rows"`` only;
         default 128).
+      center_control_variate: with ``"rows"``: every token's push on its own label and on
+        the batch's label columns enters in full (with the candidates' probabilities), and the
+        rows estimate only the rest (their own push on those columns is subtracted, so the
+        estimate stays unbiased).
 
     Example:
     >>> options = SampledOptions(k=512)
@@ -62,6 +66,7 @@ class SampledOptions:
     in_batch_negatives: int | str = 768
     center_gradient: str = "rows"
     center_rows: int | None = None
+    center_control_variate: bool = False
 
     def __post_init__(self):
         inputs.check_choice("negatives", self.negatives, NEGATIVES)
@@ -87,6 +92,15 @@ class SampledOptions:
                 f"`center_rows` goes with center_gradient='rows', got center_rows={rows} with "
                 f"center_gradient={self.center_gradient!r}."
             )
+        if not isinstance(self.center_control_variate, bool):
+            raise TypeError(
+                f"`center_control_variate` must be a bool, got {self.center_control_variate!r}."
+            )
+        if self.center_control_variate and self.center_gradient != "rows":
+            raise ValueError(
+                "`center_control_variate` goes with center_gradient='rows', got "
+                f"center_gradient={self.center_gradient!r}."
+            )
         object.__setattr__(self, "center_rows", rows)
         object.__setattr__(self, "sampler", sampler_spec(self.sampler))
 
@@ -95,6 +109,7 @@ class SampledOptions:
         ``"rows"`` drops ``center_rows``."""
         if changes.get("center_gradient", "rows") != "rows":
             changes.setdefault("center_rows", None)
+            changes.setdefault("center_control_variate", False)
         return dataclasses.replace(self, **changes)
 
     @classmethod

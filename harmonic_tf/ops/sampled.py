@@ -90,7 +90,9 @@ def sampled_harmonic_loss(
         center_rows = rng.integers([options.center_rows], tf.shape(p.labels)[0])
 
     def columns(w, origin):
-        return SampledColumns(cand, w, origin, options.center_gradient, center_rows)
+        return SampledColumns(
+            cand, w, origin, options.center_gradient, center_rows, options.center_control_variate
+        )
 
     losses = _kernel.token_losses(p.x, p.w, cand.labels, eta, eps, columns, cand.log_q_true)
     bad = None if cand.bad_ids is None else tf.logical_and(cand.bad_ids, tf.logical_not(p.ignored))
@@ -168,6 +170,7 @@ class Candidates:
     log_q_true: tf.Tensor | float = 0.0  # [N] subtracted from the true logit
     log_q_per_example: tf.Tensor | float = 0.0  # [N, k]
     bad_ids: tf.Tensor | None = None  # [N] bool: rows that saw an out-of-range given id
+    in_batch_columns: int | None = None  # the shared block's last columns: the batch's labels
 
     def keep(self, ids: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
         """Mask of usable candidate columns for ``ids`` ([N, k] or [K]) as ``[N, cols]``."""
@@ -211,6 +214,7 @@ def build_candidates(
         log_q_true=log_q_true,
         log_q_per_example=log_q_per_example,
         bad_ids=bad_rows,
+        in_batch_columns=None if in_batch is None else _length(in_batch.ids),
     )
 
 
@@ -324,9 +328,13 @@ class SampledColumns:
     """The kernel's other classes for the sampled loss: the candidate blocks. The centers'
     gradient is the candidates' sparse rows, or with ``center_rows`` a dense estimate."""
 
-    def __init__(self, cand: Candidates, w, origin, center_gradient: str, center_rows=None):
+    def __init__(
+        self, cand: Candidates, w, origin, center_gradient: str, center_rows=None,
+        control_variate: bool = False,
+    ):  # fmt: skip
         self.cand, self.w, self.origin = cand, w, origin
         self.center_gradient, self.center_rows = center_gradient, center_rows
+        self.control_variate = control_variate and center_rows is not None
 
     def forward(self, x, labels, eta, eps):
         cand, x_sq = self.cand, tf.reduce_sum(tf.square(x), axis=-1)
@@ -349,7 +357,8 @@ class SampledColumns:
         return Block(z, d2, w_b, ids)
 
     def backward(self, blocks, x, labels, lse, g, eta, eps, true, dw=None):
-        moves = self.center_rows is None  # else the candidates' center gradient is not needed
+        # Without center rows the candidates' center gradient is the estimate.
+        moves = self.center_rows is None
         center = _kernel.CenterGrad(
             shape=tf.shape(self.w), as_slices=self.center_gradient == "indexed_slices"
         )
@@ -365,12 +374,54 @@ class SampledColumns:
         if isinstance(eta, tf.Tensor):
             # The candidates' probabilities stand in for the full softmax's.
             other_l = sum(_kernel.expected_l(b.z, lse, eps=eps, d2=b.d2) for b in blocks)
-        if not moves:
+        if self.center_rows is not None:
             dense = _row_sampled_center_grad(
                 x, self.w - self.origin, labels, self.center_rows, true, g, eta, eps
             )
+            if self.control_variate:
+                dense += _push_control_variate(
+                    blocks[-1],
+                    self.cand.in_batch_columns,
+                    true,
+                    labels,
+                    x,
+                    lse,
+                    g,
+                    eta,
+                    eps,
+                    self.center_rows,
+                    tf.shape(self.w),
+                )  # fmt: skip  (the shared block, if any, comes last)
             center = _kernel.CenterGrad(dense=dense, includes_true=True)
         return dx, center, other_l
+
+
+def _push_control_variate(block, m, true, labels, x, lse, g, eta, eps, rows, shape):
+    """The control variate of the row-sampled push, dense ``[V, D]``: every token's push on its
+    own label and on the batch's label columns (the last ``m`` columns of the shared
+    ``block``, no logQ weight; ``m=None``: none), with the candidates' probabilities, minus
+    the same push of the drawn rows times ``N / S`` (its row-sampled estimate). Its
+    expectation over the rows is 0, so the estimate stays unbiased; the rows are left to
+    estimate the difference, most of the noise being a token's large push on its own label
+    (``p_y``) against its exact pull."""
+    scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
+    x_rows = tf.gather(x, rows)
+    # Own label: -2 c_y (x - w_y) with c_y = -(eta/2) p_y / (d2_y + eps), p_y from the estimate.
+    c_y = -0.5 * eta * tf.exp(true.z - lse) / (true.d2 + eps) * g
+    own = -2.0 * c_y[:, None] * true.diff
+    values = [own, -scale * tf.gather(own, rows)]
+    indices = [labels, tf.gather(labels, rows)]
+    if m is not None:
+        z, d2, w, ids = block.z[:, -m:], block.d2[:, -m:], block.w[-m:], block.ids[-m:]
+        c = _kernel.coefficients(z, lse, g, eta, eps, d2)
+        c_rows = tf.gather(c, rows) * scale
+        values.append(_kernel.center_grad(c, x, w) - _kernel.center_grad(c_rows, x_rows, w))
+        indices.append(ids)
+    return tf.scatter_nd(tf.concat(indices, 0)[:, None], tf.concat(values, 0), shape)
+
+
+def _length(v: tf.Tensor) -> int | tf.Tensor:
+    return v.shape[0] if v.shape[0] is not None else tf.shape(v)[0]
 
 
 def _computed_once(v: tf.Tensor) -> tf.Tensor:
