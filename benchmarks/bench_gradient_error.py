@@ -36,7 +36,7 @@ import transformer_lm  # noqa: E402
 CONFIGS = {
     "defaults": {},
     "control-variate": {"center_control_variate": True},
-    "control-variate, rows=512": {"center_control_variate": True, "center_rows": 512},
+    "control-variate+rows=512": {"center_control_variate": True, "center_rows": 512},
     "rows=512": {"center_rows": 512},
     "rows=2048": {"center_rows": 2048},
     "rows=0 (sparse)": {"center_gradient": "indexed_slices"},
