@@ -75,7 +75,7 @@ def sweep(model, head, batch, counts, draws: int, configs: list[str]) -> list[di
     )
     rows = []
     for name in configs:
-        options = ht.SampledOptions(sampler=counts, **CONFIGS[name])
+        options = ht.SampledOptions(**{"sampler": counts, **CONFIGS[name]})
         xs, ws = [], []
         for s in range(draws):
             dx, dw = gradients(

@@ -224,8 +224,9 @@ def test_bench_gradient_error_bias_and_noise():
     head.build((None, 4))
     labels = tf.constant(np.arange(16).reshape(2, 8) % 50, tf.int32)
     counts = np.ones(50)
-    rows = bench.sweep(Model(), head, (None, labels), counts, 3, ["defaults", "rows=0 (sparse)"])
-    assert [r["config"] for r in rows] == ["defaults", "rows=0 (sparse)"]
+    names = ["defaults", "rows=0 (sparse)", "sampler=uniform"]
+    rows = bench.sweep(Model(), head, (None, labels), counts, 3, names)
+    assert [r["config"] for r in rows] == names
     # Every label of the batch is in the exact in-batch block and the draws are over the rest:
     # with 16 labels of 50 the estimate is noisy, never exact.
     assert all(r["x_noise"] > 0 and r["w_noise"] > 0 for r in rows), rows
