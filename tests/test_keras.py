@@ -392,9 +392,10 @@ def test_ignore_index_and_sample_weight(data):
         np.testing.assert_array_equal(b, w.numpy())
 
 
-@pytest.mark.parametrize("center_rows", [0, 128])
-def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer(center_rows):
-    # Center rows cost one [S, V] buffer (S = 128 by default), whatever the number of tokens.
+@pytest.mark.parametrize("center_rows, variate", [(0, False), (128, False), (128, True)])
+def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer(center_rows, variate):
+    # Center rows cost one [S, V] buffer (S = 128 by default), whatever the number of tokens;
+    # their control variate only [N, in-batch] ones.
     n, vocab, dim = 512, 5000, 16
     body = keras.layers.Dense(dim)
     head = ht.HarmonicLMHead(vocab)
@@ -408,7 +409,7 @@ def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer(center_rows):
     def step(xb, yb):
         with tf.GradientTape() as tape:
             options = (
-                ht.SampledOptions(k=64, center_rows=center_rows)
+                ht.SampledOptions(k=64, center_rows=center_rows, center_control_variate=variate)
                 if center_rows
                 else ht.SampledOptions(k=64, center_gradient="indexed_slices")
             )
