@@ -112,6 +112,13 @@ def denominator_error(model, head, options, batch, draws: int) -> dict:
     }
 
 
+def held_out_batch(val_ids: np.ndarray, seq_len: int, batch: int):
+    """``(tokens, labels)`` ``[batch, seq_len]`` each: the first windows of the validation ids,
+    one training-sized batch (the in-batch block depends on the batch)."""
+    ids = np.stack([val_ids[i * seq_len : (i + 1) * seq_len + 1] for i in range(batch)])
+    return tf.constant(ids[:, :-1]), tf.constant(ids[:, 1:])
+
+
 def config_args(name: str) -> tuple[str, list[str], str | None]:
     """``(kind, extra transformer_lm arguments, exact_part)`` of a configuration name."""
     if name in ("exact", "sampled"):
@@ -144,9 +151,7 @@ def one_run(name: str, seed: int, setup: str, data, draws: int) -> dict:
         if exact_part:
             sampled = MixedGradientLoss(exact_part, sampled=sampled.sampled, seed=seed + 1000)
         loss = sampled
-    window = args.seq_len
-    ids = np.stack([val_ids[i * window : (i + 1) * window + 1] for i in range(args.batch)])
-    batch = (tf.constant(ids[:, :-1]), tf.constant(ids[:, 1:]))
+    batch = held_out_batch(val_ids, args.seq_len, args.batch)
 
     def measure(model, head):
         if sampled is None:

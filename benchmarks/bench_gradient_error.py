@@ -131,8 +131,7 @@ def main(argv=None) -> list[dict]:
     )
     (train_ids, val_ids), vectorizer, counts, source = transformer_lm.prepare(run_args)
     window, n = run_args.seq_len, run_args.batch
-    ids = np.stack([val_ids[i * window : (i + 1) * window + 1] for i in range(n)])
-    batch = (tf.constant(ids[:, :-1]), tf.constant(ids[:, 1:]))
+    batch = bench_estimator.held_out_batch(val_ids, window, n)
     configs = args.configs.split(",")
 
     def measure(model, head):

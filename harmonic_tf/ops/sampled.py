@@ -170,7 +170,7 @@ class Candidates:
     log_q_true: tf.Tensor | float = 0.0  # [N] subtracted from the true logit
     log_q_per_example: tf.Tensor | float = 0.0  # [N, k]
     bad_ids: tf.Tensor | None = None  # [N] bool: rows that saw an out-of-range given id
-    in_batch_columns: int | None = None  # the shared block's last columns: the batch's labels
+    in_batch_columns: int | tf.Tensor | None = None  # the shared block's last: batch labels
 
     def keep(self, ids: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
         """Mask of usable candidate columns for ``ids`` ([N, k] or [K]) as ``[N, cols]``."""
@@ -366,6 +366,7 @@ class SampledColumns:
         for b in blocks:
             # Masked columns have z = -inf, so their coefficients are 0.
             c = _kernel.coefficients(b.z, lse, g, eta, eps, b.d2)
+            c_last = c
             dx += _kernel.hidden_grad(c, x, b.w)
             if moves:
                 center.values.append(_kernel.center_grad(c, x, b.w))
@@ -379,43 +380,42 @@ class SampledColumns:
                 x, self.w - self.origin, labels, self.center_rows, true, g, eta, eps
             )
             if self.control_variate:
+                # The shared block, holding the in-batch columns if any, comes last.
+                in_batch = _in_batch_part(blocks[-1], c_last, self.cand.in_batch_columns)
                 dense += _push_control_variate(
-                    blocks[-1],
-                    self.cand.in_batch_columns,
-                    true,
-                    labels,
-                    x,
-                    lse,
-                    g,
-                    eta,
-                    eps,
-                    self.center_rows,
-                    tf.shape(self.w),
-                )  # fmt: skip  (the shared block, if any, comes last)
+                    in_batch, true, labels, x, lse, g, eta, eps, self.center_rows, tf.shape(self.w)
+                )
             center = _kernel.CenterGrad(dense=dense, includes_true=True)
         return dx, center, other_l
 
 
-def _push_control_variate(block, m, true, labels, x, lse, g, eta, eps, rows, shape):
+def _in_batch_part(block: Block, c: tf.Tensor, m):
+    """``(coefficients [N, m], centers [m, D], ids [m])`` of the batch's label columns: the
+    last ``m`` of the shared ``block`` (``c``: its coefficients); ``None`` without them."""
+    if m is None:
+        return None
+    return c[:, -m:], block.w[-m:], block.ids[-m:]
+
+
+def _push_control_variate(in_batch, true, labels, x, lse, g, eta, eps, rows, shape):
     """The control variate of the row-sampled push, dense ``[V, D]``: every token's push on its
-    own label and on the batch's label columns (the last ``m`` columns of the shared
-    ``block``, no logQ weight; ``m=None``: none), with the candidates' probabilities, minus
+    own label and on the batch's label columns (``in_batch`` from :func:`_in_batch_part`, no
+    logQ weight; ``None``: none), with the candidates' probabilities, minus
     the same push of the drawn rows times ``N / S`` (its row-sampled estimate). Its
     expectation over the rows is 0, so the estimate stays unbiased; the rows are left to
     estimate the difference, most of the noise being a token's large push on its own label
     (``p_y``) against its exact pull."""
     scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
-    x_rows = tf.gather(x, rows)
     # Own label: -2 c_y (x - w_y) with c_y = -(eta/2) p_y / (d2_y + eps), p_y from the estimate.
     c_y = -0.5 * eta * tf.exp(true.z - lse) / (true.d2 + eps) * g
     own = -2.0 * c_y[:, None] * true.diff
     values = [own, -scale * tf.gather(own, rows)]
     indices = [labels, tf.gather(labels, rows)]
-    if m is not None:
-        z, d2, w, ids = block.z[:, -m:], block.d2[:, -m:], block.w[-m:], block.ids[-m:]
-        c = _kernel.coefficients(z, lse, g, eta, eps, d2)
+    if in_batch is not None:
+        c, w, ids = in_batch
         c_rows = tf.gather(c, rows) * scale
-        values.append(_kernel.center_grad(c, x, w) - _kernel.center_grad(c_rows, x_rows, w))
+        push_rows = _kernel.center_grad(c_rows, tf.gather(x, rows), w)
+        values.append(_kernel.center_grad(c, x, w) - push_rows)
         indices.append(ids)
     return tf.scatter_nd(tf.concat(indices, 0)[:, None], tf.concat(values, 0), shape)
 
