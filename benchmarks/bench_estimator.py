@@ -6,6 +6,7 @@ Configurations (``--configs``):
   exact-centers                  sampled loss and hidden-state gradient, EXACT center gradient
   exact-hidden                   the reverse: exact hidden-state gradient, sampled centers' one
   rows=S, k=K, in-batch=M|all|none, sampler=NAME   one estimator setting changed
+                                 (several joined by ``+``: ``control-variate=1+k=1024``)
   control-variate=1              the centers' push with its control variate (own label and
                                  in-batch columns in full)
 
@@ -120,12 +121,12 @@ def held_out_batch(val_ids: np.ndarray, seq_len: int, batch: int):
 
 
 def config_args(name: str) -> tuple[str, list[str], str | None]:
-    """``(kind, extra transformer_lm arguments, exact_part)`` of a configuration name."""
+    """``(kind, extra transformer_lm arguments, exact_part)`` of a configuration name;
+    settings combine with ``+`` (``control-variate=1+k=1024``)."""
     if name in ("exact", "sampled"):
         return name, [], None
     if name in ("exact-centers", "exact-hidden"):
         return "sampled", [], name.split("-")[1]
-    key, _, value = name.partition("=")
     flags = {
         "rows": "--exact-center-rows",
         "k": "--k",
@@ -133,9 +134,13 @@ def config_args(name: str) -> tuple[str, list[str], str | None]:
         "sampler": "--sampler",
         "control-variate": "--center-control-variate",
     }
-    if key not in flags or not value:
-        raise SystemExit(f"unknown configuration {name!r}")
-    return "sampled", [flags[key], value], None
+    extra = []
+    for setting in name.split("+"):
+        key, _, value = setting.partition("=")
+        if key not in flags or not value:
+            raise SystemExit(f"unknown configuration {name!r}")
+        extra += [flags[key], value]
+    return "sampled", extra, None
 
 
 def one_run(name: str, seed: int, setup: str, data, draws: int) -> dict:

@@ -198,8 +198,15 @@ def test_bench_estimator_table_gives_gaps_to_the_same_seeds_exact_run():
         None,
     )
     assert bench_estimator.config_args("exact-hidden") == ("sampled", [], "hidden")
+    assert bench_estimator.config_args("control-variate=1+k=1024") == (
+        "sampled",
+        ["--center-control-variate", "1", "--k", "1024"],
+        None,
+    )
     with pytest.raises(SystemExit, match="unknown configuration"):
         bench_estimator.config_args("rows")
+    with pytest.raises(SystemExit, match="unknown configuration"):
+        bench_estimator.config_args("k=1024+")
 
 
 def test_bench_gradient_error_bias_and_noise():
