@@ -198,6 +198,7 @@ def test_bench_estimator_table_gives_gaps_to_the_same_seeds_exact_run():
         None,
     )
     assert bench_estimator.config_args("exact-hidden") == ("sampled", [], "hidden")
+    assert bench_estimator.config_args("exact-chunked") == ("exact", ["--chunk-size", "4096"], None)
     assert bench_estimator.config_args("control-variate=1+k=1024") == (
         "sampled",
         ["--center-control-variate", "1", "--k", "1024"],
