@@ -71,6 +71,10 @@ def _ours(fn, x, w, y, dtype, *args, **kwargs):
 def _close(ours, ref, dtype, rtol=2e-3):
     loss, gx, gw = ours
     ref_loss, ref_gx, ref_gw = ref
+    # A float16 gradient past 65,504 is inf whatever computes it (CI's hypothesis run found
+    # x, w ~ 5e-3 at eta 64: a true gradient of -69,037); only representable answers compare.
+    largest = max(abs(ref_loss), np.abs(ref_gx).max(), np.abs(ref_gw).max())
+    assume(largest < 0.5 * float(np.finfo(np.float16).max) or dtype != "float16")
     assert np.isfinite(loss) and np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
     np.testing.assert_allclose(loss, ref_loss, rtol=rtol, atol=1e-3)
     # Gradients are compared relative to their own scale (float32 math, large logits). A sparse
