@@ -5,6 +5,11 @@ at an LM vocabulary: cross-entropy (tied dot-product head) vs sampled and exact 
     python benchmarks/bench_train_step.py --vocab-size 8001 --steps 30
     python benchmarks/bench_train_step.py --chunk-size 2048,4096,0   # exact at three chunk sizes
     python benchmarks/bench_train_step.py --base-tree /tmp/old   # also an older checkout's rows
+    python benchmarks/bench_train_step.py --vocab-size 12000 --d-model 160 --layers 3 \
+        --mlp-dim 640 --runs sampled,sampled:k=1024+center_control_variate=1,exact_chunked
+
+A run ``sampled:FIELD=VALUE+FIELD=VALUE`` changes those fields of the package's
+``SampledOptions`` (ints, or 0/1 for a flag).
 
 Each loss runs in its own subprocess. Writes train_step_v<V>.json and .md to --out. With
 --base-tree, each round also runs the same losses with the package (and this script's
@@ -44,8 +49,9 @@ def run_single(kind: str, args) -> dict:
     import small_lm
 
     model, head = small_lm.build_lm(
-        args.vocab_size, args.seq_len, "dot" if kind == "ce" else "harmonic", seed=0
-    )
+        args.vocab_size, args.seq_len, "dot" if kind == "ce" else "harmonic", seed=0,
+        d_model=args.d_model, num_layers=args.layers, mlp_dim=args.mlp_dim,
+    )  # fmt: skip
     rng = np.random.default_rng(0)
     # Zipf-like token ids, as in text (id 0 most frequent).
     ranks = np.arange(1, args.vocab_size + 1)
@@ -57,8 +63,9 @@ def run_single(kind: str, args) -> dict:
     counts = np.bincount(tokens.reshape(-1), minlength=args.vocab_size) + 1.0
     if kind == "ce":
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    elif kind == "sampled":
-        loss = ht.HarmonicLoss(sampled=ht.SampledOptions(sampler=counts), seed=0)
+    elif kind.startswith("sampled"):
+        options = ht.SampledOptions(sampler=counts, **sampled_changes(kind))
+        loss = ht.HarmonicLoss(sampled=options, seed=0)
     elif kind == "exact_default":
         loss = ht.HarmonicLoss()
     else:  # the chunked path at this chunk size (0: dense), whatever "auto" would take
@@ -85,7 +92,19 @@ def run_single(kind: str, args) -> dict:
     }
 
 
-SINGLE_ARGS = ("vocab_size", "batch", "seq_len", "steps", "warmup")
+SINGLE_ARGS = ("vocab_size", "batch", "seq_len", "steps", "warmup", "d_model", "layers", "mlp_dim")
+
+
+def sampled_changes(kind: str) -> dict:
+    """The ``SampledOptions`` fields a run name changes: ``sampled:k=1024+center_rows=512``."""
+    _, _, spec = kind.partition(":")
+    changes = {}
+    for setting in filter(None, spec.split("+")):
+        field, _, value = setting.partition("=")
+        if not value.isdigit():
+            raise SystemExit(f"run {kind!r}: expected FIELD=INTEGER, got {setting!r}")
+        changes[field] = bool(int(value)) if field == "center_control_variate" else int(value)
+    return changes
 
 
 def _run_in(folder: str, kind: str, single_args: list[str]) -> dict:
@@ -110,6 +129,9 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--mlp-dim", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of all losses")
     p.add_argument("--runs", default=",".join(LOSSES))
     p.add_argument(
@@ -134,7 +156,12 @@ def main(argv=None):
     if args.base_tree:  # the base checkout knows neither the defaults' row nor newer kinds
         base = os.path.join(os.path.abspath(args.base_tree), "benchmarks")
         runs += [(f"base:{kind}", kind, base) for kind in kinds if kind != "exact_default"]
-    single_args = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in SINGLE_ARGS]
+    # Only the settings that differ from the defaults: an older --base-tree knows no newer flag.
+    single_args = [
+        f"--{name.replace('_', '-')}={getattr(args, name)}"
+        for name in SINGLE_ARGS
+        if getattr(args, name) != p.get_default(name)
+    ]
     rounds: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
     for r in range(args.repeats):
         for name, kind, folder in runs:
@@ -161,7 +188,8 @@ def main(argv=None):
     text = [
         f"Machine: {info['cpu']}, {info['cores']} cores; TensorFlow {info['tensorflow']}; command: `{command}`",
         "",
-        f"Full training step of the example transformer (D=128, 2 blocks), V = {args.vocab_size:,}, "
+        f"Full training step of the example transformer (D={args.d_model}, {args.layers} blocks, "
+        f"MLP {args.mlp_dim}), V = {args.vocab_size:,}, "
         f"batch {args.batch} x {args.seq_len} tokens, Adam, XLA; median of {args.repeats} "
         "interleaved rounds:",
         "",
@@ -169,6 +197,9 @@ def main(argv=None):
         "|---|---|---|---|---|",
     ]
     names = dict(LOSSES)
+    for kind in rows:
+        if kind.startswith("sampled:"):
+            names[kind] = f"sampled harmonic ({kind.partition(':')[2].replace('+', ', ')})"
     for kind in exact_kinds:
         chunk = int(kind.split("@")[1])
         names[kind] = f"exact harmonic ({f'chunk_size={chunk}' if chunk else 'dense logits'})"
@@ -185,7 +216,8 @@ def main(argv=None):
         else:
             text.append(f"| {names[kind]} | failed | - | - | - |")
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"train_step_v{args.vocab_size}")
+    shape = "" if args.d_model == p.get_default("d_model") else f"_d{args.d_model}"
+    stem = os.path.join(args.out, f"train_step_v{args.vocab_size}{shape}")
     with open(stem + ".json", "w") as f:
         json.dump(
             {"machine": info, "command": command, "config": vars(args), "rows": rows}, f, indent=1

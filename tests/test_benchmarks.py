@@ -24,13 +24,31 @@ def test_bench_train_step_runs_every_loss(tmp_path):
         "bench_train_step.py",
         *("--vocab-size", "300", "--batch", "4", "--seq-len", "16", "--steps", "2"),
         *("--warmup", "1", "--chunk-size", "128,0", "--repeats", "1", "--out", str(tmp_path)),
+        *("--d-model", "32", "--layers", "1", "--mlp-dim", "64"),
+        *("--runs", "ce,sampled,sampled:k=8+center_control_variate=1,exact_default,exact_chunked"),
     )
-    rows = json.loads((tmp_path / "train_step_v300.json").read_text())["rows"]
-    assert set(rows) == {"ce", "sampled", "exact_default", "exact_chunked@128", "exact_chunked@0"}
+    rows = json.loads((tmp_path / "train_step_v300_d32.json").read_text())["rows"]
+    kinds = {"ce", "sampled", "exact_default", "exact_chunked@128", "exact_chunked@0"}
+    assert set(rows) == kinds | {"sampled:k=8+center_control_variate=1"}
     assert all(r["tokens_per_s"] > 0 for r in rows.values()), rows
-    table = (tmp_path / "train_step_v300.md").read_text()
+    table = (tmp_path / "train_step_v300_d32.md").read_text()
     assert "exact harmonic (chunk_size=128)" in table and "failed" not in table
     assert "exact harmonic (dense logits)" in table
+    assert "sampled harmonic (k=8, center_control_variate=1)" in table
+    assert "(D=32, 1 blocks, MLP 64)" in table
+
+
+def test_bench_train_step_names_a_bad_sampled_setting():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_train_step
+    finally:
+        sys.path.pop(0)
+    assert bench_train_step.sampled_changes("sampled:k=64+center_control_variate=1") == {
+        "k": 64, "center_control_variate": True,
+    }  # fmt: skip
+    with pytest.raises(SystemExit, match="k=many"):
+        bench_train_step.sampled_changes("sampled:k=many")
 
 
 def test_hlo_report_reads_the_memory_plan(tmp_path):
