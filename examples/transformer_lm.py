@@ -71,14 +71,15 @@ def make_loss(kind: str, head, args, counts: np.ndarray):
     in_batch = args.in_batch_negatives
     in_batch = 0 if in_batch == "none" else in_batch if in_batch == "all" else int(in_batch)
     rows = args.exact_center_rows
+    # Unset flags keep the package's defaults.
+    changes = {"k": args.k, "center_control_variate": args.center_control_variate}
     options = ht.SampledOptions(
-        k=args.k,
         sampler=counts if args.sampler == "unigram" else args.sampler,
         log_q_correction=args.log_q_correction,
         in_batch_negatives=in_batch,
         center_gradient="rows" if rows else "indexed_slices",
         center_rows=rows or None,
-        center_control_variate=bool(args.center_control_variate and rows),
+        **{key: value for key, value in changes.items() if value is not None},
     )
     return ht.HarmonicLoss(sampled=options, seed=args.seed + 1000)
 
@@ -282,7 +283,9 @@ def parse_args(argv=None):
         default=1.0,
         help="a learned exponent's rate multiplier (HarmonicLMHead(eta_rate=...))",
     )
-    p.add_argument("--k", type=int, default=256, help="negatives of the sampled run")
+    p.add_argument(
+        "--k", type=int, default=None, help="draws of the sampled run (default: the package's)"
+    )
     p.add_argument("--sampler", default="unigram", choices=["uniform", "log_uniform", "unigram"])
     p.add_argument("--log-q-correction", default="negatives", choices=["negatives", "all", "none"])
     p.add_argument(
@@ -293,9 +296,9 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--center-control-variate",
-        type=int,
-        default=0,
-        help="1: the centers' push with its control variate (SampledOptions)",
+        type=lambda v: bool(int(v)),
+        default=None,
+        help="1/0: the centers' push with/without its control variate (default: the package's)",
     )
     p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
     p.add_argument("--val-tokens", type=int, default=24576)

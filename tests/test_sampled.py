@@ -309,7 +309,9 @@ def test_center_control_variate_is_unbiased_and_lowers_the_noise(in_batch):
     x[valid] = w[y[valid]] + 0.3 * np.random.default_rng(1).normal(size=x[valid].shape)
     _, _, exact_gw = harmax_numpy(x[valid], w, y[valid], 2.5, reduction="sum")
     args = [tf.constant(x, tf.float32), tf.constant(w, tf.float32), tf.constant(y)]
-    rows = ht.SampledOptions(k=5, in_batch_negatives=in_batch, center_rows=4)
+    rows = ht.SampledOptions(
+        k=5, in_batch_negatives=in_batch, center_rows=4, center_control_variate=False
+    )
     both = [rows, rows.replace(center_control_variate=True)]
 
     @tf.function(jit_compile=True)
@@ -337,6 +339,18 @@ def test_center_control_variate_needs_center_rows():
         ht.SampledOptions(center_control_variate=1)
     sparse = ht.SampledOptions(center_control_variate=True).replace(center_gradient="dense")
     assert not sparse.center_control_variate and sparse.center_rows is None
+
+
+def test_center_control_variate_is_on_by_default_where_there_are_rows():
+    assert ht.SampledOptions().center_control_variate is True
+    assert ht.SampledOptions(center_gradient="indexed_slices").center_control_variate is False
+    assert ht.SampledOptions.prototype().center_control_variate is False
+    back = ht.SampledOptions(center_gradient="dense").replace(center_gradient="rows")
+    assert back.center_control_variate is True and back.center_rows == 128
+    # A saved config keeps what it said: an explicit False is not turned on.
+    off = ht.SampledOptions(center_control_variate=False)
+    assert ht.SampledOptions.from_config(off.get_config()).center_control_variate is False
+    assert ht.SampledOptions.from_config(off.get_config()).replace(k=64) == off.replace(k=64)
 
 
 @pytest.mark.parametrize("in_batch", ["all", 5, 100])

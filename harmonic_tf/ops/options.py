@@ -45,20 +45,23 @@ class SampledOptions:
         ``"dense"``: the same scattered into a ``[V, D]`` tensor.
       center_rows: tokens whose full-vocabulary push moves the centers (``"rows"`` only;
         default 128).
-      center_control_variate: with ``"rows"``: every token's push on its own label and on
-        the batch's label columns enters in full (with the candidates' probabilities), and the
-        rows estimate only the rest (their own push on those columns is subtracted, so the
-        estimate stays unbiased).
+      center_control_variate: with ``"rows"`` (on by default there): every token's push on
+        its own label and on the batch's label columns enters in full (with the candidates'
+        probabilities), and the rows estimate only the rest (their own push on those columns
+        is subtracted, so the estimate stays unbiased). Cuts the centers' gradient noise about
+        11-fold for one ``[N, m] x [N, D]`` product.
 
     Example:
-    >>> options = SampledOptions(k=512)
+    >>> options = SampledOptions(k=1024)
     >>> print(options.k, options.in_batch_negatives, options.center_rows)
-    512 768 128
+    1024 768 128
+    >>> print(SampledOptions().k, SampledOptions().center_control_variate)
+    512 True
     >>> print(SampledOptions.prototype().negatives)
     per_example
     """
 
-    k: int = 256
+    k: int = 512
     negatives: str = "shared"
     sampler: str | Sampler = "log_uniform"
     log_q_correction: str = "negatives"
@@ -66,7 +69,7 @@ class SampledOptions:
     in_batch_negatives: int | str = 768
     center_gradient: str = "rows"
     center_rows: int | None = None
-    center_control_variate: bool = False
+    center_control_variate: bool | None = None
 
     def __post_init__(self):
         inputs.check_choice("negatives", self.negatives, NEGATIVES)
@@ -92,24 +95,26 @@ class SampledOptions:
                 f"`center_rows` goes with center_gradient='rows', got center_rows={rows} with "
                 f"center_gradient={self.center_gradient!r}."
             )
-        if not isinstance(self.center_control_variate, bool):
-            raise TypeError(
-                f"`center_control_variate` must be a bool, got {self.center_control_variate!r}."
-            )
-        if self.center_control_variate and self.center_gradient != "rows":
+        variate = self.center_control_variate
+        if variate is None:  # the default: on wherever there are center rows
+            variate = self.center_gradient == "rows"
+        if not isinstance(variate, bool):
+            raise TypeError(f"`center_control_variate` must be a bool, got {variate!r}.")
+        if variate and self.center_gradient != "rows":
             raise ValueError(
                 "`center_control_variate` goes with center_gradient='rows', got "
                 f"center_gradient={self.center_gradient!r}."
             )
         object.__setattr__(self, "center_rows", rows)
+        object.__setattr__(self, "center_control_variate", variate)
         object.__setattr__(self, "sampler", sampler_spec(self.sampler))
 
     def replace(self, **changes) -> SampledOptions:
-        """A copy with ``changes`` (checked again). A change of ``center_gradient`` away from
-        ``"rows"`` drops ``center_rows``."""
-        if changes.get("center_gradient", "rows") != "rows":
+        """A copy with ``changes`` (checked again). A change of ``center_gradient`` drops what
+        belongs to the old one (``center_rows``, the control variate) to the new one's default."""
+        if changes.get("center_gradient", self.center_gradient) != self.center_gradient:
             changes.setdefault("center_rows", None)
-            changes.setdefault("center_control_variate", False)
+            changes.setdefault("center_control_variate", None)
         return dataclasses.replace(self, **changes)
 
     @classmethod
