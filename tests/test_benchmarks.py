@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from conftest import shared_data_path
+
 pytestmark = pytest.mark.slow  # still run in CI; left out of `-m "not slow"`
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -150,7 +152,8 @@ def test_bench_mixed_precision_counts_loss_scale_halvings():
     log = bench.ScaleLog()
     log.scales = [2.0**15, 2.0**14, 2.0**14, 2.0**15, 2.0**13]
     assert log.skipped(2.0**15) == [1, 4]  # halvings only; a doubling is no skip
-    result = bench.main(["--quick", "--verbose", "0"])
+    text = shared_data_path("tinyshakespeare.txt")  # skips, naming the path, where absent
+    result = bench.main(["--quick", "--verbose", "0", "--text", text])
     assert [r["loss"] for r in result["rows"]] == list(bench.LOSSES)
     for row in result["rows"]:
         assert row["steps"] == 6 and 0 <= row["skipped"] <= 6, row
