@@ -50,6 +50,10 @@ SETUPS = {
     "--mlp-dim 640 --steps 1500 --eval-every 250",
     "stdlib-code16k": "--corpus stdlib --tokens code --vocab-size 16000 --d-model 160 "
     "--layers 3 --mlp-dim 640 --steps 1500 --eval-every 250",
+    # The equal-wall-clock run's model at V = 50,000 (D = 128, 2 blocks), at equal steps: 600,
+    # since one exact step costs ~1 s here.
+    "stdlib-code50k": "--corpus stdlib --tokens code --vocab-size 50000 --steps 600 "
+    "--eval-every 100 --chunk-size 4096",
     "quick": "--quick --vocab-size 400 --samples 0",
 }
 
