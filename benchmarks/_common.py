@@ -36,6 +36,20 @@ CONFIGS = {
 }
 
 
+def run_settings(name: str, spec: str) -> list[tuple[str, str]]:
+    """``[(key, value)]`` of a run name's ``key=value+key=value`` part ``spec`` (empty: none);
+    a setting without its value stops the script, naming the run."""
+    pairs = []
+    for setting in spec.split("+") if spec else []:
+        key, _, value = setting.partition("=")
+        if not key or not value:
+            raise SystemExit(
+                f"run {name!r}: expected KEY=VALUE settings joined by '+', got {setting!r}"
+            )
+        pairs.append((key, value))
+    return pairs
+
+
 def inputs(n: int, d: int, v: int):
     """Hidden states ``[n, d]``, centers ``[v, d]`` and labels ``[n]``, seeded."""
     import numpy as np
@@ -48,13 +62,15 @@ def inputs(n: int, d: int, v: int):
     return x, w, y
 
 
-def _default_sampled_shape(k: int, n: int) -> tuple[int, int]:
-    """The package defaults' candidate columns (``k`` draws plus the in-batch block) and center
-    rows."""
+def _default_sampled_shape(k: int, n: int) -> tuple[int, int, int]:
+    """The package defaults' candidate columns (``k`` draws plus the in-batch block), center
+    rows, and the in-batch columns the centers' control variate pushes on (0 without it)."""
     from harmonic_tf.ops import SampledOptions
 
     options = SampledOptions(k=k)
-    return k + min(options.in_batch_negatives, n), options.center_rows
+    in_batch = min(options.in_batch_negatives, n)
+    variate = in_batch if options.center_control_variate else 0
+    return k + in_batch, options.center_rows, variate
 
 
 def matmul_flops(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -> float:
@@ -66,9 +82,10 @@ def matmul_flops(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) 
     if base in exact:
         return 6.0 * n * v * d
     if base == "sampled_default":
-        columns, rows = _default_sampled_shape(k, n)
-        # The candidate block's 3 products and the center rows' distances and center gradient.
-        return 6.0 * n * columns * d + 4.0 * rows * v * d
+        columns, rows, variate = _default_sampled_shape(k, n)
+        # The candidate block's 3 products, the center rows' distances and center gradient,
+        # and the control variate's push of every token on the in-batch columns.
+        return 6.0 * n * columns * d + 4.0 * rows * v * d + 2.0 * n * variate * d
     return 6.0 * n * k * d
 
 
@@ -83,7 +100,7 @@ def floor_bytes(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -
     elif base in ("harmonic_chunked", "harmonic_two_pass"):
         block = n * min(chunk, v)
     elif base == "sampled_default":
-        columns, rows = _default_sampled_shape(k, n)
+        columns, rows, _ = _default_sampled_shape(k, n)
         block = n * columns + rows * v
     return 4 * (v * d + block)
 

@@ -42,6 +42,7 @@ import harmonic_tf as ht  # noqa: E402
 from harmonic_tf.ops import loss_terms  # noqa: E402
 
 import transformer_lm  # noqa: E402
+from _common import run_settings  # noqa: E402
 
 SETUPS = {
     # Untuned: word-level CPython standard library (code and docstrings), V = 12,000, D = 160,
@@ -144,10 +145,9 @@ def config_args(name: str) -> tuple[str, list[str], str | None]:
         "control-variate": "--center-control-variate",
     }
     extra = []
-    for setting in name.split("+"):
-        key, _, value = setting.partition("=")
-        if key not in flags or not value:
-            raise SystemExit(f"unknown configuration {name!r}")
+    for key, value in run_settings(name, name):
+        if key not in flags:
+            raise SystemExit(f"unknown configuration {name!r}: no setting {key!r}")
         extra += [flags[key], value]
     return "sampled", extra, None
 

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from _common import machine
+from _common import machine, run_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSSES = {
@@ -97,12 +97,10 @@ SINGLE_ARGS = ("vocab_size", "batch", "seq_len", "steps", "warmup", "d_model", "
 
 def sampled_changes(kind: str) -> dict:
     """The ``SampledOptions`` fields a run name changes: ``sampled:k=1024+center_rows=512``."""
-    _, _, spec = kind.partition(":")
     changes = {}
-    for setting in filter(None, spec.split("+")):
-        field, _, value = setting.partition("=")
+    for field, value in run_settings(kind, kind.partition(":")[2]):
         if not value.isdigit():
-            raise SystemExit(f"run {kind!r}: expected FIELD=INTEGER, got {setting!r}")
+            raise SystemExit(f"run {kind!r}: expected FIELD=INTEGER, got {field}={value}")
         changes[field] = bool(int(value)) if field == "center_control_variate" else int(value)
     return changes
 

@@ -49,8 +49,11 @@ def test_bench_train_step_names_a_bad_sampled_setting():
     assert bench_train_step.sampled_changes("sampled:k=64+center_control_variate=1") == {
         "k": 64, "center_control_variate": True,
     }  # fmt: skip
+    assert bench_train_step.sampled_changes("sampled") == {}
     with pytest.raises(SystemExit, match="k=many"):
         bench_train_step.sampled_changes("sampled:k=many")
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        bench_train_step.sampled_changes("sampled:k=64+")
 
 
 def test_hlo_report_reads_the_memory_plan(tmp_path):
@@ -225,9 +228,11 @@ def test_bench_estimator_table_gives_gaps_to_the_same_seeds_exact_run():
         ["--center-control-variate", "1", "--k", "1024"],
         None,
     )
-    with pytest.raises(SystemExit, match="unknown configuration"):
+    with pytest.raises(SystemExit, match="unknown configuration 'width=3'"):
+        bench_estimator.config_args("width=3")
+    with pytest.raises(SystemExit, match="expected KEY=VALUE .* got 'rows'"):
         bench_estimator.config_args("rows")
-    with pytest.raises(SystemExit, match="unknown configuration"):
+    with pytest.raises(SystemExit, match="expected KEY=VALUE .* got ''"):
         bench_estimator.config_args("k=1024+")
 
 
