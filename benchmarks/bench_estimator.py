@@ -21,7 +21,10 @@ log-denominator's error: the true logit carries no correction), its bias and spr
     python benchmarks/bench_estimator.py --quick            # a smoke run
 
 Writes ``estimator_<setup>.json`` (after every run: a long sweep can be cut short), ``.md``
-and ``.png`` (exact validation loss against training seconds) to ``--out``.
+and ``.png`` (exact validation loss against training seconds) to ``--out``. Each sampled run
+stores the settings it ran with; a stored run whose configuration means other settings today
+(new package defaults) is shown with the ones that differ (``sampled (k=256,
+control_variate=False)``), and a resumed sweep runs today's anew.
 """
 
 from __future__ import annotations
@@ -152,6 +155,40 @@ def config_args(name: str) -> tuple[str, list[str], str | None]:
     return "sampled", extra, None
 
 
+def estimator(options, sampler: str) -> dict:
+    """The settings a sampled run ran with, as stored beside its result: a configuration's name
+    means today's defaults, which may not be those of a stored run."""
+    return {
+        "k": options.k,
+        "in_batch_negatives": options.in_batch_negatives,
+        "center_rows": options.center_rows,
+        "control_variate": options.center_control_variate,
+        "sampler": sampler,
+        "log_q_correction": options.log_q_correction,
+    }
+
+
+def todays_estimator(name: str, setup: str, counts) -> dict | None:
+    """What configuration ``name`` runs with today (``None``: the exact loss)."""
+    kind, extra, _ = config_args(name)
+    if kind == "exact":
+        return None
+    args = transformer_lm.parse_args([*SETUPS[setup].split(), *extra])
+    return estimator(transformer_lm.make_loss(kind, None, args, counts).sampled, args.sampler)
+
+
+def label(run: dict, today: dict | None) -> str:
+    """A stored run's row name: its configuration's, plus the settings it ran with where they
+    are not what that name runs with today (``sampled (k=256, control_variate=False)``)."""
+    stored = run.get("estimator")
+    if stored == today:
+        return run["config"]
+    if stored is None or today is None:
+        return f"{run['config']} (settings not recorded)"
+    changed = ", ".join(f"{key}={value}" for key, value in stored.items() if today[key] != value)
+    return f"{run['config']} ({changed})"
+
+
 def one_run(name: str, seed: int, setup: str, data, draws: int) -> dict:
     kind, extra, exact_part = config_args(name)
     argv = [*SETUPS[setup].split(), *extra, "--runs", kind, "--seed", str(seed), "--verbose", "0"]
@@ -173,7 +210,8 @@ def one_run(name: str, seed: int, setup: str, data, draws: int) -> dict:
         return denominator_error(model, head, sampled.sampled, batch, draws)
 
     r = transformer_lm.run(kind, args, (train_ids, val_ids), vectorizer, counts, loss, measure)
-    r.update(config=name, seed=seed, samples=[], prototypes=[])
+    settings = estimator(sampled.sampled, args.sampler) if sampled is not None else None
+    r.update(config=name, seed=seed, estimator=settings, samples=[], prototypes=[])
     return r
 
 
@@ -181,13 +219,14 @@ def table(runs: list[dict]) -> str:
     """Markdown: per configuration, the final exact validation loss per seed, the gap to the
     exact run of the same seed (mean and range), tokens/s and the denominator's error."""
     exact = {r["seed"]: r["final_val_loss"] for r in runs if r["config"] == "exact"}
+    name_of = {id(r): r.get("label", r["config"]) for r in runs}
     lines = [
         "| configuration | seeds | val loss per seed | gap to exact: mean [min, max] | "
         "tokens/s | denominator bias | token sd | batch-mean sd |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in dict.fromkeys(r["config"] for r in runs):
-        rows = [r for r in runs if r["config"] == name]
+    for name in dict.fromkeys(name_of.values()):
+        rows = [r for r in runs if name_of[id(r)] == name]
         losses = " / ".join(f"{r['final_val_loss']:.3f}" for r in rows)
         gaps = [r["final_val_loss"] - exact[r["seed"]] for r in rows if r["seed"] in exact]
         gap = f"**{np.mean(gaps):+.3f}** [{min(gaps):+.3f}, {max(gaps):+.3f}]" if gaps else "-"
@@ -214,13 +253,13 @@ def plot(runs: list[dict], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {}
     for r in runs:
-        color = colors.setdefault(r["config"], f"C{len(colors) % 10}")
-        label = (
-            r["config"]
-            if sum(q["config"] == r["config"] for q in runs[: runs.index(r)]) == 0
-            else None
-        )
-        ax.plot(r["train_seconds"], r["val_loss"], color=color, marker="o", ms=3, label=label)
+        name = r.get("label", r["config"])
+        first = name not in colors
+        color = colors.setdefault(name, f"C{len(colors) % 10}")
+        ax.plot(
+            r["train_seconds"], r["val_loss"], color=color, marker="o", ms=3,
+            label=name if first else None,
+        )  # fmt: skip
     ax.set_xlabel("training seconds (2 CPU cores)")
     ax.set_ylabel("exact validation loss (nats)")
     lows = [min(r["val_loss"]) for r in runs]
@@ -254,16 +293,22 @@ def main(argv=None) -> list[dict]:
     runs = []
     if os.path.exists(stem + ".json") and not args.quick:  # resume a cut-short sweep
         runs = json.load(open(stem + ".json"))["runs"]
-    done = {(r["config"], r["seed"]) for r in runs}
+    names = dict.fromkeys([*(r["config"] for r in runs), *args.configs.split(",")])
+    today = {name: todays_estimator(name, args.setup, counts) for name in names}
+    for r in runs:  # a stored run under today's name only if it ran with today's settings
+        r["label"] = label(r, today[r["config"]])
+    done = {(r["label"], r["seed"]) for r in runs}
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in args.configs.split(","):
             if (name, seed) in done:
                 continue
             runs.append(one_run(name, seed, args.setup, data, args.draws))
+            runs[-1]["label"] = name
             print(
                 f"{name} seed {seed}: exact val loss {runs[-1]['final_val_loss']:.4f}", flush=True
             )
-            summary = {"setup": SETUPS[args.setup], "source": source, "runs": runs}
+            stored = [{k: v for k, v in r.items() if k != "label"} for r in runs]
+            summary = {"setup": SETUPS[args.setup], "source": source, "runs": stored}
             with open(stem + ".json", "w") as f:
                 json.dump(summary, f, indent=1)
     text = table(runs)

@@ -236,6 +236,42 @@ def test_bench_estimator_table_gives_gaps_to_the_same_seeds_exact_run():
         bench_estimator.config_args("k=1024+")
 
 
+def test_bench_estimator_names_runs_made_with_other_defaults_apart():
+    # A stored run keeps its configuration's name only if it ran with what that name runs
+    # today: a resumed sweep neither skips nor mixes in runs of older defaults.
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_estimator
+    import numpy as np
+
+    import harmonic_tf as ht
+
+    counts = np.ones(12000)
+    today = bench_estimator.todays_estimator("sampled", "stdlib12k", counts)
+    defaults = ht.SampledOptions()
+    assert (today["k"], today["control_variate"]) == (defaults.k, True)
+    assert bench_estimator.todays_estimator("exact", "stdlib12k", counts) is None
+    set_k = bench_estimator.todays_estimator("k=64+control-variate=0", "stdlib12k", counts)
+    assert (set_k["k"], set_k["control_variate"]) == (64, False)
+    old = {**today, "k": 256, "control_variate": False}
+    assert bench_estimator.label({"config": "sampled", "estimator": today}, today) == "sampled"
+    assert (
+        bench_estimator.label({"config": "sampled", "estimator": old}, today)
+        == "sampled (k=256, control_variate=False)"
+    )
+    assert bench_estimator.label({"config": "sampled"}, today) == "sampled (settings not recorded)"
+    assert bench_estimator.label({"config": "exact", "estimator": None}, None) == "exact"
+    runs = [
+        {"config": "exact", "seed": 0, "final_val_loss": 3.0, "tokens_per_second": 1.0},
+        {"config": "sampled", "label": "sampled (k=256)", "seed": 0, "final_val_loss": 3.2,
+         "tokens_per_second": 1.0},
+        {"config": "sampled", "label": "sampled", "seed": 0, "final_val_loss": 3.1,
+         "tokens_per_second": 1.0},
+    ]  # fmt: skip
+    text = bench_estimator.table(runs)
+    assert "| sampled (k=256) | 1 | 3.200 | **+0.200**" in text
+    assert "| sampled | 1 | 3.100 | **+0.100**" in text
+
+
 def test_bench_gradient_error_bias_and_noise():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import bench_gradient_error as bench
