@@ -185,7 +185,8 @@ def label(run: dict, today: dict | None) -> str:
         return run["config"]
     if stored is None or today is None:
         return f"{run['config']} (settings not recorded)"
-    changed = ", ".join(f"{key}={value}" for key, value in stored.items() if today[key] != value)
+    keys = {**today, **stored}
+    changed = ", ".join(f"{k}={stored.get(k)}" for k in keys if stored.get(k) != today.get(k))
     return f"{run['config']} ({changed})"
 
 

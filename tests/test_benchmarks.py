@@ -259,6 +259,10 @@ def test_bench_estimator_names_runs_made_with_other_defaults_apart():
         == "sampled (k=256, control_variate=False)"
     )
     assert bench_estimator.label({"config": "sampled"}, today) == "sampled (settings not recorded)"
+    fewer = {key: value for key, value in today.items() if key != "sampler"}
+    assert bench_estimator.label({"config": "sampled", "estimator": fewer}, today) == (
+        "sampled (sampler=None)"
+    )
     assert bench_estimator.label({"config": "exact", "estimator": None}, None) == "exact"
     runs = [
         {"config": "exact", "seed": 0, "final_val_loss": 3.0, "tokens_per_second": 1.0},
