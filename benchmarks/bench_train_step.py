@@ -179,11 +179,10 @@ def main(argv=None):
         }
     info = machine()
     ce = rows.get("ce", {}).get("tokens_per_s")
-    exact_kinds = [
-        kind for kind in rows if kind.startswith(("exact_chunked@", "base:exact_chunked@"))
-    ]
-    exact_kinds = exact_kinds or [kind for kind in ("exact_default",) if kind in rows]
-    exact = rows[exact_kinds[0]].get("tokens_per_s") if exact_kinds else None
+    chunked = [kind for kind in rows if kind.startswith(("exact_chunked@", "base:exact_chunked@"))]
+    # The ratio's base: the first chunked exact run, else the defaults' exact run.
+    bases = chunked or [kind for kind in ("exact_default",) if kind in rows]
+    exact = rows[bases[0]].get("tokens_per_s") if bases else None
     text = [
         f"Machine: {info['cpu']}, {info['cores']} cores; TensorFlow {info['tensorflow']}; command: `{command}`",
         "",
@@ -199,9 +198,7 @@ def main(argv=None):
     for kind in rows:
         if kind.startswith("sampled:"):
             names[kind] = f"sampled harmonic ({kind.partition(':')[2].replace('+', ', ')})"
-    for kind in exact_kinds:
-        if "@" not in kind:
-            continue
+    for kind in chunked:
         chunk = int(kind.split("@")[1])
         names[kind] = f"exact harmonic ({f'chunk_size={chunk}' if chunk else 'dense logits'})"
     for kind in rows:

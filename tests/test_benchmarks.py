@@ -40,6 +40,19 @@ def test_bench_train_step_runs_every_loss(tmp_path):
     assert "(D=32, 1 blocks, MLP 64)" in table
 
 
+def test_bench_train_step_ratio_falls_back_to_the_default_exact_run(tmp_path):
+    _run(
+        "bench_train_step.py",
+        *("--vocab-size", "300", "--batch", "4", "--seq-len", "16", "--steps", "2"),
+        *("--warmup", "1", "--repeats", "1", "--out", str(tmp_path)),
+        *("--d-model", "32", "--layers", "1", "--mlp-dim", "64"),
+        *("--runs", "exact_default,sampled"),
+    )
+    table = (tmp_path / "train_step_v300_d32.md").read_text()
+    assert "| exact harmonic (HarmonicLoss() defaults) |" in table
+    assert [line.rsplit("|", 2)[1].strip() for line in table.splitlines()[-2:]][0] == "1.00x"
+
+
 def test_bench_train_step_names_a_bad_sampled_setting():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
