@@ -376,15 +376,13 @@ class SampledColumns:
             # The candidates' probabilities stand in for the full softmax's.
             other_l = sum(_kernel.expected_l(b.z, lse, eps=eps, d2=b.d2) for b in blocks)
         if self.center_rows is not None:
-            dense = _row_sampled_center_grad(
-                x, self.w - self.origin, labels, self.center_rows, true, g, eta, eps
-            )
+            variate = None
             if self.control_variate:
                 # The shared block, holding the in-batch columns if any, comes last.
-                in_batch = _in_batch_part(blocks[-1], c_last, self.cand.in_batch_columns)
-                dense += _push_control_variate(
-                    in_batch, true, labels, x, lse, g, eta, eps, self.center_rows, tf.shape(self.w)
-                )
+                variate = _in_batch_part(blocks[-1], c_last, self.cand.in_batch_columns), lse
+            dense = _row_sampled_center_grad(
+                x, self.w - self.origin, labels, self.center_rows, true, g, eta, eps, variate
+            )
             center = _kernel.CenterGrad(dense=dense, includes_true=True)
         return dx, center, other_l
 
@@ -397,27 +395,26 @@ def _in_batch_part(block: Block, c: tf.Tensor, m):
     return c[:, -m:], block.w[-m:], block.ids[-m:]
 
 
-def _push_control_variate(in_batch, true, labels, x, lse, g, eta, eps, rows, shape):
-    """The control variate of the row-sampled push, dense ``[V, D]``: every token's push on its
-    own label and on the batch's label columns (``in_batch`` from :func:`_in_batch_part`, no
-    logQ weight; ``None``: none), with the candidates' probabilities, minus
-    the same push of the drawn rows times ``N / S`` (its row-sampled estimate). Its
-    expectation over the rows is 0, so the estimate stays unbiased; the rows are left to
-    estimate the difference, most of the noise being a token's large push on its own label
-    (``p_y``) against its exact pull."""
-    scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
+def _control_variate_updates(in_batch, true, lse, g, eta, eps, rows, labels, x, scale):
+    """The control variate of the row-sampled push as scatter updates ``(indices, values)``
+    beyond the own-label part (folded into the pull, see :func:`_row_sampled_center_grad`):
+    minus the drawn rows' own-label push times ``N / S``, and every token's push on the
+    batch's label columns (``in_batch`` from :func:`_in_batch_part`, no logQ weight; ``None``:
+    none) minus the drawn rows' times ``N / S``. Its expectation over the rows is 0, so the
+    estimate stays unbiased; the rows are left to estimate the difference, most of the noise
+    being a token's large push on its own label (``p_y``) against its exact pull."""
     # Own label: -2 c_y (x - w_y) with c_y = -(eta/2) p_y / (d2_y + eps), p_y from the estimate.
-    c_y = -0.5 * eta * tf.exp(true.z - lse) / (true.d2 + eps) * g
-    own = -2.0 * c_y[:, None] * true.diff
-    values = [own, -scale * tf.gather(own, rows)]
-    indices = [labels, tf.gather(labels, rows)]
+    p_y = tf.exp(tf.gather(true.z - lse, rows))
+    d2_r, g_r = tf.gather(true.d2, rows), tf.gather(g, rows)
+    own_rows = (-eta * scale * p_y * g_r / (d2_r + eps))[:, None] * tf.gather(true.diff, rows)
+    indices, values = [tf.gather(labels, rows)], [own_rows]
     if in_batch is not None:
         c, w, ids = in_batch
         c_rows = tf.gather(c, rows) * scale
         push_rows = _kernel.center_grad(c_rows, tf.gather(x, rows), w)
-        values.append(_kernel.center_grad(c, x, w) - push_rows)
         indices.append(ids)
-    return tf.scatter_nd(tf.concat(indices, 0)[:, None], tf.concat(values, 0), shape)
+        values.append(_kernel.center_grad(c, x, w) - push_rows)
+    return indices, values
 
 
 def _length(v: tf.Tensor) -> int | tf.Tensor:
@@ -432,16 +429,27 @@ def _computed_once(v: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.stack([v, tf.fill(tf.shape(v), -float("inf"))], axis=1), axis=1)
 
 
-def _row_sampled_center_grad(x, w, labels, rows, true, g, eta, eps):
+def _row_sampled_center_grad(x, w, labels, rows, true, g, eta, eps, control_variate=None):
     """Dense ``[V, D]`` centers' gradient: every token's exact pull ``-(dz_y/dw_y)`` plus the
     push ``sum_j p_nj dz_nj/dw_j`` of the drawn tokens over all ``V`` classes, times ``N / S``
     (unbiased: rows are drawn uniformly with replacement). ``x`` and ``w`` are measured from the
-    same reference point."""
+    same reference point. ``control_variate``: ``(in_batch, lse)`` adds the control variate
+    (:func:`_control_variate_updates`), its every-token own-label push folded into the pull:
+    one scatter of all updates into the push, the XLA CPU scatter being serial."""
     scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
     x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * scale
     z = logits_from_sq(expanded_sq_distances(x_r, w), eta, eps)  # [S, V]
     c = _kernel.coefficients(z, tf.reduce_logsumexp(z, axis=1), g_r, eta, eps)
     push = _kernel.center_grad(c, x_r, w)
-    # Every token's exact pull: -(true_pull) at its label's row, with p_y = 0 (the push has it).
-    pull = -2.0 * (0.5 * eta * g / (true.d2 + eps))[:, None] * true.diff
-    return tf.tensor_scatter_nd_add(push, labels[:, None], pull)
+    # Every token's exact pull -(true_pull) at its label's row, with p_y = 0 (the push has it);
+    # with the control variate also its own-label push p_y (the candidates' estimate).
+    kept, indices, values = 1.0, [], []
+    if control_variate is not None:
+        in_batch, lse = control_variate
+        kept = 1.0 - tf.exp(true.z - lse)
+        indices, values = _control_variate_updates(
+            in_batch, true, lse, g, eta, eps, rows, labels, x, scale
+        )
+    pull = (-eta * g * kept / (true.d2 + eps))[:, None] * true.diff
+    indices = tf.concat([labels, *indices], 0)[:, None]
+    return tf.tensor_scatter_nd_add(push, indices, tf.concat([pull, *values], 0))
