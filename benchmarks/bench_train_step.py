@@ -175,14 +175,12 @@ def main(argv=None):
         rows[kind] = {
             "median_step_s": step,
             "tokens_per_s": args.batch * args.seq_len / step,
-            "round_step_s": [res["median_step_s"] for res in ok],
+            "round_step_s": [res.get("median_step_s") for res in results],  # None: failed
         }
     info = machine()
-    ce = rows.get("ce", {}).get("tokens_per_s")
     chunked = [kind for kind in rows if kind.startswith(("exact_chunked@", "base:exact_chunked@"))]
     # The ratio's base: the first chunked exact run, else the defaults' exact run.
     bases = chunked or [kind for kind in ("exact_default",) if kind in rows]
-    exact = rows[bases[0]].get("tokens_per_s") if bases else None
     text = [
         f"Machine: {info['cpu']}, {info['cores']} cores; TensorFlow {info['tensorflow']}; command: `{command}`",
         "",
@@ -191,28 +189,8 @@ def main(argv=None):
         f"batch {args.batch} x {args.seq_len} tokens, Adam, XLA; median of {args.repeats} "
         "interleaved rounds:",
         "",
-        "| loss | step (ms) | tokens/s | vs cross-entropy | vs the first exact harmonic |",
-        "|---|---|---|---|---|",
+        *_table(rows, chunked, bases[0] if bases else None),
     ]
-    names = dict(LOSSES)
-    for kind in rows:
-        if kind.startswith("sampled:"):
-            names[kind] = f"sampled harmonic ({kind.partition(':')[2].replace('+', ', ')})"
-    for kind in chunked:
-        chunk = int(kind.split("@")[1])
-        names[kind] = f"exact harmonic ({f'chunk_size={chunk}' if chunk else 'dense logits'})"
-    for kind in rows:
-        if kind.startswith("base:"):
-            names[kind] = f"base checkout: {names.get(kind[5:], LOSSES.get(kind[5:], kind))}"
-    for kind, r in rows.items():
-        if "tokens_per_s" in r:
-            rel = [f"{r['tokens_per_s'] / b:.2f}x" if b else "-" for b in (ce, exact)]
-            text.append(
-                f"| {names[kind]} | {r['median_step_s'] * 1000:.0f} | {r['tokens_per_s']:,.0f} | "
-                f"{rel[0]} | {rel[1]} |"
-            )
-        else:
-            text.append(f"| {names[kind]} | failed | - | - | - |")
     os.makedirs(args.out, exist_ok=True)
     shape = "" if args.d_model == p.get_default("d_model") else f"_d{args.d_model}"
     stem = os.path.join(args.out, f"train_step_v{args.vocab_size}{shape}")
@@ -224,6 +202,47 @@ def main(argv=None):
         f.write("\n".join(text) + "\n")
     print("\n".join(text))
     return rows
+
+
+def _table(rows: dict, chunked: list[str], base: str | None) -> list[str]:
+    """The markdown table: each loss's median step, tokens/s, its ratio to cross-entropy and to
+    ``base`` (an exact run), and that ratio's range over the rounds (each round's runs are
+    neighbours in time, so its ratio is less hit by a slow spell than the medians are)."""
+    names = dict(LOSSES)
+    for kind in rows:
+        if kind.startswith("sampled:"):
+            names[kind] = f"sampled harmonic ({kind.partition(':')[2].replace('+', ', ')})"
+    for kind in chunked:
+        chunk = int(kind.split("@")[1])
+        names[kind] = f"exact harmonic ({f'chunk_size={chunk}' if chunk else 'dense logits'})"
+    for kind in rows:
+        if kind.startswith("base:"):
+            names[kind] = f"base checkout: {names.get(kind[5:], LOSSES.get(kind[5:], kind))}"
+    ce = rows.get("ce", {}).get("tokens_per_s")
+    exact = rows[base].get("tokens_per_s") if base else None
+    text = [
+        "| loss | step (ms) | tokens/s | vs cross-entropy | vs the first exact harmonic "
+        "| that, per round |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, r in rows.items():
+        if "tokens_per_s" not in r:
+            text.append(f"| {names[kind]} | failed | - | - | - | - |")
+            continue
+        rel = [f"{r['tokens_per_s'] / b:.2f}x" if b else "-" for b in (ce, exact)]
+        text.append(
+            f"| {names[kind]} | {r['median_step_s'] * 1000:.0f} | {r['tokens_per_s']:,.0f} | "
+            f"{rel[0]} | {rel[1]} | {_round_range(rows, kind, base)} |"
+        )
+    return text
+
+
+def _round_range(rows: dict, kind: str, base: str | None) -> str:
+    """``min-max`` over the rounds of ``base``'s step over ``kind``'s (rounds where either
+    failed left out); ``-`` without a base."""
+    ours, theirs = (rows.get(k, {}).get("round_step_s") or [] for k in (kind, base))
+    ratios = [b / a for a, b in zip(ours, theirs, strict=False) if a and b]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else "-"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 table, and XLA's memory plan is read back. Timings are not checked (they are the benchmarks'
 output, not a test)."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -14,6 +15,15 @@ from conftest import shared_data_path
 pytestmark = pytest.mark.slow  # still run in CI; left out of `-m "not slow"`
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _import_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module (its folder on the path only while importing)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def _run(script: str, *args: str) -> None:
@@ -50,15 +60,22 @@ def test_bench_train_step_ratio_falls_back_to_the_default_exact_run(tmp_path):
     )
     table = (tmp_path / "train_step_v300_d32.md").read_text()
     assert "| exact harmonic (HarmonicLoss() defaults) |" in table
-    assert [line.rsplit("|", 2)[1].strip() for line in table.splitlines()[-2:]][0] == "1.00x"
+    exact_row = table.splitlines()[-2].split("|")
+    assert [cell.strip() for cell in exact_row[-3:-1]] == ["1.00x", "1.00-1.00x"]
+
+
+def test_bench_train_step_per_round_ratio_pairs_rounds_and_skips_failed_ones():
+    bench_train_step = _import_benchmark("bench_train_step")
+    rows = {
+        "exact_default": {"round_step_s": [0.2, 0.3, None, 0.4]},
+        "sampled": {"round_step_s": [0.1, 0.1, 0.1, None]},
+    }
+    assert bench_train_step._round_range(rows, "sampled", "exact_default") == "2.00-3.00x"
+    assert bench_train_step._round_range(rows, "sampled", None) == "-"
 
 
 def test_bench_train_step_names_a_bad_sampled_setting():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import bench_train_step
-    finally:
-        sys.path.pop(0)
+    bench_train_step = _import_benchmark("bench_train_step")
     assert bench_train_step.sampled_changes("sampled:k=64+center_control_variate=1") == {
         "k": 64, "center_control_variate": True,
     }  # fmt: skip
@@ -162,8 +179,7 @@ def test_bench_revisions_measures_two_checkouts_side_by_side(tmp_path):
 
 def test_bench_mixed_precision_counts_loss_scale_halvings():
     pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_mixed_precision as bench
+    bench = _import_benchmark("bench_mixed_precision")
 
     log = bench.ScaleLog()
     log.scales = [2.0**15, 2.0**14, 2.0**14, 2.0**15, 2.0**13]
@@ -178,8 +194,7 @@ def test_bench_mixed_precision_counts_loss_scale_halvings():
 
 @pytest.mark.parametrize("exact_part", ["centers", "hidden"])
 def test_mixed_gradient_loss_takes_each_half_from_its_own_loss(exact_part):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_estimator
+    bench_estimator = _import_benchmark("bench_estimator")
     import numpy as np
     import tensorflow as tf
 
@@ -217,8 +232,7 @@ def test_mixed_gradient_loss_takes_each_half_from_its_own_loss(exact_part):
 
 
 def test_bench_estimator_table_gives_gaps_to_the_same_seeds_exact_run():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_estimator
+    bench_estimator = _import_benchmark("bench_estimator")
 
     def run(config, seed, loss, extra=None):
         return {"config": config, "seed": seed, "final_val_loss": loss,
@@ -252,8 +266,7 @@ def test_bench_estimator_table_gives_gaps_to_the_same_seeds_exact_run():
 def test_bench_estimator_names_runs_made_with_other_defaults_apart():
     # A stored run keeps its configuration's name only if it ran with what that name runs
     # today: a resumed sweep neither skips nor mixes in runs of older defaults.
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_estimator
+    bench_estimator = _import_benchmark("bench_estimator")
     import numpy as np
 
     import harmonic_tf as ht
@@ -290,8 +303,7 @@ def test_bench_estimator_names_runs_made_with_other_defaults_apart():
 
 
 def test_bench_gradient_error_bias_and_noise():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_gradient_error as bench
+    bench = _import_benchmark("bench_gradient_error")
     import numpy as np
     import tensorflow as tf
 
