@@ -434,8 +434,8 @@ def _row_sampled_center_grad(x, w, labels, rows, true, g, eta, eps, control_vari
     push ``sum_j p_nj dz_nj/dw_j`` of the drawn tokens over all ``V`` classes, times ``N / S``
     (unbiased: rows are drawn uniformly with replacement). ``x`` and ``w`` are measured from the
     same reference point. ``control_variate``: ``(in_batch, lse)`` adds the control variate
-    (:func:`_control_variate_updates`), its every-token own-label push folded into the pull:
-    one scatter of all updates into the push, the XLA CPU scatter being serial."""
+    (:func:`_control_variate_updates`); its every-token own-label push goes to the pull's rows,
+    so the two are one coefficient, ``1 - p_y``, and all updates are one scatter."""
     scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
     x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * scale
     z = logits_from_sq(expanded_sq_distances(x_r, w), eta, eps)  # [S, V]
@@ -446,7 +446,7 @@ def _row_sampled_center_grad(x, w, labels, rows, true, g, eta, eps, control_vari
     kept, indices, values = 1.0, [], []
     if control_variate is not None:
         in_batch, lse = control_variate
-        kept = 1.0 - tf.exp(true.z - lse)
+        kept = -tf.math.expm1(true.z - lse)  # 1 - p_y, exact where p_y is near 1
         indices, values = _control_variate_updates(
             in_batch, true, lse, g, eta, eps, rows, labels, x, scale
         )
