@@ -118,7 +118,7 @@ def _run_in(folder: str, kind: str, single_args: list[str]) -> dict:
     return json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-500:]}
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -138,12 +138,12 @@ def main(argv=None):
     p.add_argument("--single", help=argparse.SUPPRESS)
     p.add_argument("--base-tree", help="another checkout to measure side by side (rows base:...)")
     p.add_argument("--out", default="benchmarks/results")
-    args = p.parse_args(argv)
-    if args.single:
-        print("RESULT " + json.dumps(run_single(args.single, args)), flush=True)
-        return None
+    return p
 
-    command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *sys.argv[1:]])
+
+def _measure(args, defaults: argparse.ArgumentParser) -> dict:
+    """Every run's median step over interleaved rounds (with --base-tree, also the base
+    checkout's), each round's own median kept in ``round_step_s``."""
     # Rounds interleave the losses, so a slow spell of a shared CPU hits them alike; each loss
     # reports the median over rounds of its per-round median step.
     kinds = []
@@ -158,7 +158,7 @@ def main(argv=None):
     single_args = [
         f"--{name.replace('_', '-')}={getattr(args, name)}"
         for name in SINGLE_ARGS
-        if getattr(args, name) != p.get_default(name)
+        if getattr(args, name) != defaults.get_default(name)
     ]
     rounds: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
     for r in range(args.repeats):
@@ -177,6 +177,17 @@ def main(argv=None):
             "tokens_per_s": args.batch * args.seq_len / step,
             "round_step_s": [res.get("median_step_s") for res in results],  # None: failed
         }
+    return rows
+
+
+def main(argv=None):
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.single:
+        print("RESULT " + json.dumps(run_single(args.single, args)), flush=True)
+        return None
+    command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *sys.argv[1:]])
+    rows = _measure(args, p)
     info = machine()
     chunked = [kind for kind in rows if kind.startswith(("exact_chunked@", "base:exact_chunked@"))]
     # The ratio's base: the first chunked exact run, else the defaults' exact run.
