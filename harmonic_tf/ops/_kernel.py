@@ -35,8 +35,9 @@ class TrueClass(NamedTuple):
 
 @dataclasses.dataclass
 class CenterGrad:
-    """The other classes' share of ``dL/dw``: a dense ``[V, D]`` tensor or sparse rows
-    (``values``, ``indices``); ``includes_true``: it already holds the true classes' term."""
+    """The other classes' share of ``dL/dw``: a dense ``[V, D]`` tensor, sparse rows
+    (``values``, ``indices``), or both (the rows added into the dense tensor);
+    ``includes_true``: it already holds the true classes' term."""
 
     dense: tf.Tensor | None = None
     shape: tf.Tensor | None = None  # [V, D] of the sparse form
@@ -49,10 +50,10 @@ class CenterGrad:
         """The whole center gradient: this share plus ``-pull`` at the label rows."""
         if self.includes_true:
             return self.dense
-        if self.dense is not None:
-            return tf.tensor_scatter_nd_add(self.dense, labels[:, None], -pull)
         values = tf.concat([-pull, *self.values], 0)
         indices = tf.concat([labels, *self.indices], 0)
+        if self.dense is not None:
+            return tf.tensor_scatter_nd_add(self.dense, indices[:, None], values)
         if self.as_slices:
             return tf.IndexedSlices(values, indices, self.shape)
         return tf.scatter_nd(indices[:, None], values, self.shape)

@@ -376,15 +376,24 @@ class SampledColumns:
             # The candidates' probabilities stand in for the full softmax's.
             other_l = sum(_kernel.expected_l(b.z, lse, eps=eps, d2=b.d2) for b in blocks)
         if self.center_rows is not None:
-            variate = None
-            if self.control_variate:
-                # The shared block, holding the in-batch columns if any, comes last.
-                variate = _in_batch_part(blocks[-1], c_last, self.cand.in_batch_columns), lse
-            dense = _row_sampled_center_grad(
-                x, self.w - self.origin, labels, self.center_rows, true, g, eta, eps, variate
-            )
-            center = _kernel.CenterGrad(dense=dense, includes_true=True)
+            center = self._row_center_grad(blocks[-1], c_last, x, labels, lse, g, eta, eps, true)
         return dx, center, other_l
+
+    def _row_center_grad(self, shared: Block, c, x, labels, lse, g, eta, eps, true):
+        """The dense centers' gradient from the center rows. With the control variate, every
+        token's own-label push (``p_y``) joins its exact pull: that is the kernel's true pull,
+        ``1 - p_y``, so only the variate's other updates are added here. ``shared``: the
+        shared block (it holds the in-batch columns, if any, last) with coefficients ``c``."""
+        rows, w = self.center_rows, self.w - self.origin
+        if not self.control_variate:
+            dense = _row_sampled_center_grad(x, w, labels, rows, true, g, eta, eps)
+            return _kernel.CenterGrad(dense=dense, includes_true=True)
+        in_batch = _in_batch_part(shared, c, self.cand.in_batch_columns)
+        indices, values = _control_variate_updates(
+            in_batch, true, lse, g, eta, eps, rows, labels, x
+        )
+        push = _row_sampled_push(x, w, rows, g, eta, eps)
+        return _kernel.CenterGrad(dense=push, values=values, indices=indices)
 
 
 def _in_batch_part(block: Block, c: tf.Tensor, m):
@@ -395,14 +404,16 @@ def _in_batch_part(block: Block, c: tf.Tensor, m):
     return c[:, -m:], block.w[-m:], block.ids[-m:]
 
 
-def _control_variate_updates(in_batch, true, lse, g, eta, eps, rows, labels, x, scale):
+def _control_variate_updates(in_batch, true, lse, g, eta, eps, rows, labels, x):
     """The control variate of the row-sampled push as scatter updates ``(indices, values)``
-    beyond the own-label part (folded into the pull, see :func:`_row_sampled_center_grad`):
-    minus the drawn rows' own-label push times ``N / S``, and every token's push on the
-    batch's label columns (``in_batch`` from :func:`_in_batch_part`, no logQ weight; ``None``:
-    none) minus the drawn rows' times ``N / S``. Its expectation over the rows is 0, so the
-    estimate stays unbiased; the rows are left to estimate the difference, most of the noise
-    being a token's large push on its own label (``p_y``) against its exact pull."""
+    beyond every token's own-label push (which the kernel's true pull holds, see
+    :meth:`SampledColumns._row_center_grad`): minus the drawn rows' own-label push times
+    ``N / S``, and every token's push on the batch's label columns (``in_batch`` from
+    :func:`_in_batch_part`, no logQ weight; ``None``: none) minus the drawn rows' times
+    ``N / S``. Its expectation over the rows is 0, so the estimate stays unbiased; the rows are
+    left to estimate the difference, most of the noise being a token's large push on its own
+    label (``p_y``) against its exact pull."""
+    scale = _rows_scale(x, rows)
     # Own label: -2 c_y (x - w_y) with c_y = -(eta/2) p_y / (d2_y + eps), p_y from the estimate.
     p_y = tf.exp(tf.gather(true.z - lse, rows))
     d2_r, g_r = tf.gather(true.d2, rows), tf.gather(g, rows)
@@ -429,27 +440,25 @@ def _computed_once(v: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.stack([v, tf.fill(tf.shape(v), -float("inf"))], axis=1), axis=1)
 
 
-def _row_sampled_center_grad(x, w, labels, rows, true, g, eta, eps, control_variate=None):
-    """Dense ``[V, D]`` centers' gradient: every token's exact pull ``-(dz_y/dw_y)`` plus the
-    push ``sum_j p_nj dz_nj/dw_j`` of the drawn tokens over all ``V`` classes, times ``N / S``
-    (unbiased: rows are drawn uniformly with replacement). ``x`` and ``w`` are measured from the
-    same reference point. ``control_variate``: ``(in_batch, lse)`` adds the control variate
-    (:func:`_control_variate_updates`); its every-token own-label push goes to the pull's rows,
-    so the two are one coefficient, ``1 - p_y``, and all updates are one scatter."""
-    scale = tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
-    x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * scale
+def _rows_scale(x: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    """``N / S``: the weight of ``S`` rows drawn uniformly, with replacement, from ``N``."""
+    return tf.cast(tf.shape(x)[0], tf.float32) / float(rows.shape[0])
+
+
+def _row_sampled_push(x, w, rows, g, eta, eps):
+    """Dense ``[V, D]``: the push ``sum_j p_nj dz_nj/dw_j`` of the drawn tokens over all ``V``
+    classes, times ``N / S`` (unbiased: rows are drawn uniformly with replacement). ``x`` and
+    ``w`` are measured from the same reference point."""
+    x_r, g_r = tf.gather(x, rows), tf.gather(g, rows) * _rows_scale(x, rows)
     z = logits_from_sq(expanded_sq_distances(x_r, w), eta, eps)  # [S, V]
     c = _kernel.coefficients(z, tf.reduce_logsumexp(z, axis=1), g_r, eta, eps)
-    push = _kernel.center_grad(c, x_r, w)
-    # Every token's exact pull -(true_pull) at its label's row, with p_y = 0 (the push has it);
-    # with the control variate also its own-label push p_y (the candidates' estimate).
-    kept, indices, values = 1.0, [], []
-    if control_variate is not None:
-        in_batch, lse = control_variate
-        kept = -tf.math.expm1(true.z - lse)  # 1 - p_y, exact where p_y is near 1
-        indices, values = _control_variate_updates(
-            in_batch, true, lse, g, eta, eps, rows, labels, x, scale
-        )
-    pull = (-eta * g * kept / (true.d2 + eps))[:, None] * true.diff
-    indices = tf.concat([labels, *indices], 0)[:, None]
-    return tf.tensor_scatter_nd_add(push, indices, tf.concat([pull, *values], 0))
+    return _kernel.center_grad(c, x_r, w)
+
+
+def _row_sampled_center_grad(x, w, labels, rows, true, g, eta, eps):
+    """Dense ``[V, D]`` centers' gradient: every token's exact pull ``-(dz_y/dw_y)`` plus the
+    rows' push (:func:`_row_sampled_push`)."""
+    push = _row_sampled_push(x, w, rows, g, eta, eps)
+    # Every token's exact pull: -(true_pull) at its label's row, with p_y = 0 (the push has it).
+    pull = -2.0 * (0.5 * eta * g / (true.d2 + eps))[:, None] * true.diff
+    return tf.tensor_scatter_nd_add(push, labels[:, None], pull)
