@@ -10,6 +10,8 @@ head, so ``generate()`` with any keras-hub sampler samples the harmonic distribu
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 
 import keras
@@ -26,6 +28,9 @@ from harmonic_tf.keras.losses import EVALUATION_CHUNK, HarmonicLoss
 from harmonic_tf.keras.metrics import HarmonicAccuracy
 from harmonic_tf.keras.models import HarmonicTraining
 from harmonic_tf.ops import harmonic_loss
+
+# Operations a family may apply after its read-out that only select positions.
+POSITION_OPS = frozenset({"GetItem", "Slice", "Take", "TakeAlongAxis"})
 
 # Presets saved by harmonic-tf 0.1 kept their compile settings in this file; still read.
 COMPILE_FILE = "compile.json"
@@ -62,36 +67,72 @@ class HarmonicCausalLMPreset:
 
 
 def causal_lm_class(backbone_cls: type) -> type:
-    """The keras-hub ``CausalLM`` subclass built on ``backbone_cls`` (its decoding code)."""
-    found = [
-        cls
-        for cls in _compat.causal_lm_classes()
-        if getattr(cls, "backbone_cls", None) is backbone_cls
-        and not issubclass(cls, HarmonicTraining)
-    ]
+    """The keras-hub ``CausalLM`` class of ``backbone_cls``, whose decoding code a harmonic model
+    runs. Deterministic: keras-hub lists its task classes from a set, and some backbones have
+    several (Gemma 4's draft model ``Gemma4AssistantCausalLM``, BLIP-2's ``Seq2SeqLM``); where
+    more than one fits, the one named after the backbone (``Gemma4Backbone`` ->
+    ``Gemma4CausalLM``) is the family's own."""
+    found = sorted(
+        (
+            cls
+            for cls in _compat.causal_lm_classes()
+            if getattr(cls, "backbone_cls", None) is backbone_cls
+            and not issubclass(cls, (HarmonicCausalLM, keras_hub.models.Seq2SeqLM))
+        ),
+        key=lambda cls: cls.__name__,
+    )
     if not found:
         raise ValueError(
             f"`backbone` ({backbone_cls.__name__}) is not a causal-LM backbone: keras-hub has "
             "no CausalLM for it (an encoder such as BERT reads both directions). "
             "HarmonicCausalLM needs a decoder backbone (GPT-2, Llama, Gemma, ...)."
         )
-    return found[0]
+    own = [c for c in found if c.__name__ == backbone_cls.__name__.replace("Backbone", "CausalLM")]
+    if len(found) > 1 and len(own) != 1:
+        names = ", ".join(c.__name__ for c in found)
+        raise ValueError(
+            f"`backbone` ({backbone_cls.__name__}) has several keras-hub causal LMs ({names}); "
+            "build the one you mean and pass it to HarmonicCausalLM.from_causal_lm(lm)."
+        )
+    return own[0] if len(found) > 1 else found[0]
+
+
+@functools.cache  # one class per family: isinstance, and the name it is saved and loaded by
+def harmonic_class(family: type) -> type:
+    """The harmonic model class of a keras-hub ``CausalLM`` class ``family``:
+    ``Harmonic<Family>``, which runs ``family``'s own code (its inputs, cache, ``generate``)
+    with a :class:`HarmonicLMHead` in place of its read-out. Registered with Keras under
+    ``harmonic_tf>Harmonic<Family>``, so its ``.keras`` files and presets load by that name."""
+    if not (isinstance(family, type) and issubclass(family, keras_hub.models.CausalLM)):
+        raise TypeError(f"`family` must be a keras-hub CausalLM class, got {family!r}.")
+    if issubclass(family, HarmonicCausalLM):
+        return family
+    name = f"Harmonic{family.__name__}"
+    doc = f"A :class:`HarmonicCausalLM` running ``{family.__name__}``'s own code."
+    namespace = {"__module__": __name__, "__doc__": doc, "family": family}
+    cls = type(name, (HarmonicCausalLM, family), namespace)
+    return keras.saving.register_keras_serializable(package="harmonic_tf", name=name)(cls)
 
 
 @keras.saving.register_keras_serializable(package="harmonic_tf")
-class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
-    """A keras-hub causal LM whose read-out is a :class:`HarmonicLMHead` tied to the backbone's
-    token embedding.
+class HarmonicCausalLM(HarmonicTraining):
+    """A keras-hub causal LM whose read-out is a :class:`HarmonicLMHead` tied to the token
+    embedding its family reads logits out with.
 
-    ``fit`` uses the compiled :class:`HarmonicLoss` on the backbone's hidden states (sampled
-    or exact chunked), ``evaluate`` the exact chunked loss, ``predict`` and ``score`` return
-    harmonic logits, ``generate()`` decodes from them with the compiled keras-hub sampler.
-    Batches are keras-hub's ``({"token_ids", "padding_mask"}, labels, sample_weight)``.
+    ``HarmonicCausalLM(backbone)`` builds ``Harmonic<Family>`` (:func:`harmonic_class`), a
+    subclass of both this class and the family's own ``CausalLM`` (e.g. ``Gemma3CausalLM``):
+    the family's ``__init__`` builds its model graph (its inputs: images, vision masks, ...;
+    its own slicing of the outputs), and only its one read-out,
+    ``token_embedding(hidden, reverse=True)``, becomes the harmonic head; ``generate()`` runs the
+    family's cache and decoding code, with harmonic logits from the hidden states its cached
+    step returns. ``fit`` uses the compiled :class:`HarmonicLoss` on those hidden states
+    (sampled or exact chunked), ``evaluate`` the exact chunked loss, ``predict`` returns
+    harmonic logits at the positions the stock model returns.
 
     Args:
       backbone: a keras-hub causal-LM backbone (e.g. ``GPT2Backbone``).
       preprocessor: its ``CausalLMPreprocessor``, or ``None``.
-      eta, eta_init, eps, frozen_when_saved: of the head (see :class:`HarmonicLMHead`).
+      eta, eta_init, eta_rate, eps, frozen_when_saved: of the head (see :class:`HarmonicLMHead`).
 
     ``compile`` defaults: Adam(2e-5), the exact ``HarmonicLoss()``, weighted
     :class:`HarmonicAccuracy`, ``sampler="top_k"``; the settings survive a ``.keras`` reload
@@ -102,6 +143,8 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
     ...     vocabulary_size=64, num_layers=1, num_heads=2, hidden_dim=8,
     ...     intermediate_dim=16, max_sequence_length=8)
     >>> lm = HarmonicCausalLM(backbone)
+    >>> print(type(lm).__name__, isinstance(lm, keras_hub.models.GPT2CausalLM))
+    HarmonicGPT2CausalLM True
     >>> lm.compile(loss=HarmonicLoss(sampled=SampledOptions(k=8)), sampler="greedy")
     >>> ids = np.arange(16).reshape(2, 8) % 64
     >>> x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
@@ -109,34 +152,62 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
     (2, 8, 64)
     """
 
-    backbone_cls = None  # any causal-LM backbone
+    # None, as keras-hub's own loaders must never pick a harmonic class for a stock preset.
+    backbone_cls = None
     preprocessor_cls = None
+
+    def __new__(cls, *args, **kwargs):
+        backbone = kwargs["backbone"] if "backbone" in kwargs else (args or [None])[0]
+        # Keras calls cls.__new__(cls) bare on every base class when it builds a functional
+        # model: nothing to pick then.
+        if cls is HarmonicCausalLM and (args or kwargs):
+            if not isinstance(backbone, keras_hub.models.Backbone):
+                raise TypeError(f"`backbone` must be a keras-hub Backbone, got {backbone!r}.")
+            cls = harmonic_class(causal_lm_class(type(backbone)))
+        return super().__new__(cls, *args, **kwargs)
 
     def __init__(
         self,
         backbone,
         preprocessor=None,
+        *,
         eta: float | str | None = None,
         eta_init: float | None = None,
+        eta_rate: float = 1.0,
         eps: float = 1e-9,
         frozen_when_saved: bool = False,
         **kwargs,
     ):
-        _check_backbone(backbone)
-        embedding = backbone.token_embedding
-        self.backbone = backbone
-        self.preprocessor = preprocessor
-        head = HarmonicLMHead(
-            tied_embedding=embedding, eta=eta, eta_init=eta_init, eps=eps,
-            frozen_when_saved=frozen_when_saved, name="harmonic_head",
-        )  # fmt: skip
-        inputs = backbone.input
-        outputs = head(backbone(inputs))
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        self._route_to(head)
+        head = dict(eta=eta, eta_init=eta_init, eta_rate=eta_rate, eps=eps)
+        head["frozen_when_saved"] = frozen_when_saved
+        own = {k: kwargs.pop(k) for k in _own_arguments(self.family) if k in kwargs}
+        stock = self.family(backbone=backbone, preprocessor=preprocessor, compile=False, **own)
+        embedding, hidden = _hidden_states_of(stock, type(backbone).__name__)
+        _check_readout(embedding, type(backbone).__name__)
+        head = HarmonicLMHead(tied_embedding=embedding, name="harmonic_head", **head)
+        self.backbone, self.preprocessor = backbone, preprocessor
+        # keras-hub's CausalLM, skipping the family's __init__ (it ran on `stock`)
+        keras_hub.models.CausalLM.__init__(self, inputs=stock.input, outputs=head(hidden), **kwargs)
+        for name, value in vars(stock).items():  # what the family's __init__ set (Gemma 4's cap)
+            if not name.startswith("_") and name not in vars(self):
+                setattr(self, name, value)
+        self._route_to(head, keras.Model(stock.input, hidden, name=f"{self.name}_hidden_states"))
 
-    def hidden_states(self, x, training: bool = False) -> tf.Tensor:
-        return self.backbone(x, training=training)
+    @classmethod
+    def from_causal_lm(cls, causal_lm: keras_hub.models.CausalLM, **head_args) -> HarmonicCausalLM:
+        """A harmonic model of ``causal_lm``'s own class on its backbone and preprocessor
+        (shared, not copied: the centers are its token embedding). ``head_args`` go to the
+        constructor (``eta=...``)."""
+        if isinstance(causal_lm, HarmonicCausalLM):
+            raise ValueError("`causal_lm` is already a HarmonicCausalLM.")
+        family = harmonic_class(type(causal_lm))
+        return family(backbone=causal_lm.backbone, preprocessor=causal_lm.preprocessor, **head_args)
+
+    def call_with_cache(self, *args, **kwargs):
+        """The family's cached decoding step, with the harmonic head's logits of the hidden
+        states it returns (its own dot-product logits go unused; XLA drops them)."""
+        _, hidden, *rest = super().call_with_cache(*args, **kwargs)
+        return (self.harmonic_head(hidden), hidden, *rest)
 
     def compile(
         self,
@@ -167,24 +238,6 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         if restored is not None and "sampler" not in config:
             config = {**config, "sampler": restored}
         super().compile_from_config(config)
-
-    @property
-    def _decoding_lm(self) -> type:
-        """The keras-hub ``CausalLM`` class whose decoding code this model borrows."""
-        return causal_lm_class(type(self.backbone))
-
-    def call_with_cache(self, token_ids, cache, cache_update_index):
-        """keras-hub's cached decoding step, with harmonic logits from its hidden states."""
-        call = _compat.borrowed(self._decoding_lm, "call_with_cache")
-        _, hidden, cache = call(self, token_ids, cache, cache_update_index)
-        return self.harmonic_head(hidden), hidden, cache
-
-    def _build_cache(self, token_ids):
-        return _compat.borrowed(self._decoding_lm, "_build_cache")(self, token_ids)
-
-    def generate_step(self, inputs, stop_token_ids=None):
-        return _compat.borrowed(self._decoding_lm, "generate_step")(self, inputs, stop_token_ids)
-
     def score(
         self,
         token_ids,
@@ -208,7 +261,7 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(token_ids)[:2], tf.bool)
         padding_mask = tf.convert_to_tensor(padding_mask)
-        hidden = self.backbone({"token_ids": token_ids, "padding_mask": padding_mask})
+        hidden = self.hidden_states(_text_inputs(self, token_ids, padding_mask))
         head = self.harmonic_head
         if scoring_mode == "logits":
             return head(hidden)
@@ -246,7 +299,7 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
     def get_config(self) -> dict:
         head = self.harmonic_head
         config = super().get_config()
-        config.update(eta=head.eta, eta_init=head.eta_init, eps=head.eps)
+        config.update(eta=head.eta, eta_init=head.eta_init, eta_rate=head.eta_rate, eps=head.eps)
         config["frozen_when_saved"] = head.get_config()["frozen_when_saved"]
         sampler = getattr(self, "sampler", None) if self.compiled else None
         config["sampler"] = (
@@ -259,6 +312,10 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         config = dict(config)
         sampler = config.pop("sampler", None)
         compiled = config.pop("compile_config", None)  # a preset's task.json
+        if cls is HarmonicCausalLM:  # saved by harmonic-tf 0.2: the family from the backbone
+            backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+            family = harmonic_class(causal_lm_class(type(backbone)))
+            return family.from_config({**config, "backbone": backbone, "sampler": sampler})
         model = super().from_config(config)
         # compile_from_config (a .keras reload) compiles with it; a plain object, not tracked.
         object.__setattr__(model, "_restored_sampler", sampler)
@@ -287,19 +344,55 @@ class HarmonicCausalLM(HarmonicTraining, keras_hub.models.CausalLM):
         return task
 
 
-def _check_backbone(backbone) -> None:
-    """A causal-LM backbone with a plain hidden-state output and a token embedding, or a
-    ``ValueError`` saying what is missing."""
-    name = type(backbone).__name__
-    if getattr(backbone, "token_embedding", None) is None:
+def _own_arguments(family: type) -> list[str]:
+    """The family constructor's own keyword arguments (Gemma 4's ``final_logit_cap``)."""
+    params = inspect.signature(family.__init__).parameters
+    skip = {"self", "backbone", "preprocessor"}
+    return [n for n, p in params.items() if n not in skip and p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def _hidden_states_of(stock: keras.Model, family: str):
+    """``(embedding, hidden)``: the layer the stock model's graph reads logits out with
+    (``embedding(h, reverse=True)``), and that graph's output with ``h`` in place of the
+    logits: the hidden states at the positions the stock model returns. What follows the
+    read-out is replayed on ``h`` if it only selects positions (PaliGemma drops the image
+    positions); anything else (Gemma 4's ``final_logit_cap``) is refused."""
+    found, after = [], []
+
+    def call(layer, *args, **kwargs):
+        if kwargs.get("reverse") is True and hasattr(layer, "embeddings"):
+            found.append(layer)
+            return args[0] if args else kwargs["inputs"]
+        if found:
+            after.append(layer)
+        return layer(*args, **kwargs)
+
+    hidden = keras.models.clone_model(
+        stock, input_tensors=stock.input, clone_function=lambda layer: layer, call_function=call
+    ).output
+    squashing = [type(op).__name__ for op in after if type(op).__name__ not in POSITION_OPS]
+    if squashing:
         raise ValueError(
-            f"`backbone` ({name}) has no `token_embedding` to tie the harmonic head to."
+            f"`backbone` ({family}): its CausalLM applies {squashing} to the logits after its "
+            "read-out (a logit cap such as Gemma 4's final_logit_cap), which would squash "
+            "harmonic logits (hundreds in size at eta = 2 D); build it without one."
         )
-    causal_lm_class(type(backbone))  # raises for a backbone without a causal LM
-    cap = getattr(backbone, "final_logit_soft_cap", None)
+    if len(found) != 1 or keras.tree.is_nested(hidden) or hidden.shape[-1] != found[0].output_dim:
+        raise ValueError(
+            f"`backbone` ({family}): its CausalLM does not read logits out with one "
+            "`token_embedding(hidden_states, reverse=True)` (RWKV-7's backbone returns its own "
+            "dense head's logits, not hidden states), so there are no hidden states for a "
+            "harmonic head to read."
+        )
+    return found[0], hidden
+
+
+def _check_readout(embedding, family: str) -> None:
+    """Refuses a read-out whose logits the family squashes (Gemma 2's soft cap)."""
+    cap = getattr(embedding, "logit_soft_cap", None)
     if cap is not None:
         raise ValueError(
-            f"`backbone` ({name}) has final_logit_soft_cap={cap}: its CausalLM squashes "
+            f"`backbone` ({family}) has final_logit_soft_cap={cap}: its CausalLM squashes "
             "dot-product logits as cap * tanh(z / cap). Harmonic logits are -(eta/2) log(d^2), "
             "hundreds in size at eta = 2 D, so the same cap would flatten every distribution; "
             "the harmonic head does not apply it. Build the backbone with "
@@ -318,3 +411,23 @@ def _preset_marker(config: dict) -> dict:
             key: config.get(key) for key in ("module", "class_name", "registered_name")
         },
     }
+
+
+def _text_inputs(lm, token_ids, padding_mask) -> dict:
+    """``score``'s inputs, or a ``ValueError`` for a family that also needs images."""
+    needs = set(lm.input) if isinstance(lm.input, dict) else set()
+    extra = sorted(needs - {"token_ids", "padding_mask"})
+    if extra:
+        raise ValueError(
+            f"score() takes token ids and a padding mask; {type(lm).__name__} also needs "
+            f"{extra}: use predict() or evaluate() with the full inputs."
+        )
+    return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+
+# Every keras-hub family's harmonic class exists (and is registered) once this module is
+# imported, so a saved model or preset of any family loads by its class name.
+for _family in _compat.causal_lm_classes():
+    if not issubclass(_family, (HarmonicCausalLM, keras_hub.models.Seq2SeqLM)):
+        harmonic_class(_family)
+del _family
