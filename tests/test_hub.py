@@ -279,17 +279,17 @@ def test_keras_hub_loaders_build_the_harmonic_model_or_fail_loudly(tmp_path, wit
     lm.save_to_preset(preset)
     x, _, _ = _batches(4)
     logits = lm.score(x["token_ids"], x["padding_mask"])  # predict would run the preprocessor
-    for loader in (keras_hub.models.CausalLM, HarmonicCausalLM):
+    # the family's own loader too: the preset's task is a GPT2CausalLM (HarmonicGPT2CausalLM)
+    for loader in (keras_hub.models.CausalLM, HarmonicCausalLM, keras_hub.models.GPT2CausalLM):
         loaded = loader.from_preset(preset)
-        assert isinstance(loaded, HarmonicCausalLM), loader
+        assert type(loaded).__name__ == "HarmonicGPT2CausalLM", loader
         assert loaded.harmonic_loss.get_config() == lm.harmonic_loss.get_config()
         assert type(loaded.sampler).__name__ == "GreedySampler"
         assert (loaded.preprocessor is not None) == with_tokenizer
         got = loaded.score(x["token_ids"], x["padding_mask"])
         np.testing.assert_allclose(got, logits, rtol=1e-5, atol=1e-5)
-    for loader in (keras_hub.models.GPT2CausalLM, keras_hub.models.GPT2Backbone):
-        with pytest.raises(ValueError, match="HarmonicCausalLM"):
-            loader.from_preset(preset)
+    with pytest.raises(ValueError, match="HarmonicCausalLM"):  # never a stock backbone alone
+        keras_hub.models.GPT2Backbone.from_preset(preset)
 
 
 def test_score_takes_numpy_ids_and_clone_model_clones():

@@ -101,14 +101,6 @@ def causal_lm_classes() -> list[type]:
     return preset_utils.list_subclasses(keras_hub.models.CausalLM)
 
 
-def borrowed(lm_class: type, name: str):
-    """``lm_class``'s method ``name`` as a plain function, to run on another ``CausalLM`` with
-    the same backbone: keras-hub's cached decoding (``call_with_cache``, ``_build_cache``,
-    ``generate_step``) is written per model class, with no public entry that takes the
-    read-out as an argument."""
-    return getattr(lm_class, name)
-
-
 class Preset:
     """The few questions ``HarmonicCausalLM.from_preset`` asks of a keras-hub preset; its
     public ``from_preset`` cannot build a task class it does not know from a backbone preset."""
@@ -132,6 +124,21 @@ class Preset:
             return None
         config = self._utils.load_json(self.preset, self._utils.TASK_CONFIG_FILE)
         return self._utils.check_config_class(config)
+
+    def backbone_class(self) -> type:
+        return self.loader.check_backbone_class()
+
+    def load_backbone(self, cls: type, load_weights: bool):
+        return self.loader.load_backbone(cls, load_weights=load_weights)
+
+    def load_preprocessor(self, cls: type):
+        return self.loader.load_preprocessor(cls)
+
+    def load_task(self, cls: type, load_weights: bool, **kwargs):
+        """The task ``cls`` (its weights too, when the preset saved them and ``load_weights``)."""
+        return self.loader.load_task(
+            cls, load_weights=load_weights, load_task_weights=load_weights, **kwargs
+        )
 
     def path(self, filename: str) -> str:
         return self._utils.get_file(self.preset, filename)

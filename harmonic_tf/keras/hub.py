@@ -332,12 +332,12 @@ class HarmonicCausalLM(HarmonicTraining):
         source = _compat.Preset(preset)
         saved = source.task_class()
         if "backbone" not in kwargs and not (saved is not None and issubclass(saved, cls)):
-            backbone_cls = source.loader.check_backbone_class()
-            kwargs["backbone"] = source.loader.load_backbone(backbone_cls, load_weights)
+            backbone_cls = source.backbone_class()
+            kwargs["backbone"] = source.load_backbone(backbone_cls, load_weights)
             if "preprocessor" not in kwargs and source.has_tokenizer():
-                base = causal_lm_class(backbone_cls)
-                kwargs["preprocessor"] = source.loader.load_preprocessor(base.preprocessor_cls)
-        task = source.loader.load_task(cls, load_weights, True, **kwargs)
+                family = causal_lm_class(backbone_cls)
+                kwargs["preprocessor"] = source.load_preprocessor(family.preprocessor_cls)
+        task = source.load_task(cls, load_weights, **kwargs)
         if source.has(COMPILE_FILE):
             with open(source.path(COMPILE_FILE)) as f:
                 task.compile_from_config(json.load(f))
@@ -378,13 +378,22 @@ def _hidden_states_of(stock: keras.Model, family: str):
             "harmonic logits (hundreds in size at eta = 2 D); build it without one."
         )
     if len(found) != 1 or keras.tree.is_nested(hidden) or hidden.shape[-1] != found[0].output_dim:
-        raise ValueError(
-            f"`backbone` ({family}): its CausalLM does not read logits out with one "
-            "`token_embedding(hidden_states, reverse=True)` (RWKV-7's backbone returns its own "
-            "dense head's logits, not hidden states), so there are no hidden states for a "
-            "harmonic head to read."
-        )
+        raise ValueError(f"`backbone` ({family}): {_no_readout_reason(stock)}")
     return found[0], hidden
+
+
+def _no_readout_reason(stock: keras.Model) -> str:
+    """Why a family's graph has no ``embedding(h, reverse=True)`` read-out to replace."""
+    ops = {type(op).__name__ for op in stock.operations} - {"InputLayer", type(stock.backbone).__name__}
+    if "Matmul" in ops:  # Gemma 3n's language model's embedding
+        return (
+            "its CausalLM's graph reads logits out with a bare matmul against its embedding, "
+            "not a layer call a harmonic head can take the place of."
+        )
+    return (
+        "its backbone returns logits, not hidden states (its CausalLM outputs the backbone's "
+        "own head, as RWKV-7's dense head), so there is nothing for a harmonic head to read."
+    )
 
 
 def _check_readout(embedding, family: str) -> None:
