@@ -9,6 +9,6 @@ from harmonic_tf import ops as _ops_half
 from harmonic_tf.keras import *  # noqa: F403
 from harmonic_tf.ops import *  # noqa: F403
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 __all__ = sorted({*_ops_half.__all__, *_keras_half.__all__})

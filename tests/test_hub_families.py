@@ -35,7 +35,7 @@ SMOL = dict(
     rope_layer_enabled_list=[True, False], layer_types=["full_attention"] * 2, mlp_bias=False,
     layer_norm_epsilon=1e-6, max_position_embeddings=32, rope_theta=10000.0,
     partial_rotary_factor=1.0,
-)
+)  # fmt: skip
 QWEN35 = dict(
     vocabulary_size=V, num_layers=2, num_query_heads=2, num_key_value_heads=1, head_dim=8,
     hidden_dim=D, layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,

@@ -1,11 +1,17 @@
 """keras-hub causal LMs with a harmonic head (``pip install "harmonic-tf[hub]"``).
 
-:class:`HarmonicCausalLM` wraps any keras-hub causal-LM backbone whose ``token_embedding`` is
-the input embedding: the head is tied to it (its ``reverse_embeddings`` when
-``tie_weights=False``), so a pretrained model's output matrix becomes the class centers.
-Decoding borrows ``call_with_cache`` / ``generate_step`` from the keras-hub ``CausalLM`` of
-that backbone (e.g. ``GPT2CausalLM``), reading its final hidden states through the harmonic
-head, so ``generate()`` with any keras-hub sampler samples the harmonic distribution.
+:class:`HarmonicCausalLM` puts a :class:`HarmonicLMHead` on any keras-hub causal-LM backbone,
+tied to the token embedding its family reads logits out with, so a pretrained model's output
+matrix becomes the class centers. ``HarmonicCausalLM(backbone)`` is an instance of
+``Harmonic<Family>`` (:func:`harmonic_class`), a subclass of the family's own ``CausalLM``
+(``Gemma3CausalLM``, ``PaliGemmaCausalLM``, ...): its inputs, cache and ``generate()`` are the
+family's, and only the read-out is harmonic, so any keras-hub sampler samples the harmonic
+distribution.
+
+Why a subclass made per family and not a mixin the family class shares: Keras's
+``inject_functional_model_class`` walks a class's bases without memory and fails on a diamond
+that joins below ``keras.Model`` (at ``CausalLM``), so the family's ``__init__`` runs on a
+stock instance of its own class, whose graph this class reads with the read-out swapped.
 """
 
 from __future__ import annotations
@@ -238,6 +244,7 @@ class HarmonicCausalLM(HarmonicTraining):
         if restored is not None and "sampler" not in config:
             config = {**config, "sampler": restored}
         super().compile_from_config(config)
+
     def score(
         self,
         token_ids,
@@ -384,7 +391,7 @@ def _hidden_states_of(stock: keras.Model, family: str):
 
 def _no_readout_reason(stock: keras.Model) -> str:
     """Why a family's graph has no ``embedding(h, reverse=True)`` read-out to replace."""
-    ops = {type(op).__name__ for op in stock.operations} - {"InputLayer", type(stock.backbone).__name__}
+    ops = {type(op).__name__ for op in stock.operations}
     if "Matmul" in ops:  # Gemma 3n's language model's embedding
         return (
             "its CausalLM's graph reads logits out with a bare matmul against its embedding, "

@@ -1,0 +1,37 @@
+"""The manual's tables of defaults against the code: every field of ``SampledOptions`` is in
+``docs/sampled.md``'s table with the default the dataclass gives, so the two cannot drift."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import harmonic_tf as ht
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+def _table(page: str, header: str) -> dict[str, str]:
+    """``{name: default cell}`` of the markdown table in ``page`` whose header starts ``header``."""
+    lines = (DOCS / page).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def _literal(cell: str) -> str:
+    """The value a default cell starts with: ``256``, ``"shared"``, ``True``."""
+    return re.match(r'`?("[^"]*"|[\w.]+)', cell).group(1).strip('"')
+
+
+def test_sampled_options_table_lists_every_field_with_its_default():
+    documented = _table("sampled.md", "| field | default |")
+    resolved = ht.SampledOptions()  # None fields resolve to their center_gradient="rows" values
+    fields = {f.name for f in dataclasses.fields(ht.SampledOptions)}
+    assert set(documented) == fields
+    for name in fields:
+        assert _literal(documented[name]) == str(getattr(resolved, name)), name
