@@ -160,11 +160,14 @@ REFUSED = {
 
 # keras-hub's own behaviour, seen on the stock CausalLM too; the tests check it is still there.
 # Cached decoding of Qwen 3.5's linear-attention layers does not reproduce the model's own
-# full-sequence argmax after the first token (stock too).
+# full-sequence argmax (stock too; at the first token already for some prompts).
 CACHED_DECODING_DIFFERS_IN_KERAS_HUB = {"qwen3_5", "qwen3_5_moe"}
 # Gemma 3's generate() needs its preprocessor (without one it fails on `images=None`, stock
 # too); the matrix runs its decoding loop, generate_step, directly.
 GENERATE_NEEDS_PREPROCESSOR = {"gemma3_text", "gemma3_vision"}
+# XLA compiles Qwen 3.5's linear-attention scan for about 2 minutes per model on 2 cores; these
+# fit in graph mode (the other 26 configurations cover XLA).
+SLOW_UNDER_XLA = {"qwen3_5", "qwen3_5_moe"}
 
 
 # keras-hub's own bugs, seen on its stock CausalLM too; the test checks they are still there.
@@ -240,7 +243,7 @@ def test_family_fits_evaluates_generates_scores_and_reloads(family, tmp_path):
         loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8), seed=0),
         weighted_metrics=[ht.HarmonicAccuracy()],
         sampler="greedy",
-        jit_compile=True,
+        jit_compile=family not in SLOW_UNDER_XLA,
     )
     x, y, sw = _batches(lm)
     before = head.centers_variable.numpy().copy()
@@ -256,10 +259,8 @@ def test_family_fits_evaluates_generates_scores_and_reloads(family, tmp_path):
         np.testing.assert_allclose(lm.score(x["token_ids"], x["padding_mask"]), logits, atol=1e-3)
 
     tokens, own_logits = _greedy(lm, family, x)
-    agree = tokens == own_logits.argmax(-1)
-    assert agree[:, 0].all()  # the first token comes from the prompt's full forward pass
     if family not in CACHED_DECODING_DIFFERS_IN_KERAS_HUB:
-        assert agree.all()
+        np.testing.assert_array_equal(tokens, own_logits.argmax(-1))
 
     path = str(tmp_path / f"{family}.keras")
     lm.save(path)
@@ -290,7 +291,7 @@ def test_families_without_hidden_states_are_refused_with_the_reason(family):
 
 
 NOTES = {
-    **{f: "cached decoding differs from its own argmax after the first token in keras-hub (stock too; checked)" for f in CACHED_DECODING_DIFFERS_IN_KERAS_HUB},
+    **{f: "keras-hub's cached decoding differs from the model's own argmax (stock too; checked); fit without XLA (slow to compile)" for f in CACHED_DECODING_DIFFERS_IN_KERAS_HUB},
     **{f: "`generate()` needs its preprocessor (stock too); the matrix runs `generate_step`" for f in GENERATE_NEEDS_PREPROCESSOR},
     **{f: reason + " (stock too; checked)" for f, reason in RELOAD_FAILS_IN_KERAS_HUB.items()},
 }  # fmt: skip
