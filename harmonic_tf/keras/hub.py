@@ -56,7 +56,7 @@ class HarmonicCausalLMPreset:
         "This keras-hub preset holds a harmonic-tf HarmonicCausalLM (a harmonic head on its "
         "backbone), not a stock model. Load it with "
         "harmonic_tf.keras.hub.HarmonicCausalLM.from_preset(preset) or "
-        "keras_hub.models.CausalLM.from_preset(preset) (with harmonic_tf imported); "
+        "keras_hub.models.CausalLM.from_preset(preset) (after import harmonic_tf.keras.hub); "
         "HarmonicCausalLM.from_preset(preset).backbone is the backbone."
     )
 
