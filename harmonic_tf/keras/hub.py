@@ -184,13 +184,13 @@ class HarmonicCausalLM(HarmonicTraining):
         frozen_when_saved: bool = False,
         **kwargs,
     ):
-        head = dict(eta=eta, eta_init=eta_init, eta_rate=eta_rate, eps=eps)
-        head["frozen_when_saved"] = frozen_when_saved
+        head_args = dict(eta=eta, eta_init=eta_init, eta_rate=eta_rate, eps=eps)
+        head_args["frozen_when_saved"] = frozen_when_saved
         own = {k: kwargs.pop(k) for k in _own_arguments(self.family) if k in kwargs}
         stock = self.family(backbone=backbone, preprocessor=preprocessor, compile=False, **own)
         embedding, hidden = _hidden_states_of(stock, type(backbone).__name__)
         _check_readout(embedding, type(backbone).__name__)
-        head = HarmonicLMHead(tied_embedding=embedding, name="harmonic_head", **head)
+        head = HarmonicLMHead(tied_embedding=embedding, name="harmonic_head", **head_args)
         self.backbone, self.preprocessor = backbone, preprocessor
         # keras-hub's CausalLM, skipping the family's __init__ (it ran on `stock`)
         keras_hub.models.CausalLM.__init__(self, inputs=stock.input, outputs=head(hidden), **kwargs)
