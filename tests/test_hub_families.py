@@ -283,6 +283,11 @@ def test_stock_cached_decoding_still_differs_from_its_own_argmax(family):
     assert not (tokens == own_logits.argmax(-1)).all()
 
 
+def test_a_logit_cap_after_the_read_out_is_refused():
+    with pytest.raises(ValueError, match="after its read-out"):
+        HarmonicCausalLM(FAMILIES["gemma4"](), final_logit_cap=30.0)
+
+
 @pytest.mark.parametrize("family", sorted(REFUSED))
 def test_families_without_hidden_states_are_refused_with_the_reason(family):
     make, reason = REFUSED[family]

@@ -79,12 +79,7 @@ def causal_lm_class(backbone_cls: type) -> type:
     more than one fits, the one named after the backbone (``Gemma4Backbone`` ->
     ``Gemma4CausalLM``) is the family's own."""
     found = sorted(
-        (
-            cls
-            for cls in _compat.causal_lm_classes()
-            if getattr(cls, "backbone_cls", None) is backbone_cls
-            and not issubclass(cls, (HarmonicCausalLM, keras_hub.models.Seq2SeqLM))
-        ),
+        (cls for cls in _families() if getattr(cls, "backbone_cls", None) is backbone_cls),
         key=lambda cls: cls.__name__,
     )
     if not found:
@@ -101,6 +96,15 @@ def causal_lm_class(backbone_cls: type) -> type:
             "build the one you mean and pass it to HarmonicCausalLM.from_causal_lm(lm)."
         )
     return own[0] if len(found) > 1 else found[0]
+
+
+def _families() -> list[type]:
+    """keras-hub's causal-LM classes, less its sequence-to-sequence ones and ours."""
+    return [
+        cls
+        for cls in _compat.causal_lm_classes()
+        if not issubclass(cls, (HarmonicCausalLM, keras_hub.models.Seq2SeqLM))
+    ]
 
 
 @functools.cache  # one class per family: isinstance, and the name it is saved and loaded by
@@ -163,10 +167,10 @@ class HarmonicCausalLM(HarmonicTraining):
     preprocessor_cls = None
 
     def __new__(cls, *args, **kwargs):
-        backbone = kwargs["backbone"] if "backbone" in kwargs else (args or [None])[0]
         # Keras calls cls.__new__(cls) bare on every base class when it builds a functional
         # model: nothing to pick then.
         if cls is HarmonicCausalLM and (args or kwargs):
+            backbone = kwargs["backbone"] if "backbone" in kwargs else (args or [None])[0]
             if not isinstance(backbone, keras_hub.models.Backbone):
                 raise TypeError(f"`backbone` must be a keras-hub Backbone, got {backbone!r}.")
             cls = harmonic_class(causal_lm_class(type(backbone)))
@@ -443,7 +447,6 @@ def _text_inputs(lm, token_ids, padding_mask) -> dict:
 
 # Every keras-hub family's harmonic class exists (and is registered) once this module is
 # imported, so a saved model or preset of any family loads by its class name.
-for _family in _compat.causal_lm_classes():
-    if not issubclass(_family, (HarmonicCausalLM, keras_hub.models.Seq2SeqLM)):
-        harmonic_class(_family)
+for _family in _families():
+    harmonic_class(_family)
 del _family
