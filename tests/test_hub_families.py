@@ -251,8 +251,14 @@ def test_family_fits_evaluates_generates_scores_and_reloads(family, tmp_path):
     assert not np.allclose(head.centers_variable.numpy(), before)  # the centers trained
     logits = lm.predict(x, verbose=0)
     assert logits.shape == (8, S, V)  # the positions stock returns (PaliGemma: text only)
-    ref = ht.harmonic_logits(lm.hidden_states(x), head.centers, 2.0 * D)
+    hidden = lm.hidden_states(x)
+    ref = ht.harmonic_logits(hidden, head.centers, 2.0 * D)
     np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-3)
+    # The stock model on the same backbone and inputs reads out the same hidden states with
+    # the same matrix: its dot-product logits are those hidden states times the centers.
+    stock = causal_lm_class(type(lm.backbone))(backbone=lm.backbone, preprocessor=None)
+    dot = np.einsum("bsd,vd->bsv", np.asarray(hidden, np.float64), np.asarray(head.centers))
+    np.testing.assert_allclose(stock.predict(x, verbose=0), dot, rtol=1e-4, atol=1e-4)
     logs = lm.evaluate(x, y, sample_weight=sw, verbose=0, return_dict=True)
     np.testing.assert_allclose(logs["loss"], _exact_numpy(logits, y, sw), rtol=1e-4)
     if set(lm.input) == {"token_ids", "padding_mask"}:
