@@ -317,3 +317,20 @@ def test_grokking_epoch_is_the_first_epoch_that_stays_above():
     assert grokking_epoch([0.1, 0.95, 0.5] + [0.95] * 20) == 4
     assert grokking_epoch([0.1] * 30) is None
     assert grokking_epoch([0.5, 0.95, 0.96]) == 2  # held to the end
+
+
+def test_finetune_vlm_quick_on_cifar10(tmp_path):
+    pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
+    import finetune_vlm
+
+    tokenizer = finetune_vlm.tokenizer()
+    for name in finetune_vlm.CLASSES:  # the answer accuracy reads one token per class name
+        assert len(np.asarray(tokenizer(name))) == 1, name
+    out = tmp_path / "vlm"
+    data = shared_data_path("cifar10-images.tar.gz")
+    result = finetune_vlm.main(["--data", data, "--quick", "--out", str(out)])
+    for name in ("cross-entropy", "harmonic"):
+        curve = result["runs"][0][name]
+        assert curve[-1][1] < curve[0][1], (name, curve)  # held-out response loss falls
+    assert (out / "finetune_vlm.png").stat().st_size > 0
+    assert "harmonic - CE" in json.loads((out / "result.json").read_text())["table"]
