@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import collections
 import glob
+import json
 import os
 import platform
 import re
+import subprocess
 
 CHUNK = 2048
 REFERENCE = {"n": 4096, "d": 512, "v": 50257, "k": 256, "chunk": CHUNK}
@@ -243,3 +245,17 @@ def with_dump_flags(env: dict, dump: str) -> dict:
     ``dump`` (after any ``XLA_FLAGS`` already set)."""
     flags = f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
     return {**env, "XLA_FLAGS": (env.get("XLA_FLAGS", "") + " " + flags).strip()}
+
+
+def child_result(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> dict:
+    """The last ``RESULT {json}`` line a benchmark's ``--single`` child process prints, or
+    ``{"error": ...}`` with the end of its stderr (or the timeout). Each configuration runs in
+    a process of its own, so one's memory and compiled functions never touch another's."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout}s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
+    return json.loads(lines[-1][len("RESULT ") :])

@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from _common import (
     CHUNK,
     CONFIGS,
     REFERENCE,
+    child_result,
     floor_bytes,
     inputs,
     loss_and_grads,
@@ -151,14 +151,9 @@ def _subprocess(name, n, d, v, k, chunk, args) -> dict:
 
     with tempfile.TemporaryDirectory() as dump:
         env = with_dump_flags(dict(os.environ), dump) if name.endswith("_xla") else None
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return {"error": f"timeout after {args.timeout}s"}
-        results = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not results:
-            return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
-        result = json.loads(results[-1][len("RESULT ") :])
+        result = child_result(cmd, env=env, timeout=args.timeout)
+        if "error" in result:
+            return result
         if name.endswith("_xla"):
             plan = read_dump(dump)
             result["plan_mb"] = (plan["temp_bytes"] + plan["output_bytes"]) / 2**20

@@ -14,10 +14,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-from _common import REFERENCE, machine
+from _common import REFERENCE, child_result, machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = (
@@ -33,9 +32,7 @@ def run(tree: str, name: str, args) -> dict:
     point = ["--n", args.n, "--d", args.d, "--v", args.v, "--k", args.k, "--chunk-size", args.chunk]
     cmd = [sys.executable, os.path.join(root, "benchmarks", "bench_loss.py"), "--single", name]
     cmd += [str(a) for a in point] + ["--warmup", "1", "--reps", str(args.reps)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-    return json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-300:]}
+    return child_result(cmd, env=env)
 
 
 def main(argv=None) -> dict:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from _common import machine, run_settings
+from _common import child_result, machine, run_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSSES = {
@@ -113,9 +112,7 @@ def _run_in(folder: str, kind: str, single_args: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=path + os.pathsep + os.environ.get("PYTHONPATH", ""))
     script = os.path.join(folder, "bench_train_step.py")
     cmd = [sys.executable, script, "--single", kind, *single_args]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-    return json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-500:]}
+    return child_result(cmd, env=env)
 
 
 def _parser() -> argparse.ArgumentParser:
