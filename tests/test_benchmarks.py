@@ -50,6 +50,20 @@ def test_bench_train_step_runs_every_loss(tmp_path):
     assert "(D=32, 1 blocks, MLP 64)" in table
 
 
+def test_bench_hub_vocab_runs_every_loss_in_a_process_of_its_own(tmp_path):
+    pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
+    _run(
+        "bench_hub_vocab.py",
+        *("--vocab", "512", "--batch", "2", "--seq-len", "16", "--steps", "2"),
+        *("--width", "16", "--out", str(tmp_path)),
+    )
+    results = json.loads((tmp_path / "hub_vocab_v512_n32.json").read_text())["results"]
+    assert set(results) == {"ce", "exact", "sampled"}
+    assert all(r["tokens_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in results.values()), results
+    table = (tmp_path / "hub_vocab_v512_n32.md").read_text()
+    assert "failed" not in table and "| cross-entropy (stock Gemma3CausalLM) |" in table
+
+
 def test_bench_train_step_ratio_falls_back_to_the_default_exact_run(tmp_path):
     _run(
         "bench_train_step.py",
