@@ -14,7 +14,7 @@ All offline, on CIFAR-10 (``../shared/data``):
 4. held-out response-token loss (exact, float64, of each model's own logits) and answer
    accuracy (the argmax at the answer token is the class name) along the way, per seed.
 
-Run: ``python examples/finetune_vlm.py --seeds 0,1,2`` (about 10 min on 2 cores); ``--quick``
+Run: ``python examples/finetune_vlm.py --seeds 0,1,2`` (about 25 min on 2 cores); ``--quick``
 for a smoke run. Writes ``runs/finetune_vlm/result.json`` and ``finetune_vlm.png``.
 """
 
@@ -94,11 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10 archive or folder")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--pretrain-steps", type=int, default=600)
-    parser.add_argument("--finetune-steps", type=int, default=300)
-    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--pretrain-steps", type=int, default=2000)
+    parser.add_argument("--finetune-steps", type=int, default=600)
+    parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--train-images", type=int, default=4000, help="per split, all classes")
     parser.add_argument("--seeds", default="0", help="fine-tuning seeds, comma list")
     parser.add_argument("--out", default="runs/finetune_vlm")
