@@ -75,7 +75,7 @@ def nearest_k(
     n = tf.shape(x)[0]
 
     def body(i, best_d2, best_ids):
-        w_c, w_sq, ids, fresh, _ = _chunk(w, origin, i, chunk_size)
+        w_c, w_sq, ids, fresh = _chunk(w, origin, i, chunk_size)
         d2 = expanded_sq_distances(x, w_c, x_sq, w_sq)
         d2 = tf.where(fresh[None, :], d2, float("inf"))  # the overlapping last chunk
         both_d2 = tf.concat([best_d2, d2], axis=1)
@@ -147,7 +147,7 @@ def harmonic_confidence(
     x_sq = tf.reduce_sum(tf.square(x), axis=-1)
 
     def body(i, total):
-        w_c, w_sq, ids, fresh, _ = _chunk(w, origin, i, chunk_size)
+        w_c, w_sq, ids, fresh = _chunk(w, origin, i, chunk_size)
         z = logits_from_sq(expanded_sq_distances(x, w_c, x_sq, w_sq), eta, eps)
         exact = tf.reduce_any(ids[None, :, None] == near.ids[:, None, :], axis=2)
         keep = tf.logical_and(fresh[None, :], tf.logical_not(exact))

@@ -17,15 +17,12 @@ from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq, ref
 PATHS = ("auto", "dense", "fused", "two_pass")
 
 # path="auto" keeps [N, V] float32 logits up to this size (512 MiB: a training step of 2,048
-# tokens at V = 65,536). Measured at V = 50,257 (2,048 tokens, D = 128, XLA, 2 cores): the
-# dense training step is 1.07x cross-entropy's, the chunked ones 1.20-1.42x.
+# tokens at V = 65,536), where the dense step was measured fastest (docs/performance.md).
 DENSE_MAX_BYTES = 512 * 2**20
 
 # The fused path adds one [V, D] update per token chunk of `rows` tokens; with fewer rows per
-# chunk that memory traffic costs more than the two-pass path's extra matmul. Measured at
-# chunk 2,048 (forward+backward, XLA, 2 cores): 41 rows (V=50,257, N=1,024, D=512) fused 1.3x
-# slower, and slower at 64 rows (V=131,072, N=4,096); 83 rows (V=50,257, N=2,048) a tie at D=512
-# and fused 1.12x faster at D=128; 166 rows (N=4,096, D=512) fused 1.27x faster.
+# chunk that memory traffic costs more than the two-pass path's extra matmul. Where the two
+# cross over was measured (docs/performance.md, benchmarks/results/results.md).
 MIN_FUSED_ROWS = 80
 
 
@@ -217,14 +214,14 @@ def _num_chunks(vocab_size: int, chunk_size: int) -> int:
 def _chunk(w: tf.Tensor, origin: tf.Tensor, i: tf.Tensor, chunk_size: int):
     """Chunk ``i`` of the centers, shifted by ``origin``, sliced without a padded copy: rows
     ``[start, start + C)`` with ``start = min(i C, V - C)``, so the last chunk overlaps the one
-    before. Returns the rows ``[C, D]``, their squared norms, class ids ``[C]``, whether each id
-    is new to this chunk (not counted before), and ``start``."""
+    before. Returns the rows ``[C, D]``, their squared norms, class ids ``[C]``, and whether each
+    id is new to this chunk (not counted before)."""
     vocab_size = int(w.shape[0])
     start = tf.minimum(i * chunk_size, vocab_size - chunk_size)
     ids = start + tf.range(chunk_size)
     # A gather, not a dynamic slice: XLA:CPU padded the whole operand for the slice.
     w_c = tf.gather(w, ids) - origin
-    return w_c, tf.reduce_sum(tf.square(w_c), axis=-1), ids, ids >= i * chunk_size, start
+    return w_c, tf.reduce_sum(tf.square(w_c), axis=-1), ids, ids >= i * chunk_size
 
 
 class VocabChunks:
@@ -239,7 +236,7 @@ class VocabChunks:
     def _logits(self, x, x_sq, labels, i, eta, eps):
         """``[N, C]`` logits of chunk ``i``, the true class and ids of earlier chunks at -inf,
         with the chunk's distances, rows and ids."""
-        w_c, w_sq, ids, fresh, _ = _chunk(self.w, self.origin, i, self.chunk_size)
+        w_c, w_sq, ids, fresh = _chunk(self.w, self.origin, i, self.chunk_size)
         d2 = expanded_sq_distances(x, w_c, x_sq, w_sq)
         keep = tf.logical_and(tf.logical_not(_true_column(labels, ids)), fresh[None, :])
         return tf.where(keep, logits_from_sq(d2, eta, eps), -float("inf")), d2, w_c, ids

@@ -76,7 +76,6 @@ class Prepared:
     x: tf.Tensor  # [N, D] float32
     w: tf.Tensor  # [V, D] float32
     labels: tf.Tensor  # [N] int32, ignored/invalid rows replaced by 0 (safe to gather)
-    raw_labels: tf.Tensor  # [N] int32 as given
     ignored: tf.Tensor  # [N] bool
     invalid: tf.Tensor  # [N] bool: outside [0, V) and not ignore_index
     labels_shape: tf.Tensor
@@ -142,7 +141,7 @@ def prepare(hidden_states, class_centers, labels, ignore_index: int | None) -> P
         message=(f"`labels` must be in [0, {vocab_size}) or equal ignore_index={ignore_index}"),
     )
     safe = tf.where(tf.logical_or(ignored, invalid), tf.zeros_like(y), y)
-    return Prepared(x, w, safe, y, ignored, invalid, labels_shape, n, vocab_size, dim, labels_rank)
+    return Prepared(x, w, safe, ignored, invalid, labels_shape, n, vocab_size, dim, labels_rank)
 
 
 def ignored_mask(labels: tf.Tensor, ignore_index: int | None) -> tf.Tensor:
