@@ -180,6 +180,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "the adapters (for both losses)",
     )
     parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fix the harmonic exponent by HarmonicCausalLM.calibrate_eta on 256 training "
+        "pairs before fine-tuning (the default: eta = 2 D)",
+    )
+    parser.add_argument(
         "--seeds",
         default="0",
         help="fine-tuning seeds (data order, negatives), comma list: each fine-tunes both "
@@ -248,6 +254,9 @@ def fine_tuned(name: str, seed: int, backbone, vocab: int, args, train):
     if harmonic:
         counts = ht.label_counts(labels, vocab)  # BPE ids: the unigram sampler needs counts
         lm = HarmonicCausalLM(backbone)
+        if args.calibrate:  # the exponent at which the pretrained centers read it best
+            eta = lm.calibrate_eta({k: v[:256] for k, v in x.items()}, labels[:256])
+            print(f"seed {seed} harmonic: calibrated eta = {eta:.1f}")
         if args.lora:
             enable_lora(lm.backbone, args.lora, args.centers)
         loss = ht.HarmonicLoss(

@@ -374,3 +374,29 @@ def test_lora_fine_tuning_with_frozen_centers_saves_and_loads_its_adapters(tmp_p
     np.testing.assert_allclose(
         fresh.predict(x, verbose=0), lm.predict(x, verbose=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_calibrate_eta_takes_the_grid_exponent_of_lowest_float64_loss_and_retraces():
+    from reference import harmax_numpy
+
+    keras.utils.set_random_seed(0)
+    lm = HarmonicCausalLM(_backbone(), eta=2.0 * D)
+    lm.compile(loss=ht.HarmonicLoss(), sampler="greedy")
+    x, y, weight = _batches(16)
+    before = lm.predict(x, verbose=0)
+    hidden = np.asarray(lm.hidden_states(x), np.float64).reshape(-1, D)
+    centers = np.asarray(lm.harmonic_head.centers, np.float64)
+    grid = 2.0 * D * 2.0 ** (np.arange(-8, 9) / 4)
+    losses = []
+    for eta in grid:  # the weighted mean loss, float64
+        per_token, _, _ = harmax_numpy(hidden, centers, y.reshape(-1), eta, reduction="none")
+        losses.append((per_token * weight.reshape(-1)).sum() / weight.sum())
+    eta = lm.calibrate_eta(x, y, weight)
+    assert eta == pytest.approx(grid[int(np.argmin(losses))], rel=1e-9)
+    assert eta != 2.0 * D and lm.harmonic_head.eta == eta  # a random model: not the default
+    after = lm.predict(x, verbose=0)  # retraced with the new exponent
+    np.testing.assert_allclose(after, before * eta / (2.0 * D), rtol=1e-4, atol=1e-3)
+    assert lm.get_config()["eta"] == eta  # saved with the model
+    learned = HarmonicCausalLM(_backbone(), eta="learned")
+    with pytest.raises(ValueError, match="'learned'"):
+        learned.calibrate_eta(x, y)

@@ -8,7 +8,14 @@ import keras
 import tensorflow as tf
 
 from harmonic_tf.keras import _compat
-from harmonic_tf.ops import Confidence, Nearest, harmonic_confidence, harmonic_logits, nearest_k
+from harmonic_tf.ops import (
+    Confidence,
+    Nearest,
+    harmonic_confidence,
+    harmonic_logits,
+    harmonic_loss,
+    nearest_k,
+)
 from harmonic_tf.ops import inputs as checks
 
 OUTPUTS = ("logits", "probabilities")
@@ -172,6 +179,38 @@ class HarmonicLMHead(keras.layers.Layer):
         if self.eta == LEARNED:
             return tf.exp(self.eta_rate * tf.convert_to_tensor(self.log_eta))
         return checks.resolve_eta(self.eta, int(self.centers.shape[-1]))
+
+    def calibrate_eta(
+        self, hidden_states, labels, weights=None, factors=None, chunk_size: int = 4096
+    ) -> float:
+        """Fixes the exponent at the one, among ``factors`` times the current one (default
+        ``2**(k/4)``, ``k = -8..8``: a quarter to 4 times, steps of 19%), whose exact loss on
+        ``hidden_states`` ``[..., D]`` and ``labels`` ``[...]`` (``-100`` ignored, optional
+        per-token ``weights``) is lowest; returns it. The centers do not change. For centers
+        that another head trained (a cross-entropy checkpoint's unembedding), this is the
+        exponent at which they read that checkpoint's hidden states best."""
+        if self.eta == LEARNED:
+            raise ValueError("calibrate_eta fixes a number; this head's eta is 'learned'.")
+        current = float(self.resolved_eta())
+        factors = 2.0 ** (tf.range(-8, 9, dtype=tf.float64) / 4) if factors is None else factors
+        candidates = [current * float(f) for f in factors]
+        checks.check_positive("factors", min(candidates))
+        losses = [
+            float(
+                harmonic_loss(
+                    hidden_states,
+                    self.centers,
+                    labels,
+                    eta=eta,
+                    eps=self.eps,
+                    weights=weights,
+                    chunk_size=chunk_size,
+                )  # fmt: skip
+            )
+            for eta in candidates
+        ]
+        self.eta = candidates[losses.index(min(losses))]
+        return self.eta
 
     def nearest(self, hidden_states, k: int = 1, chunk_size: int = 4096) -> Nearest:
         """The ``k`` nearest centers (classes) of each hidden state ``[..., D]`` and their

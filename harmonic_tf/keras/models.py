@@ -64,6 +64,22 @@ class HarmonicTraining:
             raise TypeError(f"The harmonic head must be a HarmonicLMHead, got {head!r}.")
         object.__setattr__(self, "_harmonic_route", _Route(head, hidden_model))
 
+    def calibrate_eta(self, x, y, sample_weight=None, factors=None) -> float:
+        """The head's :meth:`~HarmonicLMHead.calibrate_eta` on the hidden states of one batch
+        ``x`` (labels ``y``, ``-100`` ignored; optional ``sample_weight``), then the compiled
+        steps are rebuilt (they hold the exponent). Call it after building a harmonic model on
+        a cross-entropy checkpoint and before fine-tuning: the exponent at which its centers
+        read that checkpoint best (docs/keras-hub.md, "From a cross-entropy checkpoint")."""
+        head = self.harmonic_head
+        hidden = self.hidden_states(x, training=False)
+        labels = labels_from_keras(y, hidden.shape.rank, head.units)
+        weights = None if sample_weight is None else tf.convert_to_tensor(sample_weight)
+        eta = head.calibrate_eta(hidden, labels, weights, factors)
+        for name in ("train_function", "test_function", "predict_function", "generate_function"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, None)
+        return eta
+
     @property
     def harmonic_loss(self) -> HarmonicLoss | None:
         """The compiled :class:`HarmonicLoss`, or ``None`` (another loss, or not compiled)."""
