@@ -14,7 +14,7 @@ All offline, on CIFAR-10 (``../shared/data``):
 4. held-out response-token loss (exact, float64, of each model's own logits) and answer
    accuracy (the argmax at the answer token is the class name) along the way, per seed.
 
-Run: ``python examples/finetune_vlm.py --seeds 0,1,2`` (about 25 min on 2 cores); ``--quick``
+Run: ``python examples/finetune_vlm.py --seeds 0,1,2`` (about 10 min on 2 cores); ``--quick``
 for a smoke run. Writes ``runs/finetune_vlm/result.json`` and ``finetune_vlm.png``.
 """
 
