@@ -186,6 +186,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "pairs before fine-tuning (the default: eta = 2 D)",
     )
     parser.add_argument(
+        "--eta-sweep",
+        default="",
+        help="comma list of exponents as multiples of D: only the step-0 held-out response "
+        "loss of a harmonic head on the checkpoint at each (no fine-tuning)",
+    )
+    parser.add_argument(
         "--seeds",
         default="0",
         help="fine-tuning seeds (data order, negatives), comma list: each fine-tunes both "
@@ -195,6 +201,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (CI)")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in str(args.seeds).split(",")]
+    args.eta_sweep = [float(f) for f in args.eta_sweep.split(",") if f]
     if args.quick:
         args.vocab, args.seq_len, args.width, args.layers = 512, 48, 32, 1
         args.pretrain_steps, args.finetune_steps, args.eval_every = 20, 20, 10
@@ -308,21 +315,16 @@ def main(argv=None) -> dict:
         clone.set_weights(checkpoint)
         return clone
 
-    runs = {}
-    for seed in args.seeds:
-        curves, generations = {}, {}
-        for name in ("cross-entropy", "harmonic"):
-            lm, data = fine_tuned(name, seed, fresh_backbone(), vocab, args, train)
-            curve = [(0, response_loss(lm, tx, tlabels, tweight))]
-            print(f"seed {seed} {name}: step 0 held-out response loss {curve[0][1]:.4f}")
-            for step in range(args.eval_every, args.finetune_steps + 1, args.eval_every):
-                lm.fit(data, steps_per_epoch=args.eval_every, epochs=1, verbose=0)
-                curve.append((step, response_loss(lm, tx, tlabels, tweight)))
-                print(f"seed {seed} {name}: step {step} held-out response loss {curve[-1][1]:.4f}")
-            curves[name] = curve
-            generations[name] = greedy(lm, tokenizer, prompts, 24)
-        runs[seed] = {"curves": curves, "generations": generations}
-
+    if args.eta_sweep:  # the switch's cost at step 0 against the exponent, then stop
+        result = {"args": vars(args), "eta_sweep": eta_sweep(base, args, tx, tlabels, tweight)}
+        with open(os.path.join(args.out, "eta_sweep.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        return result
+    held_out = (tx, tlabels, tweight)
+    runs = {
+        seed: fine_tune_both(seed, fresh_backbone, vocab, args, train, held_out, tokenizer, prompts)
+        for seed in args.seeds
+    }
     first = runs[args.seeds[0]]
     result = {
         "args": vars(args),
@@ -342,6 +344,37 @@ def main(argv=None) -> dict:
     plot(first["curves"], os.path.join(args.out, "finetune.png"))
     print(result["table"])
     return result
+
+
+def fine_tune_both(seed, fresh_backbone, vocab, args, train, held_out, tokenizer, prompts):
+    """One seed: the held-out response-loss curves and greedy generations of fine-tuning the
+    checkpoint with cross-entropy and with harmonic loss."""
+    curves, generations = {}, {}
+    for name in ("cross-entropy", "harmonic"):
+        lm, data = fine_tuned(name, seed, fresh_backbone(), vocab, args, train)
+        curve = [(0, response_loss(lm, *held_out))]
+        print(f"seed {seed} {name}: step 0 held-out response loss {curve[0][1]:.4f}")
+        for step in range(args.eval_every, args.finetune_steps + 1, args.eval_every):
+            lm.fit(data, steps_per_epoch=args.eval_every, epochs=1, verbose=0)
+            curve.append((step, response_loss(lm, *held_out)))
+            print(f"seed {seed} {name}: step {step} held-out response loss {curve[-1][1]:.4f}")
+        curves[name] = curve
+        generations[name] = greedy(lm, tokenizer, prompts, 24)
+    return {"curves": curves, "generations": generations}
+
+
+def eta_sweep(base, args, x, labels, weight) -> dict:
+    """Held-out response loss of the cross-entropy checkpoint itself and of a harmonic head on
+    it (centers = its embedding, no training) at each exponent ``factor * D``."""
+    out = {"cross-entropy": response_loss(base, x, labels, weight)}
+    for factor in args.eta_sweep:
+        lm = HarmonicCausalLM(base.backbone, eta=factor * args.width)
+        out[f"{factor:g} D"] = response_loss(lm, x, labels, weight)
+        gap = out[f"{factor:g} D"] - out["cross-entropy"]
+        print(
+            f"eta = {factor:g} D: {out[f'{factor:g} D']:.4f} (CE {out['cross-entropy']:.4f}, {gap:+.4f})"
+        )
+    return out
 
 
 def seed_table(runs: dict) -> str:
