@@ -15,7 +15,7 @@ import tensorflow as tf  # noqa: E402
 import harmonic_tf as ht  # noqa: E402
 from harmonic_tf.keras.hub import HarmonicCausalLM, causal_lm_class  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_keras_state")]
+pytestmark = [pytest.mark.slow, pytest.mark.own_process]
 
 
 V, S, D = 64, 8, 16

@@ -18,7 +18,7 @@ from harmonic_tf.keras.hub import HarmonicCausalLM  # noqa: E402
 
 from reference import harmax_numpy  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_keras_state")]
+pytestmark = [pytest.mark.slow, pytest.mark.own_process]
 
 D, SEQ = 16, 32
 M = keras_hub.models
