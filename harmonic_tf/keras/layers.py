@@ -205,7 +205,7 @@ class HarmonicLMHead(keras.layers.Layer):
                     eps=self.eps,
                     weights=weights,
                     chunk_size=chunk_size,
-                )  # fmt: skip
+                )
             )
             for eta in candidates
         ]
