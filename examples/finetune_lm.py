@@ -29,6 +29,7 @@ import json
 import os
 import re
 import time
+import zlib
 
 import keras
 import numpy as np
@@ -171,6 +172,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--k", type=int, default=256, help="sampled negatives per step")
+    parser.add_argument(
+        "--harmonic-loss",
+        default="sampled",
+        choices=["sampled", "exact"],
+        help="the harmonic training loss: sampled (k negatives) or exact over all V classes "
+        "(what cross-entropy computes)",
+    )
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the backbone (0: off)")
     parser.add_argument(
         "--centers",
@@ -198,6 +206,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "losses from the one pretrained checkpoint",
     )
     parser.add_argument("--out", default="runs/finetune")
+    parser.add_argument(
+        "--cache",
+        default="",
+        help="a folder for the pretrained checkpoint: reused by later runs of the same "
+        "pretraining arguments (the fine-tuning comparisons share one checkpoint)",
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (CI)")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in str(args.seeds).split(",")]
@@ -247,9 +261,31 @@ def pretrain(args, text: str):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=[],
     )
+    cached = _checkpoint_path(args, text)
+    if cached and os.path.exists(cached):
+        print(f"pretrained checkpoint from {cached}")
+        base.backbone.load_weights(cached)
+        return tokenizer, base
     print(f"pretraining with cross-entropy: {args.pretrain_steps} steps")
     base.fit(data, steps_per_epoch=args.pretrain_steps, epochs=1, verbose=2)
+    if cached:
+        os.makedirs(args.cache, exist_ok=True)
+        base.backbone.save_weights(cached)
     return tokenizer, base
+
+
+def _checkpoint_path(args, text: str) -> str:
+    """Where ``--cache`` keeps the checkpoint of these pretraining arguments and text ('' when
+    off)."""
+    if not args.cache:
+        return ""
+    key = (args.vocab, args.seq_len, args.width, args.layers, args.pretrain_steps, args.batch)
+    name = (
+        "gpt2_"
+        + "_".join(map(str, key))
+        + f"_{args.lr:g}_{zlib.crc32(text.encode()):08x}.weights.h5"
+    )
+    return os.path.join(args.cache, name)
 
 
 def fine_tuned(name: str, seed: int, backbone, vocab: int, args, train):
@@ -266,8 +302,9 @@ def fine_tuned(name: str, seed: int, backbone, vocab: int, args, train):
             print(f"seed {seed} harmonic: calibrated eta = {eta:.1f}")
         if args.lora:
             enable_lora(lm.backbone, args.lora, args.centers)
+        sampled = ht.SampledOptions(k=args.k, sampler=ht.UnigramSampler(counts + 1.0))
         loss = ht.HarmonicLoss(
-            sampled=ht.SampledOptions(k=args.k, sampler=ht.UnigramSampler(counts + 1.0)),
+            sampled=sampled if args.harmonic_loss == "sampled" else None,
             seed=seed,
             # With LoRA and frozen centers the head reads the pretrained embedding as is.
             require_trainable_centers=not (args.lora and args.centers == "frozen"),
