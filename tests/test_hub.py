@@ -376,22 +376,40 @@ def test_lora_fine_tuning_with_frozen_centers_saves_and_loads_its_adapters(tmp_p
     )
 
 
-def test_calibrate_eta_takes_the_grid_exponent_of_lowest_float64_loss_and_retraces():
+def _calibrated(how: str, x, y, weight):
+    """A harmonic GPT-2 at ``eta = 2 D`` calibrated by ``calibrate_eta`` after construction or
+    by ``from_causal_lm(stock, calibrate=...)`` with a batch or a dataset; its predictions
+    before calibration."""
+    if how == "method":
+        lm = HarmonicCausalLM(_backbone(), eta=2.0 * D)
+        lm.compile(loss=ht.HarmonicLoss(), sampler="greedy")
+        before = lm.predict(x, verbose=0)
+        return lm, lm.calibrate_eta(x, y, weight), before
+    stock = keras_hub.models.GPT2CausalLM(_backbone(), preprocessor=None)
+    before = HarmonicCausalLM.from_causal_lm(stock, eta=2.0 * D).predict(x, verbose=0)
+    data = (x, y, weight)
+    if how == "dataset":
+        data = tf.data.Dataset.from_tensor_slices(data).batch(len(y))
+    lm = HarmonicCausalLM.from_causal_lm(stock, calibrate=data, eta=2.0 * D)
+    assert type(lm).__name__ == "HarmonicGPT2CausalLM"
+    lm.compile(loss=ht.HarmonicLoss(), sampler="greedy")
+    return lm, lm.harmonic_head.eta, before
+
+
+@pytest.mark.parametrize("how", ["method", "from_causal_lm", "dataset"])
+def test_calibrate_eta_takes_the_grid_exponent_of_lowest_float64_loss_and_retraces(how):
     from reference import harmax_numpy
 
     keras.utils.set_random_seed(0)
-    lm = HarmonicCausalLM(_backbone(), eta=2.0 * D)
-    lm.compile(loss=ht.HarmonicLoss(), sampler="greedy")
     x, y, weight = _batches(16)
-    before = lm.predict(x, verbose=0)
+    lm, eta, before = _calibrated(how, x, y, weight)
     hidden = np.asarray(lm.hidden_states(x), np.float64).reshape(-1, D)
     centers = np.asarray(lm.harmonic_head.centers, np.float64)
     grid = 2.0 * D * 2.0 ** (np.arange(-8, 9) / 4)
     losses = []
-    for eta in grid:  # the weighted mean loss, float64
-        per_token, _, _ = harmax_numpy(hidden, centers, y.reshape(-1), eta, reduction="none")
+    for candidate in grid:  # the weighted mean loss, float64
+        per_token, _, _ = harmax_numpy(hidden, centers, y.reshape(-1), candidate, reduction="none")
         losses.append((per_token * weight.reshape(-1)).sum() / weight.sum())
-    eta = lm.calibrate_eta(x, y, weight)
     assert eta == pytest.approx(grid[int(np.argmin(losses))], rel=1e-9)
     assert eta != 2.0 * D and lm.harmonic_head.eta == eta  # a random model: not the default
     after = lm.predict(x, verbose=0)  # retraced with the new exponent
@@ -400,3 +418,10 @@ def test_calibrate_eta_takes_the_grid_exponent_of_lowest_float64_loss_and_retrac
     learned = HarmonicCausalLM(_backbone(), eta="learned")
     with pytest.raises(ValueError, match="'learned'"):
         learned.calibrate_eta(x, y)
+
+
+def test_from_causal_lm_refuses_a_calibration_batch_it_cannot_read():
+    stock = keras_hub.models.GPT2CausalLM(_backbone(), preprocessor=None)
+    x, _, _ = _batches(4)
+    with pytest.raises(ValueError, match=r"`calibrate` must be a batch \(x, y\)"):
+        HarmonicCausalLM.from_causal_lm(stock, calibrate=x)

@@ -204,14 +204,24 @@ class HarmonicCausalLM(HarmonicTraining):
         self._route_to(head, keras.Model(stock.input, hidden, name=f"{self.name}_hidden_states"))
 
     @classmethod
-    def from_causal_lm(cls, causal_lm: keras_hub.models.CausalLM, **head_args) -> HarmonicCausalLM:
+    def from_causal_lm(
+        cls, causal_lm: keras_hub.models.CausalLM, *, calibrate=None, **head_args
+    ) -> HarmonicCausalLM:
         """A harmonic model of ``causal_lm``'s own class on its backbone and preprocessor
         (shared, not copied: the centers are its token embedding). ``head_args`` go to the
-        constructor (``eta=...``)."""
+        constructor (``eta=...``).
+
+        ``calibrate``: one preprocessed batch ``(x, y)`` or ``(x, y, sample_weight)`` (labels
+        ``-100`` ignored), or a ``tf.data.Dataset`` of them (its first batch is used). Then the
+        exponent is fixed by :meth:`calibrate_eta` on it: the switch from a cross-entropy
+        checkpoint at no cost (docs/keras-hub.md, "From a cross-entropy checkpoint")."""
         if isinstance(causal_lm, HarmonicCausalLM):
             raise ValueError("`causal_lm` is already a HarmonicCausalLM.")
         family = harmonic_class(type(causal_lm))
-        return family(backbone=causal_lm.backbone, preprocessor=causal_lm.preprocessor, **head_args)
+        lm = family(backbone=causal_lm.backbone, preprocessor=causal_lm.preprocessor, **head_args)
+        if calibrate is not None:
+            lm.calibrate_eta(*_calibration_batch(calibrate))
+        return lm
 
     def call_with_cache(self, *args, **kwargs):
         """The family's cached decoding step, with the harmonic head's logits of the hidden
@@ -353,6 +363,18 @@ class HarmonicCausalLM(HarmonicTraining):
             with open(source.path(COMPILE_FILE)) as f:
                 task.compile_from_config(json.load(f))
         return task
+
+
+def _calibration_batch(data) -> tuple:
+    """``(x, y[, sample_weight])`` of ``from_causal_lm(calibrate=data)``."""
+    if isinstance(data, tf.data.Dataset):
+        data = next(iter(data))
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        raise ValueError(
+            "`calibrate` must be a batch (x, y) or (x, y, sample_weight) of preprocessed "
+            f"inputs and labels, or a tf.data.Dataset of them; got {type(data).__name__}."
+        )
+    return tuple(data)
 
 
 def _own_arguments(family: type) -> list[str]:
