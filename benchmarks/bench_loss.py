@@ -378,7 +378,7 @@ def plots(rows, out_dir, info, command, ref: dict):
         plt.close(fig)
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -401,43 +401,29 @@ def main(argv=None):
         "--report-only", action="store_true", help="redraw table and plots from results.json"
     )
     p.add_argument("--out", default="benchmarks/results")
-    args = p.parse_args(argv)
-    if args.single:
-        result = run_single(
-            args.single,
-            args.n,
-            args.d,
-            args.v,
-            args.k,
-            args.warmup,
-            args.reps,
-            args.max_seconds,
-            args.chunk_size,
-        )
-        print("RESULT " + json.dumps(result), flush=True)
-        return result
+    return p
+
+
+def _previous(args, path: str, command: str, ref: dict) -> tuple[list, dict, list]:
+    """``(rows, reference, commands)`` to start from: those of ``results.json`` with
+    ``--update`` / ``--report-only``, else none."""
+    if not (args.update or args.report_only):
+        return [], ref, [command]
+    with open(path) as f:
+        previous = json.load(f)
+    rows = previous["rows"]
+    for r in rows:  # rows measured before the chunk was a coordinate
+        r["point"].setdefault("chunk", CHUNK)
+    ref = {"chunk": CHUNK, **previous["reference"]}
+    commands = previous.get("commands", [previous["command"]])
+    return rows, ref, commands + ([] if args.report_only else [command])
+
+
+def _measure_rounds(jobs: list, args) -> list[dict]:
+    """One row per job: its median over rounds. Rounds interleave the configurations, so a
+    slow spell of a shared CPU hits them alike."""
     from tqdm import tqdm
 
-    command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *sys.argv[1:]])
-    info = machine()
-    path = os.path.join(args.out, "results.json")
-    rows, commands = [], [command]
-    ref = {"n": args.n, "d": args.d, "v": args.v, "k": args.k, "chunk": args.chunk_size}
-    if args.update or args.report_only:
-        with open(path) as f:
-            previous = json.load(f)
-        rows = previous["rows"]
-        for r in rows:  # rows measured before the chunk was a coordinate
-            r["point"].setdefault("chunk", CHUNK)
-        ref = {"chunk": CHUNK, **previous["reference"]}
-        commands = previous.get("commands", [previous["command"]])
-        commands += [] if args.report_only else [command]
-    jobs = [] if args.report_only else plan(args, ref)
-    if args.configs:
-        jobs = [job for job in jobs if job[0] in args.configs.split(",")]
-    jobs = [job for job in jobs if job[1]["v"] >= args.min_v]
-    # Rounds interleave the configurations, so a slow spell of a shared CPU hits them alike;
-    # a row keeps the median over rounds of its per-round median step.
     measured: dict[int, list[dict]] = {i: [] for i in range(len(jobs))}
     bar = tqdm(total=len(jobs) * args.rounds, desc="configurations")
     for r in range(args.rounds):
@@ -446,23 +432,40 @@ def main(argv=None):
             measured[i].append(_subprocess(name, **point, args=args))
             bar.update()
     bar.close()
+    rows = []
     for i, (name, point) in enumerate(jobs):
         ok = [m for m in measured[i] if "median_s" in m]
         row = {"name": name, "point": point, **(ok or measured[i])[-1]}
         if ok:
             row["median_s"] = statistics.median(m["median_s"] for m in ok)
             row["round_median_s"] = [m["median_s"] for m in ok]
-        rows = [r for r in rows if (r["name"], r["point"]) != (name, point)] + [row]
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.single:
+        point = (args.n, args.d, args.v, args.k, args.warmup, args.reps, args.max_seconds)
+        result = run_single(args.single, *point, args.chunk_size)
+        print("RESULT " + json.dumps(result), flush=True)
+        return result
+    command = " ".join(["python", os.path.relpath(os.path.abspath(__file__)), *sys.argv[1:]])
+    path = os.path.join(args.out, "results.json")
+    ref = {"n": args.n, "d": args.d, "v": args.v, "k": args.k, "chunk": args.chunk_size}
+    rows, ref, commands = _previous(args, path, command, ref)
+    jobs = [] if args.report_only else plan(args, ref)
+    if args.configs:
+        jobs = [job for job in jobs if job[0] in args.configs.split(",")]
+    jobs = [job for job in jobs if job[1]["v"] >= args.min_v]
+    for row in _measure_rounds(jobs, args):
+        rows = [r for r in rows if (r["name"], r["point"]) != (row["name"], row["point"])]
+        rows.append(row)
     command = " && ".join(commands)
+    info = machine()
     os.makedirs(args.out, exist_ok=True)
-    report = {
-        "machine": info,
-        "command": command,
-        "commands": commands,
-        "reference": ref,
-        "rows": rows,
-        "ratios": ratios(rows, ref),
-    }
+    report = {"machine": info, "command": command, "commands": commands, "reference": ref}
+    report.update(rows=rows, ratios=ratios(rows, ref))
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     text = markdown(rows, info, command, ref)

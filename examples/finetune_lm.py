@@ -213,7 +213,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "pretraining arguments (the fine-tuning comparisons share one checkpoint)",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (CI)")
-    args = parser.parse_args(argv)
+    return _settled(parser.parse_args(argv))
+
+
+def _settled(args: argparse.Namespace) -> argparse.Namespace:
+    """Lists parsed, and ``--quick``'s tiny sizes."""
     args.seeds = [int(s) for s in str(args.seeds).split(",")]
     args.eta_sweep = [float(f) for f in args.eta_sweep.split(",") if f]
     if args.quick:

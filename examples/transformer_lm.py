@@ -111,37 +111,10 @@ def run(kind, args, data, vectorizer, counts, loss=None, on_trained=None):
     model either way); ``on_trained(model, head)`` is called on the trained model (its result
     is kept as ``"extra"``)."""
     train_ids, val_ids = data
-    vocab_size = args.vocab_size
-    eta, eta_init = eta_value(args.eta, args.d_model)
-    model, head = build_lm(
-        vocab_size,
-        args.seq_len,
-        "dot" if kind == "ce" else "harmonic",
-        args.d_model,
-        args.layers,
-        args.heads,
-        args.mlp_dim,
-        args.dropout,
-        seed=args.seed,
-        eta=eta,
-        eta_init=eta_init,
-        eta_rate=args.eta_rate,
-    )
-    lr = args.lr_ce if kind == "ce" else args.lr_harmonic
-    steps = args.steps[kind]
-    warmup = min(args.warmup, steps // 2)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, steps - warmup), alpha=0.1, warmup_target=lr, warmup_steps=warmup
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=loss or make_loss(kind, head, args, counts),
-        jit_compile=True,
-    )
+    model, head = _compiled_lm(kind, args, counts, loss)
     val = val_dataset(val_ids, args.seq_len, args.batch, args.val_tokens)
     initial = model.evaluate(val, verbose=0)
     eval_every = args.eval_every[kind]
-    epochs = max(1, steps // eval_every)
     timer = TrainTimer(eval_every * args.batch * args.seq_len)
     etas = [] if head is None else [float(head.resolved_eta())]
     track_eta = keras.callbacks.LambdaCallback(
@@ -153,7 +126,7 @@ def run(kind, args, data, vectorizer, counts, loss=None, on_trained=None):
     hist = model.fit(
         train_dataset(train_ids, args.seq_len, args.batch, args.seed),
         steps_per_epoch=eval_every,
-        epochs=epochs,
+        epochs=max(1, args.steps[kind] // eval_every),
         validation_data=val,
         callbacks=[timer, track_eta],
         verbose=args.verbose,
@@ -180,6 +153,37 @@ def run(kind, args, data, vectorizer, counts, loss=None, on_trained=None):
         "prototypes": near,
         "extra": extra,
     }
+
+
+def _compiled_lm(kind, args, counts, loss=None):
+    """``(model, head)`` of one run, compiled with its loss and warm-up cosine schedule."""
+    eta, eta_init = eta_value(args.eta, args.d_model)
+    model, head = build_lm(
+        args.vocab_size,
+        args.seq_len,
+        "dot" if kind == "ce" else "harmonic",
+        args.d_model,
+        args.layers,
+        args.heads,
+        args.mlp_dim,
+        args.dropout,
+        seed=args.seed,
+        eta=eta,
+        eta_init=eta_init,
+        eta_rate=args.eta_rate,
+    )
+    lr = args.lr_ce if kind == "ce" else args.lr_harmonic
+    steps = args.steps[kind]
+    warmup = min(args.warmup, steps // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, steps - warmup), alpha=0.1, warmup_target=lr, warmup_steps=warmup
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=loss or make_loss(kind, head, args, counts),
+        jit_compile=True,
+    )
+    return model, head
 
 
 def prototypes(model, head, vectorizer, ids, seq_len: int, k: int = 5) -> list[dict]:
@@ -283,6 +287,26 @@ def parse_args(argv=None):
         default=1.0,
         help="a learned exponent's rate multiplier (HarmonicLMHead(eta_rate=...))",
     )
+    _estimator_arguments(p)
+    p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
+    p.add_argument("--val-tokens", type=int, default=24576)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--samples", type=int, default=3, help="generated continuations per run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, default=1, help="Keras progress bars (0, 1, 2)")
+    p.add_argument("--out", default="runs/transformer_lm")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.eval_every, args.val_tokens, args.warmup = "20", "10", 2048, 5
+        args.vocab_size, args.k, args.batch, args.samples = min(args.vocab_size, 500), 32, 8, 1
+    args.steps = parse_steps(args.steps, args.runs.split(","))
+    args.eval_every = parse_steps(args.eval_every, args.runs.split(","))
+    return args
+
+
+def _estimator_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampled run's estimator (``SampledOptions`` fields)."""
     p.add_argument(
         "--k", type=int, default=None, help="draws of the sampled run (default: the package's)"
     )
@@ -300,21 +324,6 @@ def parse_args(argv=None):
         default=None,
         help="1/0: the centers' push with/without its control variate (default: the package's)",
     )
-    p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
-    p.add_argument("--val-tokens", type=int, default=24576)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--samples", type=int, default=3, help="generated continuations per run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", type=int, default=1, help="Keras progress bars (0, 1, 2)")
-    p.add_argument("--out", default="runs/transformer_lm")
-    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.steps, args.eval_every, args.val_tokens, args.warmup = "20", "10", 2048, 5
-        args.vocab_size, args.k, args.batch, args.samples = min(args.vocab_size, 500), 32, 8, 1
-    args.steps = parse_steps(args.steps, args.runs.split(","))
-    args.eval_every = parse_steps(args.eval_every, args.runs.split(","))
-    return args
 
 
 def parse_steps(spec: str, kinds: list[str]) -> dict[str, int]:

@@ -61,14 +61,33 @@ def main(ports: str, index: int, kind: str, out_dir: str) -> None:
     import numpy as np
     import tensorflow as tf
 
-    import harmonic_tf as ht
-
     ring = tf.distribute.experimental.CommunicationImplementation.RING
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(implementation=ring)
     )
     with strategy.scope():
-        body, head, optimizer, variables = build()
+        model = build()
+    losses, checksums, own_negatives = train(strategy, model, kind)
+    final = [v.numpy() for v in model[3]]
+    restored = restore_from_chief(strategy, model, index, out_dir)
+    np.savez(
+        os.path.join(out_dir, f"worker{index}.npz"),
+        losses=np.array(losses),
+        checksums=np.array(checksums),
+        own_negatives=np.array(own_negatives),
+        **{f"final{i}": v for i, v in enumerate(final)},
+        **{f"restored{i}": v.numpy() for i, v in enumerate(restored)},
+    )
+
+
+def train(strategy, model, kind: str):
+    """Per-step losses and weight checksums of the custom loop, and the sampled loss of one
+    fixed batch under this worker's own seed (twice)."""
+    import tensorflow as tf
+
+    import harmonic_tf as ht
+
+    body, head, optimizer, variables = model
     x, y, global_batch = data()
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -113,8 +132,14 @@ def main(ports: str, index: int, kind: str, out_dir: str) -> None:
 
         return strategy.experimental_local_results(strategy.run(replica))[0]
 
-    own_negatives = [float(fixed_batch_loss()), float(fixed_batch_loss())]
+    return losses, checksums, [float(fixed_batch_loss()), float(fixed_batch_loss())]
 
+
+def restore_from_chief(strategy, model, index: int, out_dir: str) -> list:
+    """The variables of a fresh model restored from the chief's checkpoint of ``model``."""
+    import tensorflow as tf
+
+    body, head, optimizer, _ = model
     # The chief writes the checkpoint others restore from; the other worker writes its own
     # copy to a scratch folder (every worker must take part in a save under this strategy).
     checkpoint = tf.train.Checkpoint(body=body, head=head, optimizer=optimizer)
@@ -123,19 +148,11 @@ def main(ports: str, index: int, kind: str, out_dir: str) -> None:
     # A collective after the save: no worker reads the chief's files before they are written.
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     chief_path = path if index == 0 else path.replace(f"scratch{index}", "ckpt")
-    final = [v.numpy() for v in variables]
     with strategy.scope():
         fresh_body, fresh_head, fresh_optimizer, fresh_variables = build(seed=1)
     restore = tf.train.Checkpoint(body=fresh_body, head=fresh_head, optimizer=fresh_optimizer)
     restore.restore(chief_path).assert_existing_objects_matched()
-    np.savez(
-        os.path.join(out_dir, f"worker{index}.npz"),
-        losses=np.array(losses),
-        checksums=np.array(checksums),
-        own_negatives=np.array(own_negatives),
-        **{f"final{i}": v for i, v in enumerate(final)},
-        **{f"restored{i}": v.numpy() for i, v in enumerate(fresh_variables)},
-    )
+    return fresh_variables
 
 
 if __name__ == "__main__":

@@ -52,6 +52,33 @@ def log_q_numpy(sampler: str, vocab_size: int, counts=None) -> np.ndarray:
     return np.log(np.maximum(q, q[q > 0].min()))
 
 
+def _candidates(ys, per_example_ids, shared_ids, in_batch_ids, log_q, correction, remove_hits):
+    """Each token's candidate ids ``[n, c]``, which of them count, and the logQ of the
+    candidates and of the label (``sampled_reference``'s arguments)."""
+    n = len(ys)
+    cols = []
+    if per_example_ids is not None:
+        cols.append(np.asarray(per_example_ids))
+    if shared_ids is not None:
+        cols.append(np.tile(np.asarray(shared_ids), (n, 1)))
+    sampled = np.concatenate(cols, 1) if cols else np.zeros((n, 0), int)
+    exact = np.tile(np.asarray([] if in_batch_ids is None else in_batch_ids, int), (n, 1))
+    cand = np.concatenate([sampled, exact], 1)
+    mask = np.ones(cand.shape, bool)
+    mask[:, : sampled.shape[1]] = ~np.isin(sampled, exact[0])
+    if remove_hits:
+        mask &= cand != ys[:, None]
+    lq_neg, lq_true = np.zeros(cand.shape), np.zeros(n)
+    if log_q is not None and correction != "none":
+        k_pe = 0 if per_example_ids is None else np.asarray(per_example_ids).shape[1]
+        k_sh = 0 if shared_ids is None else len(shared_ids)
+        draws = k_pe / (1 - np.exp(log_q[ys])) + k_sh
+        lq_neg[:, : sampled.shape[1]] = log_q[sampled] + np.log(draws)[:, None]
+        if correction == "all":
+            lq_true = log_q[ys] + np.log(draws)
+    return cand, mask, lq_neg, lq_true
+
+
 def sampled_reference(
     x,
     w,
@@ -79,27 +106,9 @@ def sampled_reference(
     y = np.asarray(y).reshape(-1)
     keep_tok = y != ignore_index
     ys = np.where(keep_tok, y, 0)
-    n = len(ys)
-    cols = []
-    if per_example_ids is not None:
-        cols.append(np.asarray(per_example_ids))
-    if shared_ids is not None:
-        cols.append(np.tile(np.asarray(shared_ids), (n, 1)))
-    sampled = np.concatenate(cols, 1) if cols else np.zeros((n, 0), int)
-    exact = np.tile(np.asarray([] if in_batch_ids is None else in_batch_ids, int), (n, 1))
-    cand = np.concatenate([sampled, exact], 1)
-    mask = np.ones(cand.shape, bool)
-    mask[:, : sampled.shape[1]] = ~np.isin(sampled, exact[0])
-    if remove_hits:
-        mask &= cand != ys[:, None]
-    lq_neg, lq_true = np.zeros(cand.shape), np.zeros(n)
-    if log_q is not None and correction != "none":
-        k_pe = 0 if per_example_ids is None else np.asarray(per_example_ids).shape[1]
-        k_sh = 0 if shared_ids is None else len(shared_ids)
-        draws = k_pe / (1 - np.exp(log_q[ys])) + k_sh
-        lq_neg[:, : sampled.shape[1]] = log_q[sampled] + np.log(draws)[:, None]
-        if correction == "all":
-            lq_true = log_q[ys] + np.log(draws)
+    cand, mask, lq_neg, lq_true = _candidates(
+        ys, per_example_ids, shared_ids, in_batch_ids, log_q, correction, remove_hits
+    )
     eta = tf.constant(eta, tf.float64)
     with tf.GradientTape() as tape:
         tape.watch([x, w, eta])
