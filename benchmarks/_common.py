@@ -24,7 +24,7 @@ CONFIGS = {
     "dense_ce_xla": "dense cross-entropy (matmul + sparse_softmax_cross_entropy_with_logits), XLA",
     "dense_ce": "dense cross-entropy, graph mode",
     "tf_sampled_softmax": "tf.nn.sampled_softmax_loss (log-uniform, graph mode; no XLA kernel)",
-    "torch_prototype": "user's PyTorch prototype harmonic_loss_approx (per-example, CPU)",
+    "torch_prototype": "reference PyTorch prototype harmonic_loss_approx (per-example, CPU)",
     "harmonic_dense_xla": "ours: harmonic_loss, dense, XLA",
     "harmonic_dense": "ours: harmonic_loss, dense, graph mode",
     "harmonic_chunked_xla": "ours: harmonic_loss, chunk_size=chunk, XLA",

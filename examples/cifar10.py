@@ -146,7 +146,7 @@ def build(kind: str, seed: int, width: int, eta: str | None = None):
     model = ht.HarmonicModel(inputs, head(h))
     if kind == "exact":
         loss = ht.HarmonicLoss()
-    else:  # the user's CIFAR-10 setting: 4 negatives per image, none equal to its label
+    else:  # the prototype's CIFAR-10 setting: 4 negatives per image, none equal to its label
         loss = ht.HarmonicLoss(sampled=ht.SampledOptions.prototype(k=4), seed=seed)
     return model, loss, ht.HarmonicAccuracy()
 

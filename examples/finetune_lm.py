@@ -1,6 +1,6 @@
 """Fine-tune a cross-entropy-pretrained keras-hub GPT-2 with harmonic loss.
 
-The user's plan: supervised fine-tuning of a model whose output matrix becomes the class centers,
+The plan this package was built for: supervised fine-tuning of a model whose output matrix becomes the class centers,
 with prompt tokens masked out of the loss. Steps, all offline:
 
 1. train a byte-level BPE tokenizer on tiny Shakespeare (its ids are not sorted by frequency);

@@ -1,4 +1,4 @@
-"""A drop-in twin of the user's PyTorch ``harmonic_loss_approx``: same arguments and defaults."""
+"""A drop-in twin of the reference PyTorch prototype ``harmonic_loss_approx``: same arguments and defaults."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ class SampledOptions:
 
     @classmethod
     def prototype(cls, k: int = 100) -> SampledOptions:
-        """The user's PyTorch ``harmonic_loss_approx``: ``k`` uniform negatives per token (none
+        """The reference PyTorch prototype ``harmonic_loss_approx``: ``k`` uniform negatives per token (none
         equal to its label), no correction, sparse center gradient."""
         return cls(
             k=k,
