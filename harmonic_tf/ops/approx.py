@@ -1,4 +1,5 @@
-"""A drop-in twin of the reference PyTorch prototype ``harmonic_loss_approx``: same arguments and defaults."""
+"""A drop-in twin of the reference PyTorch prototype ``harmonic_loss_approx`` (the sampled
+harmonic loss this package ports): same arguments and defaults."""
 
 from __future__ import annotations
 

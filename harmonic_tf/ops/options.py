@@ -131,8 +131,8 @@ class SampledOptions:
 
     @classmethod
     def prototype(cls, k: int = 100) -> SampledOptions:
-        """The reference PyTorch prototype ``harmonic_loss_approx``: ``k`` uniform negatives per token (none
-        equal to its label), no correction, sparse center gradient."""
+        """The reference PyTorch prototype ``harmonic_loss_approx``: ``k`` uniform negatives per
+        token (none equal to its label), no correction, sparse center gradient."""
         return cls(
             k=k,
             negatives="per_example",
