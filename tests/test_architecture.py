@@ -132,3 +132,31 @@ def test_tested_major_versions():
 
     problems = _compat.untested_versions()
     assert not problems, "\n".join(problems)
+
+
+def _docstrings():
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module, ast.AsyncFunctionDef)):
+                text = ast.get_docstring(node, clean=True)
+                if text and ">>>" in text:
+                    yield f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 1)}", text
+
+
+def test_docstring_examples_sit_in_an_examples_section():
+    # The API pages (mkdocstrings, Google style) render `>>>` lines as code only inside an
+    # indented "Examples:" section; elsewhere Markdown reads them as nested quotes (seen in the
+    # built site).
+    misplaced = []
+    for where, text in _docstrings():
+        section = None
+        for line in text.splitlines():
+            indent = len(line) - len(line.lstrip())
+            if line.strip().endswith(":") and not line.lstrip().startswith(">>>"):
+                section = (line.strip(), indent)
+            if line.lstrip().startswith(">>>"):
+                ok = section is not None and section[0] == "Examples:" and indent > section[1]
+                if not ok:
+                    misplaced.append(f"{where}: {line.strip()}")
+                    break
+    assert not misplaced, misplaced

@@ -148,18 +148,18 @@ class HarmonicCausalLM(HarmonicTraining):
     :class:`HarmonicAccuracy`, ``sampler="top_k"``; the settings survive a ``.keras`` reload
     and a ``save_to_preset`` / ``from_preset`` round trip.
 
-    Example:
-    >>> backbone = keras_hub.models.GPT2Backbone(
-    ...     vocabulary_size=64, num_layers=1, num_heads=2, hidden_dim=8,
-    ...     intermediate_dim=16, max_sequence_length=8)
-    >>> lm = HarmonicCausalLM(backbone)
-    >>> print(type(lm).__name__, isinstance(lm, keras_hub.models.GPT2CausalLM))
-    HarmonicGPT2CausalLM True
-    >>> lm.compile(loss=HarmonicLoss(sampled=SampledOptions(k=8)), sampler="greedy")
-    >>> ids = np.arange(16).reshape(2, 8) % 64
-    >>> x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
-    >>> print(lm.predict(x, verbose=0).shape)
-    (2, 8, 64)
+    Examples:
+      >>> backbone = keras_hub.models.GPT2Backbone(
+      ...     vocabulary_size=64, num_layers=1, num_heads=2, hidden_dim=8,
+      ...     intermediate_dim=16, max_sequence_length=8)
+      >>> lm = HarmonicCausalLM(backbone)
+      >>> print(type(lm).__name__, isinstance(lm, keras_hub.models.GPT2CausalLM))
+      HarmonicGPT2CausalLM True
+      >>> lm.compile(loss=HarmonicLoss(sampled=SampledOptions(k=8)), sampler="greedy")
+      >>> ids = np.arange(16).reshape(2, 8) % 64
+      >>> x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
+      >>> print(lm.predict(x, verbose=0).shape)
+      (2, 8, 64)
     """
 
     # None, as keras-hub's own loaders must never pick a harmonic class for a stock preset.

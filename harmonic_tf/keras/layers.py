@@ -58,12 +58,12 @@ class HarmonicLMHead(keras.layers.Layer):
         model was saved (a reload that makes them trainable again, as keras-hub's LoRA does,
         then warns when training moves them).
 
-    Example:
-    >>> inputs = keras.Input([32])
-    >>> head = HarmonicLMHead(10)
-    >>> model = keras.Model(inputs, head(keras.layers.Dense(16)(inputs)))
-    >>> print(model.output_shape, head.centers.shape)
-    (None, 10) (10, 16)
+    Examples:
+      >>> inputs = keras.Input([32])
+      >>> head = HarmonicLMHead(10)
+      >>> model = keras.Model(inputs, head(keras.layers.Dense(16)(inputs)))
+      >>> print(model.output_shape, head.centers.shape)
+      (None, 10) (10, 16)
     """
 
     def __init__(

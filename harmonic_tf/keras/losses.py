@@ -90,14 +90,14 @@ class HarmonicLoss(keras.losses.Loss):
     The model calls :meth:`terms` (the batch's :class:`~harmonic_tf.ops.LossTerms`) and
     :meth:`reduce`; a custom training loop can do the same.
 
-    Example:
-    >>> inputs = keras.Input([16])
-    >>> model = HarmonicModel(inputs, HarmonicLMHead(10)(keras.layers.Dense(8)(inputs)))
-    >>> model.compile("adam", loss=HarmonicLoss(sampled=SampledOptions(k=4)))
-    >>> x, y = np.ones([32, 16], "float32"), np.arange(32) % 10
-    >>> history = model.fit(x, y, epochs=2, verbose=0)  # sampled loss
-    >>> print(len(history.history["loss"]), model.predict(x, verbose=0).shape)
-    2 (32, 10)
+    Examples:
+      >>> inputs = keras.Input([16])
+      >>> model = HarmonicModel(inputs, HarmonicLMHead(10)(keras.layers.Dense(8)(inputs)))
+      >>> model.compile("adam", loss=HarmonicLoss(sampled=SampledOptions(k=4)))
+      >>> x, y = np.ones([32, 16], "float32"), np.arange(32) % 10
+      >>> history = model.fit(x, y, epochs=2, verbose=0)  # sampled loss
+      >>> print(len(history.history["loss"]), model.predict(x, verbose=0).shape)
+      2 (32, 10)
     """
 
     def __init__(

@@ -92,11 +92,11 @@ class HarmonicMetric(keras.metrics.Metric):
 class HarmonicAccuracy(HarmonicMetric):
     """Top-1 accuracy over non-ignored tokens (argmax of the harmonic logits = nearest center).
 
-    Example:
-    >>> metric = HarmonicAccuracy()
-    >>> metric.update_state([1, 0, -100], [[0.1, 0.9], [0.2, 0.8], [0.5, 0.5]])
-    >>> print(float(metric.result()))
-    0.5
+    Examples:
+      >>> metric = HarmonicAccuracy()
+      >>> metric.update_state([1, 0, -100], [[0.1, 0.9], [0.2, 0.8], [0.5, 0.5]])
+      >>> print(float(metric.result()))
+      0.5
     """
 
     def __init__(
@@ -128,11 +128,11 @@ class HarmonicAccuracy(HarmonicMetric):
 class HarmonicPerplexity(HarmonicMetric):
     """``exp`` of the exact full-vocabulary harmonic loss per non-ignored token.
 
-    Example:
-    >>> metric = HarmonicPerplexity()
-    >>> metric.update_state([1, 1], [[0.0, 0.0], [0.0, 0.0]])  # uniform over 2 classes
-    >>> print(round(float(metric.result()), 4))
-    2.0
+    Examples:
+      >>> metric = HarmonicPerplexity()
+      >>> metric.update_state([1, 1], [[0.0, 0.0], [0.0, 0.0]])  # uniform over 2 classes
+      >>> print(round(float(metric.result()), 4))
+      2.0
     """
 
     def __init__(

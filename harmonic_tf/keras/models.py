@@ -233,13 +233,13 @@ class HarmonicModel(HarmonicTraining, keras.Model):
     property) and ``hidden_states(x, training)``, and returns ``harmonic_head(hidden_states(x))``
     from ``call``.
 
-    Example:
-    >>> inputs = keras.Input([16])
-    >>> head = HarmonicLMHead(10)
-    >>> model = HarmonicModel(inputs, head(keras.layers.Dense(8)(inputs)))
-    >>> model.compile("adam", loss=HarmonicLoss(), metrics=[HarmonicAccuracy()])
-    >>> print(model.output_shape, model.harmonic_head is head)
-    (None, 10) True
+    Examples:
+      >>> inputs = keras.Input([16])
+      >>> head = HarmonicLMHead(10)
+      >>> model = HarmonicModel(inputs, head(keras.layers.Dense(8)(inputs)))
+      >>> model.compile("adam", loss=HarmonicLoss(), metrics=[HarmonicAccuracy()])
+      >>> print(model.output_shape, model.harmonic_head is head)
+      (None, 10) True
     """
 
     def __init__(self, *args, **kwargs):

@@ -58,11 +58,11 @@ def nearest_k(
     Returns:
       :class:`Nearest` with ``[N, k]`` distances (ascending) and int32 ids.
 
-    Example:
-    >>> w = tf.constant([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
-    >>> near = nearest_k(tf.constant([[0.0, 0.4]]), w, k=2)
-    >>> print(near.ids.numpy(), np.round(near.distances.numpy(), 3))
-    [[0 2]] [[0.4 0.6]]
+    Examples:
+      >>> w = tf.constant([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
+      >>> near = nearest_k(tf.constant([[0.0, 0.4]]), w, k=2)
+      >>> print(near.ids.numpy(), np.round(near.distances.numpy(), 3))
+      [[0 2]] [[0.4 0.6]]
     """
     x, w = _flat(hidden_states, class_centers)
     vocab_size = int(w.shape[0])
@@ -100,9 +100,9 @@ def nearest_centers(
     ``chunk_size``, never more than ``[N, chunk_size]`` distances at once (:func:`nearest_k`).
     Ties go to the lower id, as ``argmax`` does.
 
-    Example:
-    >>> print(nearest_centers(tf.constant([[2.9, 0.0]]), tf.constant([[0.0, 0.0], [3.0, 0.0]])).numpy())
-    [1]
+    Examples:
+      >>> print(nearest_centers(tf.constant([[2.9, 0.0]]), tf.constant([[0.0, 0.0], [3.0, 0.0]])).numpy())
+      [1]
     """
     x, w = _flat(hidden_states, class_centers)
     if chunk_size is None or chunk_size >= int(w.shape[0]):
@@ -127,12 +127,12 @@ def harmonic_confidence(
     ``p_max = d_min^-eta / sum_j d_j^-eta`` is relative: 1 when one center is much nearer
     than the others, ``1 / V`` when all are equally far.
 
-    Example:
-    >>> w = tf.constant([[0.0, 0.0], [4.0, 0.0]])
-    >>> x = tf.constant([[1.0, 0.0], [2.0, 9.0]])  # near center 0; far from both, halfway
-    >>> conf = harmonic_confidence(x, w, eta=2.0)
-    >>> print(conf.id.numpy(), np.round(conf.distance.numpy(), 2), np.round(conf.probability.numpy(), 2))
-    [0 0] [1.   9.22] [0.9 0.5]
+    Examples:
+      >>> w = tf.constant([[0.0, 0.0], [4.0, 0.0]])
+      >>> x = tf.constant([[1.0, 0.0], [2.0, 9.0]])  # near center 0; far from both, halfway
+      >>> conf = harmonic_confidence(x, w, eta=2.0)
+      >>> print(conf.id.numpy(), np.round(conf.distance.numpy(), 2), np.round(conf.probability.numpy(), 2))
+      [0 0] [1.   9.22] [0.9 0.5]
     """
     x, w = _flat(hidden_states, class_centers)
     eta = inputs.resolve_eta(eta, int(x.shape[-1]))
@@ -165,10 +165,10 @@ def explained_variance(matrix: tf.Tensor, num_components: int = 2) -> tf.Tensor:
     top ``num_components`` principal axes, in float64: the paper's measure of how clean an
     embedding's geometry is (its top-2 share on modular addition).
 
-    Example:
-    >>> line = tf.constant([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
-    >>> print(np.round(explained_variance(line, 2).numpy(), 6))
-    [1. 0.]
+    Examples:
+      >>> line = tf.constant([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+      >>> print(np.round(explained_variance(line, 2).numpy(), 6))
+      [1. 0.]
     """
     m = tf.cast(tf.convert_to_tensor(matrix), tf.float64)
     if m.shape.rank != 2:
@@ -183,10 +183,10 @@ def principal_components(matrix: tf.Tensor, num_components: int = 2) -> tf.Tenso
     """The rows of ``matrix [V, D]`` (centered) projected on its top ``num_components``
     principal axes: ``[V, num_components]`` float64 coordinates (for a 2-D picture).
 
-    Example:
-    >>> line = tf.constant([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
-    >>> print(np.round(np.abs(principal_components(line, 1).numpy()[:, 0]), 3))
-    [1.414 0.    1.414]
+    Examples:
+      >>> line = tf.constant([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+      >>> print(np.round(np.abs(principal_components(line, 1).numpy()[:, 0]), 3))
+      [1.414 0.    1.414]
     """
     m = tf.cast(tf.convert_to_tensor(matrix), tf.float64)
     if m.shape.rank != 2:

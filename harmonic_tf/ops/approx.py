@@ -25,12 +25,12 @@ def harmonic_loss_approx(
     ``[V, D]`` centers, ``[N]`` / ``[B, S]`` labels. For LM training prefer
     :func:`sampled_harmonic_loss` (shared negatives with logQ correction: faster and less biased).
 
-    Example:
-    >>> x = tf.random.stateless_normal([4, 8], seed=[0, 1])
-    >>> w = tf.random.stateless_normal([10, 8], seed=[0, 2])
-    >>> loss = harmonic_loss_approx(x, w, tf.constant([1, 2, 3, 4]), eta=16.0, k=4)
-    >>> print(loss.shape, loss.dtype.name)
-    () float32
+    Examples:
+      >>> x = tf.random.stateless_normal([4, 8], seed=[0, 1])
+      >>> w = tf.random.stateless_normal([10, 8], seed=[0, 2])
+      >>> loss = harmonic_loss_approx(x, w, tf.constant([1, 2, 3, 4]), eta=16.0, k=4)
+      >>> print(loss.shape, loss.dtype.name)
+      () float32
     """
     return sampled_harmonic_loss(
         hidden_states,

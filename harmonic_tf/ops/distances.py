@@ -70,12 +70,12 @@ def harmonic_logits(
     Returns:
       ``[..., V]`` float32 logits ``-(eta/2) * log(||x - w_i||^2 + eps)``.
 
-    Example:
-    >>> x = tf.constant([[0.0, 0.0]])
-    >>> w = tf.constant([[1.0, 0.0], [3.0, 0.0]])
-    >>> p = tf.nn.softmax(harmonic_logits(x, w, eta=2.0))  # d^-2, normalised
-    >>> print(np.round(p.numpy(), 3))
-    [[0.9 0.1]]
+    Examples:
+      >>> x = tf.constant([[0.0, 0.0]])
+      >>> w = tf.constant([[1.0, 0.0], [3.0, 0.0]])
+      >>> p = tf.nn.softmax(harmonic_logits(x, w, eta=2.0))  # d^-2, normalised
+      >>> print(np.round(p.numpy(), 3))
+      [[0.9 0.1]]
     """
     x = tf.convert_to_tensor(hidden_states)
     w = tf.convert_to_tensor(class_centers)

@@ -68,14 +68,14 @@ def harmonic_loss(
     Returns:
       float32 loss: a scalar, or per-token losses in the labels' shape for ``reduction="none"``.
 
-    Example:
-    >>> x = tf.random.stateless_normal([8, 16], seed=[0, 1])
-    >>> w = tf.random.stateless_normal([100, 16], seed=[0, 2])
-    >>> y = tf.constant([3, 14, 15, 92, 65, 35, 89, 79])
-    >>> dense = harmonic_loss(x, w, y, eta=32.0)
-    >>> chunked = harmonic_loss(x, w, y, eta=32.0, chunk_size=32, path="two_pass")
-    >>> print(f"{float(dense):.4f} {float(chunked):.4f}")  # never an [8, 100] tensor
-    13.1943 13.1943
+    Examples:
+      >>> x = tf.random.stateless_normal([8, 16], seed=[0, 1])
+      >>> w = tf.random.stateless_normal([100, 16], seed=[0, 2])
+      >>> y = tf.constant([3, 14, 15, 92, 65, 35, 89, 79])
+      >>> dense = harmonic_loss(x, w, y, eta=32.0)
+      >>> chunked = harmonic_loss(x, w, y, eta=32.0, chunk_size=32, path="two_pass")
+      >>> print(f"{float(dense):.4f} {float(chunked):.4f}")  # never an [8, 100] tensor
+      13.1943 13.1943
     """
     inputs.check_choice("reduction", reduction, inputs.REDUCTIONS)
     inputs.check_choice("path", path, PATHS)
@@ -281,9 +281,9 @@ def loss_from_logits(logits: tf.Tensor, labels: tf.Tensor, ignore_index=-100) ->
     """Per-token ``logsumexp(z) - z_y`` ``[...]`` from full logits ``[..., V]`` and int labels
     ``[...]``: 0 where ignored, NaN where a label is outside ``[0, V)``.
 
-    Example:
-    >>> print(loss_from_logits(tf.zeros([1, 4]), tf.constant([2])).numpy().round(4))
-    [1.3863]
+    Examples:
+      >>> print(loss_from_logits(tf.zeros([1, 4]), tf.constant([2])).numpy().round(4))
+      [1.3863]
     """
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(labels, tf.int32)

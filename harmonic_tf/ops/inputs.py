@@ -42,8 +42,9 @@ def default_eta(dim: int) -> float:
     """The exponent that ``eta=None`` means for hidden size ``D``: ``2 D``, the paper's released
     code (``pow_n = D`` on the squared distance); the best of the README's exponent sweeps.
 
-    >>> default_eta(128)
-    256.0
+    Examples:
+      >>> default_eta(128)
+      256.0
     """
     return 2.0 * dim
 

@@ -51,14 +51,14 @@ class SampledOptions:
         is subtracted, so the estimate stays unbiased). Cuts the centers' gradient noise about
         11-fold for one ``[N, m] x [N, D]`` product.
 
-    Example:
-    >>> options = SampledOptions(k=1024)
-    >>> print(options.k, options.in_batch_negatives, options.center_rows)
-    1024 768 128
-    >>> print(SampledOptions().k, SampledOptions().center_control_variate)
-    512 True
-    >>> print(SampledOptions.prototype().negatives)
-    per_example
+    Examples:
+      >>> options = SampledOptions(k=1024)
+      >>> print(options.k, options.in_batch_negatives, options.center_rows)
+      1024 768 128
+      >>> print(SampledOptions().k, SampledOptions().center_control_variate)
+      512 True
+      >>> print(SampledOptions.prototype().negatives)
+      per_example
     """
 
     k: int = 512

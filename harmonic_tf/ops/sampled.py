@@ -59,20 +59,20 @@ def sampled_harmonic_loss(
     Returns:
       float32 scalar, or per-token losses in the labels' shape for ``reduction="none"``.
 
-    Example:
-    >>> x = tf.random.stateless_normal([64, 32], seed=[0, 1])
-    >>> w = tf.Variable(tf.random.stateless_normal([1000, 32], seed=[0, 2]))
-    >>> y = tf.range(64) * 7
-    >>> with tf.GradientTape() as tape:
-    ...     loss = sampled_harmonic_loss(x, w, y, SampledOptions(k=128), seed=0)
-    >>> grad = tape.gradient(loss, w)
-    >>> print(type(grad).__name__, grad.shape)  # dense: exact pulls + 128 tokens' full push
-    EagerTensor (1000, 32)
-    >>> sparse = SampledOptions(k=128, center_gradient="indexed_slices")
-    >>> with tf.GradientTape() as tape:
-    ...     loss = sampled_harmonic_loss(x, w, y, sparse, seed=0)
-    >>> print(type(tape.gradient(loss, w)).__name__)  # only label and candidate rows
-    IndexedSlices
+    Examples:
+      >>> x = tf.random.stateless_normal([64, 32], seed=[0, 1])
+      >>> w = tf.Variable(tf.random.stateless_normal([1000, 32], seed=[0, 2]))
+      >>> y = tf.range(64) * 7
+      >>> with tf.GradientTape() as tape:
+      ...     loss = sampled_harmonic_loss(x, w, y, SampledOptions(k=128), seed=0)
+      >>> grad = tape.gradient(loss, w)
+      >>> print(type(grad).__name__, grad.shape)  # dense: exact pulls + 128 tokens' full push
+      EagerTensor (1000, 32)
+      >>> sparse = SampledOptions(k=128, center_gradient="indexed_slices")
+      >>> with tf.GradientTape() as tape:
+      ...     loss = sampled_harmonic_loss(x, w, y, sparse, seed=0)
+      >>> print(type(tape.gradient(loss, w)).__name__)  # only label and candidate rows
+      IndexedSlices
     """
     options = SampledOptions() if options is None else options
     if not isinstance(options, SampledOptions):

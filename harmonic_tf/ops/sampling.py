@@ -285,9 +285,9 @@ def label_counts(labels, vocab_size: int, ignore_index: int | None = -100) -> np
     ``(x, y, sample_weight)`` tuples (``y`` counted; ``sample_weight`` 0 skips a position).
     Ids equal to ``ignore_index`` are skipped; any other id outside ``[0, V)`` raises.
 
-    Example:
-    >>> label_counts([[1, 1, 3], [0, -100, 1]], vocab_size=4)
-    array([1., 3., 0., 1.])
+    Examples:
+      >>> label_counts([[1, 1, 3], [0, -100, 1]], vocab_size=4)
+      array([1., 3., 0., 1.])
     """
     inputs.check_int("vocab_size", vocab_size, 2)
     counts = np.zeros(vocab_size, np.float64)

@@ -57,13 +57,13 @@ def loss_terms(
       chunk_size, dense_max_bytes: the exact loss's vocabulary chunk and ``"auto"`` budget.
       per_token: the exact per-token losses too (evaluation: no gradient is taken).
 
-    Example:
-    >>> x = tf.random.stateless_normal([6, 4], seed=[0, 1])
-    >>> w = tf.random.stateless_normal([10, 4], seed=[0, 2])
-    >>> terms = loss_terms(x, w, tf.constant([1, 2, 3, -100, 5, 6]), eta=8.0)
-    >>> mean = harmonic_loss(x, w, tf.constant([1, 2, 3, -100, 5, 6]), eta=8.0)
-    >>> print(int(terms.num_tokens), bool(abs(terms.total / terms.num_tokens - mean) < 1e-5))
-    5 True
+    Examples:
+      >>> x = tf.random.stateless_normal([6, 4], seed=[0, 1])
+      >>> w = tf.random.stateless_normal([10, 4], seed=[0, 2])
+      >>> terms = loss_terms(x, w, tf.constant([1, 2, 3, -100, 5, 6]), eta=8.0)
+      >>> mean = harmonic_loss(x, w, tf.constant([1, 2, 3, -100, 5, 6]), eta=8.0)
+      >>> print(int(terms.num_tokens), bool(abs(terms.total / terms.num_tokens - mean) < 1e-5))
+      5 True
     """
     common = dict(eta=eta, eps=eps, ignore_index=ignore_index)
     if per_token:
@@ -96,10 +96,10 @@ def label_weights(labels: tf.Tensor, ignore_index: int | None, weights=None) -> 
     """Each token's weight in the labels' shape: 0 where ``labels == ignore_index``, else its
     weight from ``weights`` (per token, or per sequence: ``[B]`` / ``[B, 1]``; default 1).
 
-    Example:
-    >>> print(label_weights(tf.constant([[1, -100], [2, 3]]), -100, [2.0, 0.5]).numpy())
-    [[2.  0. ]
-     [0.5 0.5]]
+    Examples:
+      >>> print(label_weights(tf.constant([[1, -100], [2, 3]]), -100, [2.0, 0.5]).numpy())
+      [[2.  0. ]
+       [0.5 0.5]]
     """
     keep = tf.logical_not(inputs.ignored_mask(tf.convert_to_tensor(labels), ignore_index))
     return _weighted(tf.cast(keep, tf.float32), weights)
