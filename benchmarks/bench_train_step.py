@@ -69,7 +69,8 @@ def run_single(kind: str, args) -> dict:
         loss = ht.HarmonicLoss()
     else:  # the chunked path at this chunk size (0: dense), whatever "auto" would take
         chunk = int(kind.split("@")[1]) or None
-        loss = ht.HarmonicLoss(chunk_size=chunk, **({"dense_max_bytes": 0} if chunk else {}))
+        exact = ht.ExactOptions(chunk_size=chunk, **({"dense_max_bytes": 0} if chunk else {}))
+        loss = ht.HarmonicLoss(exact=exact)
     model.compile(keras.optimizers.Adam(1e-3), loss=loss, jit_compile=True)
     x = tf.constant(tokens[:, :-1], tf.int32)
     y = tf.constant(tokens[:, 1:], tf.int32)

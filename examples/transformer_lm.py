@@ -67,7 +67,7 @@ def make_loss(kind: str, head, args, counts: np.ndarray):
     if kind == "ce":
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if kind == "exact":
-        return ht.HarmonicLoss(chunk_size=args.chunk_size)
+        return ht.HarmonicLoss(exact=ht.ExactOptions(chunk_size=args.chunk_size))
     in_batch = args.in_batch_negatives
     in_batch = 0 if in_batch == "none" else in_batch if in_batch == "all" else int(in_batch)
     rows = args.exact_center_rows

@@ -1,5 +1,6 @@
-"""The manual's tables of defaults against the code: every field of ``SampledOptions`` is in
-``docs/sampled.md``'s table with the default the dataclass gives, so the two cannot drift."""
+"""The manual's tables of defaults against the code: every field of ``SampledOptions`` and
+``ExactOptions`` is in its page's table with the default the dataclass gives, so the two cannot
+drift."""
 
 import dataclasses
 import re
@@ -35,3 +36,11 @@ def test_sampled_options_table_lists_every_field_with_its_default():
     assert set(documented) == fields
     for name in fields:
         assert _literal(documented[name]) == str(getattr(resolved, name)), name
+
+
+def test_exact_options_table_lists_every_field_with_its_default():
+    documented = _table("keras.md", "| field | default |")
+    fields = {f.name: f.default for f in dataclasses.fields(ht.ExactOptions)}
+    assert set(documented) == set(fields)
+    for name, default in fields.items():
+        assert _literal(documented[name]) == str(default), name

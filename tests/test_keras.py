@@ -217,7 +217,7 @@ def test_evaluate_step_hlo_has_no_tokens_by_vocab_buffer():
     shapes = re.findall(r"f32\[([\d,]+)\]", hlo)
     sizes = {int(np.prod([int(s) for s in shape.split(",") if s])) for shape in shapes}
     assert n * vocab not in sizes
-    assert n * ht.HarmonicLoss().evaluation_chunk_size in sizes  # the chunks are there
+    assert n * ht.HarmonicLoss().exact.evaluation_chunk_size in sizes  # the chunks are there
     # predict does build the logits (so the check can fail).
     predict_hlo = tf.function(model.predict_step, jit_compile=True).experimental_get_compiler_ir(
         tf.constant(xb)
@@ -487,7 +487,7 @@ def test_compute_loss_weights_sequences_and_tokens(chunk_size):
     y = rng.integers(0, V, (4, 6))
     y[0, :2] = -100
     model, _, head = _tied_lm(keras.layers.Embedding)
-    model.compile(loss=ht.HarmonicLoss(chunk_size=chunk_size, dense_max_bytes=0))
+    model.compile(loss=ht.HarmonicLoss(exact=ht.ExactOptions(chunk_size, dense_max_bytes=0)))
     hidden = keras.Model(model.input, model.get_layer("mix").output)(tokens)
     per_token = ht.harmonic_loss(hidden, head.centers, y, reduction="none").numpy()
     keep = y != -100

@@ -1,5 +1,7 @@
 """Bad input fails loudly, naming the argument; out-of-range labels never pass silently."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -169,7 +171,13 @@ def test_keras_loss_takes_no_head_and_head_needs_units():
     with pytest.raises(TypeError, match="no longer takes the head"):
         ht.HarmonicLoss("head")
     with pytest.raises(ValueError, match="evaluation_chunk_size"):
-        ht.HarmonicLoss(evaluation_chunk_size=0)
+        ht.ExactOptions(evaluation_chunk_size=0)
+    with pytest.raises(TypeError, match="`exact` must be"):
+        ht.HarmonicLoss(exact=4096)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['chunk'\\]"):
+        ht.HarmonicLoss(chunk=4096)
+    with pytest.raises(ValueError, match="needs a `chunk_size`"):
+        ht.ExactOptions(chunk_size=None, path="fused")
     with pytest.raises(ValueError, match="units"):
         ht.HarmonicLMHead()
     with pytest.raises(ValueError, match="output_mode"):
@@ -178,11 +186,35 @@ def test_keras_loss_takes_no_head_and_head_needs_units():
 
 def test_keras_loss_config_round_trip():
     options = ht.SampledOptions(k=4, sampler=ht.UnigramSampler(np.arange(1, 11)))
-    loss = ht.HarmonicLoss(sampled=options, seed=3, evaluation_chunk_size=64)
+    exact = ht.ExactOptions(evaluation_chunk_size=64, path="two_pass")
+    loss = ht.HarmonicLoss(sampled=options, exact=exact, seed=3)
     clone = ht.HarmonicLoss.from_config(loss.get_config())
     assert clone.get_config() == loss.get_config()
-    assert clone.sampled.k == 4 and clone.seed == 3 and clone.evaluation_chunk_size == 64
+    assert clone.sampled.k == 4 and clone.seed == 3 and clone.exact == exact
     np.testing.assert_array_equal(clone.sampled.sampler.counts, np.arange(1, 11))
+    assert clone.needs_sampling_step and not ht.HarmonicLoss(sampled=options).needs_sampling_step
+    assert not ht.HarmonicLoss(seed=3).needs_sampling_step  # exact: no negatives to seed
+
+
+def test_keras_loss_old_exact_arguments_still_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"exact=ht.ExactOptions"):
+        old = ht.HarmonicLoss(chunk_size=512, evaluation_chunk_size=64, dense_max_bytes=0)
+    assert old.exact == ht.ExactOptions(512, dense_max_bytes=0, evaluation_chunk_size=64)
+    with pytest.raises(ValueError, match="not beside it"):
+        ht.HarmonicLoss(exact=ht.ExactOptions(), chunk_size=512)
+    # A config saved before ExactOptions (its fields at the top level) loads without a warning.
+    saved = {"name": "harmonic_loss", "reduction": "sum_over_batch_size", "sampled": None}
+    saved.update(chunk_size=None, evaluation_chunk_size=128, dense_max_bytes=7, seed=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = ht.HarmonicLoss.from_config(saved)
+    assert loaded.exact == ht.ExactOptions(None, 7, evaluation_chunk_size=128)
+
+
+def test_exact_options_config_round_trip():
+    options = ht.ExactOptions(chunk_size=None, dense_max_bytes=0, path="dense")
+    assert ht.ExactOptions.from_config(options.get_config()) == options
+    assert options.replace(chunk_size=8).chunk_size == 8
 
 
 @pytest.mark.parametrize(

@@ -30,10 +30,10 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from harmonic_tf.keras import _compat
 from harmonic_tf.keras.layers import HarmonicLMHead
-from harmonic_tf.keras.losses import EVALUATION_CHUNK, HarmonicLoss
+from harmonic_tf.keras.losses import HarmonicLoss
 from harmonic_tf.keras.metrics import HarmonicAccuracy
 from harmonic_tf.keras.models import HarmonicTraining
-from harmonic_tf.ops import harmonic_loss
+from harmonic_tf.ops import ExactOptions, harmonic_loss
 
 # Operations a family may apply after its read-out that only select positions.
 POSITION_OPS = frozenset({"GetItem", "Slice", "Take", "TakeAlongAxis"})
@@ -287,7 +287,7 @@ class HarmonicCausalLM(HarmonicTraining):
         if scoring_mode == "logits":
             return head(hidden)
         loss = self.harmonic_loss
-        chunk = loss.evaluation_chunk_size if loss is not None else EVALUATION_CHUNK
+        chunk = (loss.exact if loss is not None else ExactOptions()).evaluation_chunk_size
         return harmonic_loss(
             hidden,
             head.centers,

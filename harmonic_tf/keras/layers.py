@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 import tensorflow as tf
 
 from harmonic_tf.keras import _compat
 from harmonic_tf.ops import (
+    DEFAULT_CHUNK_SIZE,
     Confidence,
     Nearest,
     harmonic_confidence,
@@ -169,6 +171,26 @@ class HarmonicLMHead(keras.layers.Layer):
         owner = self._tied_layer or self
         return bool(self.centers_variable.trainable and owner.trainable and self.trainable)
 
+    def check_centers_for_training(self, required: bool = True) -> None:
+        """Before a training step: raises if the centers are frozen and ``required`` (training
+        would silently leave them unchanged); warns if they were frozen when the model was
+        saved and would move now (a reload drops keras-hub's LoRA freeze)."""
+        if required and not self.centers_trainable:
+            raise ValueError(
+                f"The centers of {self.name!r} ({self.centers_variable.path}) are not "
+                "trainable, so training with HarmonicLoss would silently leave them unchanged. "
+                "Unfreeze the head (or the tied embedding), or pass "
+                "require_trainable_centers=False to train against frozen centers on purpose."
+            )
+        if not required and self.frozen_when_saved and self.centers_trainable:
+            warnings.warn(
+                f"The centers of {self.name!r} were frozen when this model was saved and are "
+                "trainable now (a reload drops keras-hub's LoRA freeze): training will move "
+                "them. Freeze them again (`embedding.trainable = False`, or "
+                "`backbone.enable_lora(rank)` after loading) if that is not meant.",
+                stacklevel=4,
+            )
+
     @property
     def _reads_reverse_embeddings(self) -> bool:
         """Tied to a ``ReversibleEmbedding(tie_weights=False)``: its separate output matrix."""
@@ -181,7 +203,12 @@ class HarmonicLMHead(keras.layers.Layer):
         return checks.resolve_eta(self.eta, int(self.centers.shape[-1]))
 
     def calibrate_eta(
-        self, hidden_states, labels, weights=None, factors=None, chunk_size: int = 4096
+        self,
+        hidden_states,
+        labels,
+        weights=None,
+        factors=None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> float:
         """Fixes the exponent at the one, among ``factors`` times the current one (default
         ``2**(k/4)``, ``k = -8..8``: a quarter to 4 times, steps of 19%), whose exact loss on
@@ -212,13 +239,13 @@ class HarmonicLMHead(keras.layers.Layer):
         self.eta = candidates[losses.index(min(losses))]
         return self.eta
 
-    def nearest(self, hidden_states, k: int = 1, chunk_size: int = 4096) -> Nearest:
+    def nearest(self, hidden_states, k: int = 1, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Nearest:
         """The ``k`` nearest centers (classes) of each hidden state ``[..., D]`` and their
         distances, ``[N, k]`` each (:func:`harmonic_tf.nearest_k`): the classes a hidden
         state is closest to, which for an LM are tokens (prototypes)."""
         return nearest_k(hidden_states, self.centers, k, chunk_size)
 
-    def confidence(self, hidden_states, chunk_size: int = 4096) -> Confidence:
+    def confidence(self, hidden_states, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Confidence:
         """Distance to the nearest center and its harmonic probability for each hidden state
         (:func:`harmonic_tf.harmonic_confidence`)."""
         return harmonic_confidence(

@@ -8,14 +8,12 @@ import warnings
 import keras
 import tensorflow as tf
 
-from harmonic_tf.ops import DENSE_MAX_BYTES, LossTerms, SampledOptions, loss_terms
+from harmonic_tf.ops import ExactOptions, LossTerms, SampledOptions, loss_terms
 from harmonic_tf.ops import inputs as checks
 
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum")
-# Vocabulary chunk of the exact loss in `evaluate`: [tokens, 4096] float32 blocks at most.
-EVALUATION_CHUNK = 4096
-# Vocabulary chunk of the exact training loss when the [tokens, V] block is over the budget.
-TRAINING_CHUNK = 4096
+# HarmonicLoss's keyword arguments before ExactOptions: still accepted, with a warning.
+LEGACY_EXACT = ("chunk_size", "evaluation_chunk_size", "dense_max_bytes")
 
 
 def labels_from_keras(y_true, output_rank: int, num_classes: int | None = None) -> tf.Tensor:
@@ -33,6 +31,34 @@ def labels_from_keras(y_true, output_rank: int, num_classes: int | None = None) 
     if y.dtype.is_floating:
         y = tf.cast(tf.round(y), tf.int32)
     return tf.cast(y, tf.int32)
+
+
+def _exact_options(exact, legacy: dict) -> ExactOptions:
+    """``HarmonicLoss``'s ``exact=`` (or its config), or the old keyword arguments."""
+    unknown = sorted(set(legacy) - set(LEGACY_EXACT))
+    if unknown:
+        raise TypeError(f"HarmonicLoss got unexpected keyword arguments {unknown}.")
+    if legacy:
+        if exact is not None:
+            raise ValueError(
+                f"Pass {sorted(legacy)} inside `exact=ExactOptions(...)`, not beside it."
+            )
+        warnings.warn(
+            f"HarmonicLoss({', '.join(f'{k}=...' for k in sorted(legacy))}) is deprecated: pass "
+            "exact=ht.ExactOptions(...) with the same fields.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return ExactOptions(**legacy)
+    if exact is None:
+        return ExactOptions()
+    if isinstance(exact, dict):
+        return ExactOptions.from_config(exact)
+    if not isinstance(exact, ExactOptions):
+        raise TypeError(
+            f"`exact` must be None, a harmonic_tf.ExactOptions or its config, got {exact!r}."
+        )
+    return exact
 
 
 def _sampled_options(sampled) -> SampledOptions | None:
@@ -77,15 +103,14 @@ class HarmonicLoss(keras.losses.Loss):
     Args:
       sampled: ``None`` for the exact loss; a :class:`SampledOptions` (``True`` for the
         measured defaults, or its config dict) for the sampled loss in training.
-      chunk_size: for the exact training loss: the vocabulary chunk once the ``[tokens, V]``
-        float32 block is over ``dense_max_bytes`` (``None``: dense logits at any size).
-      evaluation_chunk_size: vocabulary chunk of the exact loss in ``evaluate``.
+      exact: an :class:`ExactOptions` (or its config dict): the exact loss's chunking, in
+        training and in ``evaluate``; default ``ExactOptions()``.
       seed: ``None`` draws fresh negatives each step; an int gives a reproducible sequence.
       ignore_index: label value of tokens that contribute nothing.
       require_trainable_centers: raise if the centers would not be trained (a frozen head or
         tied embedding); set ``False`` to train against frozen centers on purpose.
-      dense_max_bytes: the exact training loss keeps ``[tokens, V]`` logits up to this size
-        (measured faster than chunks), see :func:`harmonic_loss`'s ``path="auto"``.
+      **legacy: ``chunk_size``, ``evaluation_chunk_size``, ``dense_max_bytes`` (before 0.3:
+        now fields of ``exact``), accepted with a ``DeprecationWarning``.
 
     The model calls :meth:`terms` (the batch's :class:`~harmonic_tf.ops.LossTerms`) and
     :meth:`reduce`; a custom training loop can do the same.
@@ -103,31 +128,32 @@ class HarmonicLoss(keras.losses.Loss):
     def __init__(
         self,
         sampled: SampledOptions | bool | dict | None = None,
-        chunk_size: int | None = TRAINING_CHUNK,
-        evaluation_chunk_size: int = EVALUATION_CHUNK,
+        exact: ExactOptions | dict | None = None,
+        *,
         seed: int | None = None,
         ignore_index: int | None = -100,
         require_trainable_centers: bool = True,
-        dense_max_bytes: int = DENSE_MAX_BYTES,
         reduction: str = "sum_over_batch_size",
         name: str = "harmonic_loss",
         dtype=None,
+        **legacy,
     ):
+        exact = _exact_options(exact, legacy)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         checks.check_choice("reduction", reduction, REDUCTIONS)
-        if chunk_size is not None:
-            checks.check_int("chunk_size", chunk_size, 1)
-        checks.check_int("evaluation_chunk_size", evaluation_chunk_size, 1)
-        checks.check_int("dense_max_bytes", dense_max_bytes, 0)
         if seed is not None:
             checks.check_int("seed", seed, 0)
         self.sampled = _sampled_options(sampled)
-        self.chunk_size = chunk_size
-        self.evaluation_chunk_size = evaluation_chunk_size
+        self.exact = exact
         self.seed = seed
         self.ignore_index = ignore_index
         self.require_trainable_centers = require_trainable_centers
-        self.dense_max_bytes = dense_max_bytes
+
+    @property
+    def needs_sampling_step(self) -> bool:
+        """Whether :meth:`terms` in training takes a ``step`` (the model's sampling counter):
+        a seeded sampled loss draws its negatives from ``[seed, step]``."""
+        return self.sampled is not None and self.seed is not None
 
     def call(self, y_true, y_pred):
         raise ValueError(
@@ -142,29 +168,18 @@ class HarmonicLoss(keras.losses.Loss):
         """The batch's :class:`~harmonic_tf.ops.LossTerms` for hidden states ``[..., D]`` read
         by ``head`` (a :class:`HarmonicLMHead`) and int ``labels`` ``[...]``: the training
         estimator, or, with ``training=False``, the exact chunked loss with its per-token
-        values. ``step``: the sampling step that seeds a seeded sampled loss."""
-        if training and self.require_trainable_centers and not head.centers_trainable:
-            raise ValueError(
-                f"The centers of {head.name!r} ({head.centers_variable.path}) are not "
-                "trainable, so training with HarmonicLoss would silently leave them unchanged. "
-                "Unfreeze the head (or the tied embedding), or pass "
-                "require_trainable_centers=False to train against frozen centers on purpose."
-            )
-        if training and not self.require_trainable_centers and head.frozen_when_saved:
-            if head.centers_trainable:
-                warnings.warn(
-                    f"The centers of {head.name!r} were frozen when this model was saved and "
-                    "are trainable now (a reload drops keras-hub's LoRA freeze): training "
-                    "will move them. Freeze them again (`embedding.trainable = False`, or "
-                    "`backbone.enable_lora(rank)` after loading) if that is not meant.",
-                    stacklevel=2,
-                )
-        chunk = self.chunk_size if training else self.evaluation_chunk_size
+        values. ``step``: the sampling step that seeds a seeded sampled loss (see
+        :attr:`needs_sampling_step`)."""
+        if training:
+            head.check_centers_for_training(self.require_trainable_centers)
+        exact = self.exact
+        chunk = exact.chunk_size if training else exact.evaluation_chunk_size
         return loss_terms(
             hidden, head.centers, labels, eta=head.resolved_eta(), eps=head.eps,
             ignore_index=self.ignore_index, weights=sample_weight,
             sampled=self.sampled if training else None, seed=self.seed_for(step),
-            chunk_size=chunk, dense_max_bytes=self.dense_max_bytes, per_token=not training,
+            chunk_size=chunk, dense_max_bytes=exact.dense_max_bytes,
+            path=exact.path if training else "auto", per_token=not training,
         )  # fmt: skip
 
     def reduce(self, terms: LossTerms) -> tf.Tensor:
@@ -190,15 +205,21 @@ class HarmonicLoss(keras.losses.Loss):
             )
         return seed
 
+    @classmethod
+    def from_config(cls, config: dict) -> HarmonicLoss:
+        # Files saved before ExactOptions hold its fields at the top level.
+        legacy = {k: config.pop(k) for k in LEGACY_EXACT if k in config}
+        if legacy:
+            config["exact"] = ExactOptions(**legacy).get_config()
+        return cls(**config)
+
     def get_config(self) -> dict:
         return {
             "name": self.name,
             "reduction": self.reduction,
             "sampled": None if self.sampled is None else self.sampled.get_config(),
-            "chunk_size": self.chunk_size,
-            "evaluation_chunk_size": self.evaluation_chunk_size,
+            "exact": self.exact.get_config(),
             "seed": self.seed,
             "ignore_index": self.ignore_index,
             "require_trainable_centers": self.require_trainable_centers,
-            "dense_max_bytes": self.dense_max_bytes,
         }

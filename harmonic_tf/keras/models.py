@@ -161,13 +161,13 @@ class HarmonicTraining:
         if not head.built:  # a subclassed model's first step: no call has built it yet
             head.build(hidden.shape)
         labels = labels_from_keras(y, hidden.shape.rank, head.units)
-        seeded = training and loss_fn.sampled is not None and loss_fn.seed is not None
+        seeded = training and loss_fn.needs_sampling_step
         sampling_step = head.next_sampling_step() if seeded else None
         terms = loss_fn.terms(head, hidden, labels, sample_weight, training, sampling_step)
         loss = loss_fn.reduce(terms)
         for extra in self.losses:  # regularizers and add_loss, as Keras's compute_loss adds them
             loss += tf.reduce_sum(tf.cast(extra, loss.dtype))
-        chunk = loss_fn.evaluation_chunk_size
+        chunk = loss_fn.exact.evaluation_chunk_size  # the metrics chunk as evaluate's loss does
         return loss, HarmonicStep(
             terms, hidden, labels, sample_weight, training, head.centers, chunk
         )

@@ -16,12 +16,13 @@ from harmonic_tf.ops.analysis import (
 from harmonic_tf.ops.approx import harmonic_loss_approx
 from harmonic_tf.ops.distances import harmonic_logits
 from harmonic_tf.ops.exact import (
+    DEFAULT_CHUNK_SIZE,
     DENSE_MAX_BYTES,
     harmonic_loss,
     loss_from_logits,
 )
 from harmonic_tf.ops.inputs import default_eta
-from harmonic_tf.ops.options import SampledOptions
+from harmonic_tf.ops.options import ExactOptions, SampledOptions
 from harmonic_tf.ops.sampled import sampled_harmonic_loss
 from harmonic_tf.ops.sampling import (
     LogUniformSampler,
@@ -34,7 +35,9 @@ from harmonic_tf.ops.terms import LossTerms, label_weights, loss_terms
 
 __all__ = [
     "Confidence",
+    "DEFAULT_CHUNK_SIZE",
     "DENSE_MAX_BYTES",
+    "ExactOptions",
     "Nearest",
     "LogUniformSampler",
     "LossTerms",

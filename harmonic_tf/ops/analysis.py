@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from harmonic_tf.ops import _kernel, inputs
 from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq, reference_point
-from harmonic_tf.ops.exact import _chunk, _num_chunks
+from harmonic_tf.ops.exact import DEFAULT_CHUNK_SIZE, num_chunks_of, vocab_chunk
 
 # Classes whose terms harmonic_confidence takes from exact distances.
 EXACT_NEAREST = 8
@@ -45,7 +45,10 @@ def _flat(hidden_states, class_centers) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def nearest_k(
-    hidden_states: tf.Tensor, class_centers: tf.Tensor, k: int = 1, chunk_size: int = 4096
+    hidden_states: tf.Tensor,
+    class_centers: tf.Tensor,
+    k: int = 1,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Nearest:
     """The ``k`` nearest centers of each hidden state, over vocabulary chunks.
 
@@ -75,7 +78,7 @@ def nearest_k(
     n = tf.shape(x)[0]
 
     def body(i, best_d2, best_ids):
-        w_c, w_sq, ids, fresh = _chunk(w, origin, i, chunk_size)
+        w_c, w_sq, ids, fresh = vocab_chunk(w, origin, i, chunk_size)
         d2 = expanded_sq_distances(x, w_c, x_sq, w_sq)
         d2 = tf.where(fresh[None, :], d2, float("inf"))  # the overlapping last chunk
         both_d2 = tf.concat([best_d2, d2], axis=1)
@@ -85,7 +88,7 @@ def nearest_k(
         return -neg, tf.gather(both_ids, where, batch_dims=1)
 
     init = (tf.fill([n, k], float("inf")), tf.zeros([n, k], tf.int32))
-    _, ids = _kernel.loop(_num_chunks(vocab_size, chunk_size), body, init)
+    _, ids = _kernel.loop(num_chunks_of(vocab_size, chunk_size), body, init)
     # The k distances again from the explicit difference: the one-matmul expansion cancels
     # when a hidden state sits on a center (a prototype's own example).
     diff = x[:, None, :] - (tf.gather(w, ids) - origin)
@@ -117,7 +120,7 @@ def harmonic_confidence(
     class_centers: tf.Tensor,
     eta: float | tf.Tensor | None = None,
     eps: float = 1e-9,
-    chunk_size: int = 4096,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Confidence:
     """Distance as confidence: each hidden state's nearest-center distance and the harmonic
     probability of that class, over vocabulary chunks (no ``[N, V]`` tensor).
@@ -147,7 +150,7 @@ def harmonic_confidence(
     x_sq = tf.reduce_sum(tf.square(x), axis=-1)
 
     def body(i, total):
-        w_c, w_sq, ids, fresh = _chunk(w, origin, i, chunk_size)
+        w_c, w_sq, ids, fresh = vocab_chunk(w, origin, i, chunk_size)
         z = logits_from_sq(expanded_sq_distances(x, w_c, x_sq, w_sq), eta, eps)
         exact = tf.reduce_any(ids[None, :, None] == near.ids[:, None, :], axis=2)
         keep = tf.logical_and(fresh[None, :], tf.logical_not(exact))
@@ -156,7 +159,7 @@ def harmonic_confidence(
         return (total + tf.reduce_sum(tf.exp(z), axis=1),)
 
     near_total = tf.reduce_sum(tf.exp(z_near - z_near[:, :1]), axis=1)
-    (total,) = _kernel.loop(_num_chunks(int(w.shape[0]), chunk_size), body, (near_total,))
+    (total,) = _kernel.loop(num_chunks_of(int(w.shape[0]), chunk_size), body, (near_total,))
     return Confidence(near.distances[:, 0], near.ids[:, 0], 1.0 / total)
 
 

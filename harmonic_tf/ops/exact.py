@@ -20,6 +20,11 @@ PATHS = ("auto", "dense", "fused", "two_pass")
 # tokens at V = 65,536), where the dense step was measured fastest (docs/performance.md).
 DENSE_MAX_BYTES = 512 * 2**20
 
+# The vocabulary chunk wherever one is not given (training, evaluation, metrics, analysis):
+# [tokens, 4096] float32 blocks, where the fused path was measured within a few percent of
+# cross-entropy's time at LM sizes (docs/performance.md).
+DEFAULT_CHUNK_SIZE = 4096
+
 # The fused path adds one [V, D] update per token chunk of `rows` tokens; with fewer rows per
 # chunk that memory traffic costs more than the two-pass path's extra matmul. Where the two
 # cross over was measured (docs/performance.md, benchmarks/results/results.md).
@@ -207,11 +212,12 @@ class DenseColumns:
         return _kernel.hidden_grad(c, x, self.w), _kernel.CenterGrad(dense=dense), other_l
 
 
-def _num_chunks(vocab_size: int, chunk_size: int) -> int:
+def num_chunks_of(vocab_size: int, chunk_size: int) -> int:
+    """Chunks of ``chunk_size`` rows that cover ``vocab_size`` (the last one may overlap)."""
     return -(-vocab_size // chunk_size)
 
 
-def _chunk(w: tf.Tensor, origin: tf.Tensor, i: tf.Tensor, chunk_size: int):
+def vocab_chunk(w: tf.Tensor, origin: tf.Tensor, i: tf.Tensor, chunk_size: int):
     """Chunk ``i`` of the centers, shifted by ``origin``, sliced without a padded copy: rows
     ``[start, start + C)`` with ``start = min(i C, V - C)``, so the last chunk overlaps the one
     before. Returns the rows ``[C, D]``, their squared norms, class ids ``[C]``, and whether each
@@ -231,12 +237,12 @@ class VocabChunks:
 
     def __init__(self, w: tf.Tensor, origin: tf.Tensor, chunk_size: int):
         self.w, self.origin, self.chunk_size = w, origin, chunk_size
-        self.num_chunks = _num_chunks(int(w.shape[0]), chunk_size)
+        self.num_chunks = num_chunks_of(int(w.shape[0]), chunk_size)
 
     def _logits(self, x, x_sq, labels, i, eta, eps):
         """``[N, C]`` logits of chunk ``i``, the true class and ids of earlier chunks at -inf,
         with the chunk's distances, rows and ids."""
-        w_c, w_sq, ids, fresh = _chunk(self.w, self.origin, i, self.chunk_size)
+        w_c, w_sq, ids, fresh = vocab_chunk(self.w, self.origin, i, self.chunk_size)
         d2 = expanded_sq_distances(x, w_c, x_sq, w_sq)
         keep = tf.logical_and(tf.logical_not(_true_column(labels, ids)), fresh[None, :])
         return tf.where(keep, logits_from_sq(d2, eta, eps), -float("inf")), d2, w_c, ids

@@ -1,7 +1,8 @@
-"""``SampledOptions``: how the sampled loss estimates the full softmax, validated once.
+"""``SampledOptions``: how the sampled loss estimates the full softmax; ``ExactOptions``: how
+the exact loss bounds its memory. Each validated once, when made.
 
-The measured defaults are this class's defaults and nowhere else; named presets give the other
-estimators people compare with.
+The measured defaults are these classes' defaults and nowhere else; named presets give the
+other estimators people compare with.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from harmonic_tf.ops import inputs
+from harmonic_tf.ops.exact import DEFAULT_CHUNK_SIZE, DENSE_MAX_BYTES, PATHS
 from harmonic_tf.ops.sampling import Sampler, UnigramSampler, sampler_spec
 
 NEGATIVES = ("shared", "per_example")
@@ -154,4 +156,51 @@ class SampledOptions:
 
     @classmethod
     def from_config(cls, config: dict) -> SampledOptions:
+        return cls(**config)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactOptions:
+    """The exact loss's memory bounds (frozen; checked when made): what
+    :class:`~harmonic_tf.HarmonicLoss` passes to :func:`~harmonic_tf.harmonic_loss`.
+
+    Attributes:
+      chunk_size: vocabulary chunk of the training loss once its ``[tokens, V]`` float32
+        block is over ``dense_max_bytes`` (``None``: dense logits at any size).
+      dense_max_bytes: ``path="auto"`` keeps ``[tokens, V]`` logits up to this size (the
+        fastest path there).
+      path: ``"auto"``, ``"dense"``, ``"two_pass"`` or ``"fused"``, as in
+        :func:`~harmonic_tf.harmonic_loss`.
+      evaluation_chunk_size: vocabulary chunk of the exact loss and the metrics in
+        ``evaluate`` (no ``[tokens, V]`` logits at any ``V``).
+
+    Examples:
+      >>> options = ExactOptions(chunk_size=8192)
+      >>> print(options.chunk_size, options.path, options.evaluation_chunk_size)
+      8192 auto 4096
+    """
+
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE
+    dense_max_bytes: int = DENSE_MAX_BYTES
+    path: str = "auto"
+    evaluation_chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __post_init__(self):
+        if self.chunk_size is not None:
+            inputs.check_int("chunk_size", self.chunk_size, 1)
+        inputs.check_int("dense_max_bytes", self.dense_max_bytes, 0)
+        inputs.check_choice("path", self.path, PATHS)
+        inputs.check_int("evaluation_chunk_size", self.evaluation_chunk_size, 1)
+        if self.path in ("two_pass", "fused") and self.chunk_size is None:
+            raise ValueError(f"path={self.path!r} needs a `chunk_size`, got None.")
+
+    def replace(self, **changes) -> ExactOptions:
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def get_config(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict) -> ExactOptions:
         return cls(**config)

@@ -45,6 +45,7 @@ def loss_terms(
     seed: int | tf.Tensor | None = None,
     chunk_size: int | None = None,
     dense_max_bytes: int = DENSE_MAX_BYTES,
+    path: str = "auto",
     per_token: bool = False,
 ) -> LossTerms:
     """The loss of one batch as :class:`LossTerms`.
@@ -54,7 +55,8 @@ def loss_terms(
         :func:`~harmonic_tf.harmonic_loss`.
       sampled: ``None`` for the exact loss, else the sampled estimator (``seed`` as in
         :func:`~harmonic_tf.sampled_harmonic_loss`); ignored with ``per_token``.
-      chunk_size, dense_max_bytes: the exact loss's vocabulary chunk and ``"auto"`` budget.
+      chunk_size, dense_max_bytes, path: the exact loss's vocabulary chunk, ``"auto"`` budget
+        and path (:class:`~harmonic_tf.ExactOptions`).
       per_token: the exact per-token losses too (evaluation: no gradient is taken).
 
     Examples:
@@ -80,7 +82,7 @@ def loss_terms(
     else:
         total = harmonic_loss(
             hidden_states, class_centers, labels, reduction="sum", weights=weights,
-            chunk_size=chunk_size, dense_max_bytes=dense_max_bytes, **common,
+            chunk_size=chunk_size, dense_max_bytes=dense_max_bytes, path=path, **common,
         )  # fmt: skip
     keep = tf.cast(tf.logical_not(inputs.ignored_mask(labels, ignore_index)), tf.float32)
     return LossTerms(
