@@ -425,3 +425,20 @@ def test_from_causal_lm_refuses_a_calibration_batch_it_cannot_read():
     x, _, _ = _batches(4)
     with pytest.raises(ValueError, match=r"`calibrate` must be a batch \(x, y\)"):
         HarmonicCausalLM.from_causal_lm(stock, calibrate=x)
+
+
+def test_every_head_argument_is_taken_and_saved():
+    import inspect
+
+    from harmonic_tf.keras.hub import HEAD_ARGUMENTS
+
+    taken = inspect.signature(HarmonicCausalLM.__init__).parameters
+    assert set(HEAD_ARGUMENTS) <= set(taken)
+    assert set(HEAD_ARGUMENTS) <= set(inspect.signature(ht.HarmonicLMHead).parameters)
+    args = dict(eta="learned", eta_init=3.0, eta_rate=2.0, eps=1e-6)
+    lm = HarmonicCausalLM(_backbone(), **args)
+    config = lm.get_config()
+    assert {k: config[k] for k in args} == args and config["frozen_when_saved"] is False
+    clone = type(lm).from_config(config)
+    assert {k: clone.harmonic_head.get_config()[k] for k in args} == args
+    np.testing.assert_allclose(float(clone.harmonic_head.resolved_eta()), 3.0, rtol=1e-6)

@@ -35,6 +35,11 @@ from harmonic_tf.keras.metrics import HarmonicAccuracy
 from harmonic_tf.keras.models import HarmonicTraining
 from harmonic_tf.ops import ExactOptions, harmonic_loss
 
+# The HarmonicLMHead arguments a causal LM takes and saves: the head is tied to the token
+# embedding (no initializer, regularizer or constraint of its own) and returns logits (what
+# keras-hub's samplers read).
+HEAD_ARGUMENTS = ("eta", "eta_init", "eta_rate", "eps", "frozen_when_saved")
+
 # Operations a family may apply after its read-out that only select positions.
 POSITION_OPS = frozenset({"GetItem", "Slice", "Take", "TakeAlongAxis"})
 
@@ -189,7 +194,7 @@ class HarmonicCausalLM(HarmonicTraining):
         **kwargs,
     ):
         head_args = dict(eta=eta, eta_init=eta_init, eta_rate=eta_rate, eps=eps)
-        head_args["frozen_when_saved"] = frozen_when_saved
+        head_args["frozen_when_saved"] = frozen_when_saved  # HEAD_ARGUMENTS, all of them
         own = {k: kwargs.pop(k) for k in _own_arguments(self.family) if k in kwargs}
         stock = self.family(backbone=backbone, preprocessor=preprocessor, compile=False, **own)
         embedding, hidden = _hidden_states_of(stock, type(backbone).__name__)
@@ -318,10 +323,9 @@ class HarmonicCausalLM(HarmonicTraining):
             preset.edit_task_config(with_compile)
 
     def get_config(self) -> dict:
-        head = self.harmonic_head
         config = super().get_config()
-        config.update(eta=head.eta, eta_init=head.eta_init, eta_rate=head.eta_rate, eps=head.eps)
-        config["frozen_when_saved"] = head.get_config()["frozen_when_saved"]
+        head = self.harmonic_head.get_config()
+        config.update({name: head[name] for name in HEAD_ARGUMENTS})
         sampler = getattr(self, "sampler", None) if self.compiled else None
         config["sampler"] = (
             None if sampler is None else keras.saving.serialize_keras_object(sampler)

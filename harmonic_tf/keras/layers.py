@@ -71,6 +71,7 @@ class HarmonicLMHead(keras.layers.Layer):
     def __init__(
         self,
         units: int | None = None,
+        *,
         eta: float | str | None = None,
         eps: float = 1e-9,
         tied_embedding: keras.layers.Layer | str | None = None,
