@@ -7,8 +7,6 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-import harmonic_tf as ht
-
 
 def harmax_numpy(x, w, y, eta, eps=1e-9, ignore_index=-100, reduction="mean"):
     """Paper's HarMax cross-entropy in float64: p_i = (d_i^2 + eps)^(-eta/2) / sum_j (...)."""
@@ -34,11 +32,6 @@ def harmax_numpy(x, w, y, eta, eps=1e-9, ignore_index=-100, reduction="mean"):
         return losses.sum(), gx, gw
     n = max(keep.sum(), 1)
     return losses.sum() / n, gx / n, gw / n
-
-
-# The plain sampled formula of `sampled_reference`: the given candidates only, uniform logQ, the
-# candidates' own centers gradient (the package defaults add in-batch ids and center rows).
-PLAIN = ht.SampledOptions(sampler="uniform", in_batch_negatives=0, center_gradient="indexed_slices")
 
 
 def log_q_numpy(sampler: str, vocab_size: int, counts=None) -> np.ndarray:

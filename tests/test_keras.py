@@ -13,6 +13,8 @@ import tensorflow as tf
 
 import harmonic_tf as ht
 
+from reference import harmax_numpy
+
 V, D, F = 40, 12, 8
 
 
@@ -82,11 +84,16 @@ def test_probabilities_output(data):
     p = model.predict(x[:5], verbose=0)
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
     model.fit(x, y, epochs=1, verbose=0)
-    logits_model, _, _ = _model()
+    logits_model, _, _ = _model()  # the same model with output_mode="logits"
     logits_model.set_weights(model.get_weights())
-    ev = model.evaluate(x, y, verbose=0)
-    ref = ht.harmonic_loss(_hidden(model, x), model.get_layer("head").centers, y)
-    np.testing.assert_allclose(ev, float(ref), rtol=1e-4)
+    z = logits_model.predict(x[:5], verbose=0).astype(np.float64)
+    softmax = np.exp(z - z.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    np.testing.assert_allclose(model.predict(x[:5], verbose=0), softmax, rtol=1e-5, atol=1e-7)
+    ev = model.evaluate(x, y, verbose=0)  # the loss of the hidden states, as for logits
+    hidden, centers = _hidden(model, x), model.get_layer("head").centers
+    ref, _, _ = harmax_numpy(hidden, centers, y, float(model.get_layer("head").resolved_eta()))
+    np.testing.assert_allclose(ev, ref, rtol=1e-5)
 
 
 def test_frozen_head_fails_loudly(data):
@@ -339,14 +346,25 @@ class _FixedSampler(ht.UniformSampler):
 
 
 def test_indexed_slices_reach_the_optimizer():
+    # A Keras optimizer applies the sparse center gradient as it is: the rows it names move by
+    # -lr * their gradient (summed over repeats), every other row stays bitwise the same.
     head = ht.HarmonicLMHead(V)
     head.build((None, D))
+    before = head.centers_variable.numpy().copy()
     with tf.GradientTape() as tape:
         loss = ht.sampled_harmonic_loss(
-            tf.random.normal([8, D]), head.centers, tf.range(8), SPARSE.replace(k=4)
+            tf.random.normal([8, D]), head.centers, tf.range(8), SPARSE.replace(k=4), seed=[1, 2]
         )
-    (grad,) = tape.gradient(loss, [head.centers])
+    (grad,) = tape.gradient(loss, [head.centers_variable])
     assert isinstance(grad, tf.IndexedSlices)
+    keras.optimizers.SGD(0.5).apply_gradients([(grad, head.centers_variable)])
+    dense = tf.math.unsorted_segment_sum(grad.values, grad.indices, V).numpy()
+    touched = np.unique(grad.indices.numpy())
+    after = head.centers_variable.numpy()
+    np.testing.assert_allclose(after[touched], before[touched] - 0.5 * dense[touched], atol=1e-6)
+    untouched = np.setdiff1d(np.arange(V), touched)
+    assert len(untouched) > 0
+    np.testing.assert_array_equal(after[untouched], before[untouched])
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
