@@ -179,7 +179,7 @@ def test_seed_reproducible_and_unseeded_fresh():
         assert float(f()) != float(f())
 
 
-def test_seeded_negatives_identical_eager_graph_xla():
+def test_seeded_negatives_agree_eager_graph_xla():
     x = tf.random.normal([16, 8])
     w = tf.random.normal([200, 8])
     y = tf.random.uniform([16], 0, 200, tf.int32)
