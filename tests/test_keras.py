@@ -53,7 +53,8 @@ def _hidden(model, x):
 @pytest.mark.parametrize("jit", [False, True])
 def test_compile_fit_evaluate_predict(data, k, jit):
     x, y = data
-    model, head, loss = _model(k, chunk_size=16 if k is None else None, dense_max_bytes=0)
+    exact = ht.ExactOptions(chunk_size=16 if k is None else None, dense_max_bytes=0)
+    model, head, loss = _model(k, exact=exact)
     model.compile(
         keras.optimizers.Adam(3e-3),
         loss=loss,
