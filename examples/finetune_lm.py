@@ -213,6 +213,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "pretraining arguments (the fine-tuning comparisons share one checkpoint)",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (CI)")
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        metavar="RESULT_JSON",
+        help="only print the table of finished runs' result.json files (one row each)",
+    )
     return _settled(parser.parse_args(argv))
 
 
@@ -329,6 +336,9 @@ def fine_tuned(name: str, seed: int, backbone, vocab: int, args, train):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.summarize:  # the switch-cost study's table from finished runs, then stop
+        print(study_table(args.summarize))
+        return {"table": study_table(args.summarize)}
     os.makedirs(args.out, exist_ok=True)
     keras.utils.set_random_seed(0)
     text = open(args.text, encoding="utf-8").read()
@@ -440,6 +450,35 @@ def seed_table(runs: dict) -> str:
         f"**{v:+.3f}** (spread {spread:.3f})" if i == 2 else f"{v:.3f}" for i, v in enumerate(mean)
     ]
     rows.append("| mean | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def study_table(paths: list[str]) -> str:
+    """Markdown: one row per ``result.json`` of a fine-tuning command (its recipe), the mean
+    over seeds of harmonic - cross-entropy at step 0, after the last step and at each run's
+    best evaluation, with the spread over seeds."""
+    rows = [
+        "| recipe | eta | harmonic loss | seeds | step 0 | final (spread) | best (spread) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        with open(path) as f:
+            result = json.load(f)
+        a = result["args"]
+        gaps = []
+        for run in result["runs"].values():
+            ce, hm = (np.array(run["curves"][n])[:, 1] for n in ("cross-entropy", "harmonic"))
+            gaps.append((hm[0] - ce[0], hm[-1] - ce[-1], hm.min() - ce.min()))
+        gaps = np.array(gaps)
+        recipe = f"LoRA {a['lora']}, centers {a['centers']}" if a["lora"] else "full"
+        loss = a.get("harmonic_loss", "sampled")  # runs before --harmonic-loss: sampled
+        loss += f" (k={a['k']})" if loss == "sampled" else ""
+        start, final, best = gaps.mean(0)
+        rows.append(
+            f"| {recipe} | {'calibrated' if a['calibrate'] else '2 D'} | {loss} | {len(gaps)} | "
+            f"{start:+.3f} | **{final:+.3f}** ({np.ptp(gaps[:, 1]):.3f}) | "
+            f"{best:+.3f} ({np.ptp(gaps[:, 2]):.3f}) |"
+        )
     return "\n".join(rows)
 
 

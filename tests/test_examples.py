@@ -263,12 +263,13 @@ def test_finetune_tokenizer_keeps_padding_apart_from_end_of_text():
     assert tokenizer.end_token_id == tokenizer.token_to_id(finetune_lm.END) != 0
 
 
-def test_finetune_lm_lora_quick(tmp_path):
+def test_finetune_lm_lora_quick(tmp_path, capsys):
     pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
     import finetune_lm
 
     out = tmp_path / "lora"
     args = ["--text", shared_data_path("tinyshakespeare.txt"), "--quick", "--out", str(out)]
+    args += ["--cache", str(tmp_path / "cache"), "--harmonic-loss", "exact", "--calibrate"]
     result = finetune_lm.main([*args, "--lora", "4", "--seeds", "1,2"])
     assert sorted(result["runs"]) == [1, 2]
     for run in result["runs"].values():
@@ -276,6 +277,15 @@ def test_finetune_lm_lora_quick(tmp_path):
             curve = run["curves"][name]
             assert curve[-1][1] < curve[0][1], (name, curve)
     assert result["table"].count("\n") == 4  # header, rule, two seeds, mean
+    # A second command reads the cached checkpoint: the same step-0 losses, no pretraining.
+    assert len(list((tmp_path / "cache").glob("*.weights.h5"))) == 1
+    capsys.readouterr()
+    again = finetune_lm.main([*args, "--lora", "4", "--seeds", "1"])
+    assert "pretrained checkpoint from" in capsys.readouterr().out
+    for name in ("cross-entropy", "harmonic"):
+        assert again["runs"][1]["curves"][name][0] == result["runs"][1]["curves"][name][0]
+    table = finetune_lm.main(["--summarize", str(out / "result.json")])["table"]
+    assert "| LoRA 4, centers frozen | calibrated | exact | 1 |" in table, table
 
 
 def test_finetune_lora_trains_the_centers_only_when_asked():
