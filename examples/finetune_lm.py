@@ -187,18 +187,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --lora: the tied embedding (the harmonic centers) frozen, or trained beside "
         "the adapters (for both losses)",
     )
-    parser.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="fix the harmonic exponent by HarmonicCausalLM.calibrate_eta on 256 training "
-        "pairs before fine-tuning (the default: eta = 2 D)",
-    )
-    parser.add_argument(
-        "--eta-sweep",
-        default="",
-        help="comma list of exponents as multiples of D: only the step-0 held-out response "
-        "loss of a harmonic head on the checkpoint at each (no fine-tuning)",
-    )
+    _exponent_arguments(parser)
     parser.add_argument(
         "--seeds",
         default="0",
@@ -221,6 +210,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="only print the table of finished runs' result.json files (one row each)",
     )
     return _settled(parser.parse_args(argv))
+
+
+def _exponent_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the harmonic head's exponent is set: calibrated, learned, or swept."""
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fix the harmonic exponent by HarmonicCausalLM.calibrate_eta on 256 training "
+        "pairs before fine-tuning (the default: eta = 2 D)",
+    )
+    parser.add_argument(
+        "--learn-eta",
+        action="store_true",
+        help="train the exponent during fine-tuning (HarmonicLMHead eta='learned'), starting "
+        "from the calibrated one with --calibrate, else from 2 D",
+    )
+    parser.add_argument("--eta-rate", type=float, default=1.0, help="a learned exponent's rate")
+    parser.add_argument(
+        "--eta-sweep",
+        default="",
+        help="comma list of exponents as multiples of D: only the step-0 held-out response "
+        "loss of a harmonic head on the checkpoint at each (no fine-tuning)",
+    )
 
 
 def _settled(args: argparse.Namespace) -> argparse.Namespace:
@@ -307,10 +319,7 @@ def fine_tuned(name: str, seed: int, backbone, vocab: int, args, train):
     x, labels, weight = batches(*train, ignore_prompt=harmonic)
     if harmonic:
         counts = ht.label_counts(labels, vocab)  # BPE ids: the unigram sampler needs counts
-        lm = HarmonicCausalLM(backbone)
-        if args.calibrate:  # the exponent at which the pretrained centers read it best
-            eta = lm.calibrate_eta({k: v[:256] for k, v in x.items()}, labels[:256])
-            print(f"seed {seed} harmonic: calibrated eta = {eta:.1f}")
+        lm = _harmonic_lm(backbone, seed, x, labels, args)
         if args.lora:
             enable_lora(lm.backbone, args.lora, args.centers)
         sampled = ht.SampledOptions(k=args.k, sampler=ht.UnigramSampler(counts + 1.0))
@@ -377,24 +386,31 @@ def main(argv=None) -> dict:
         for seed in args.seeds
     }
     first = runs[args.seeds[0]]
-    result = {
-        "args": vars(args),
-        "vocab": vocab,
-        "pairs": [len(train[0]), len(test_ids)],
-        "runs": runs,
-        "curves": first["curves"],
-        "switch_cost_at_step_0": first["curves"]["harmonic"][0][1]
-        - first["curves"]["cross-entropy"][0][1],
-        "prompts": prompts,
-        "generations": first["generations"],
-        "table": seed_table(runs),
-        "seconds": round(time.time() - started, 1),
-    }
+    result = {"args": vars(args), "vocab": vocab, "pairs": [len(train[0]), len(test_ids)]}
+    result.update(runs=runs, curves=first["curves"], prompts=prompts)
+    result["switch_cost_at_step_0"] = (
+        first["curves"]["harmonic"][0][1] - first["curves"]["cross-entropy"][0][1]
+    )
+    result.update(generations=first["generations"], table=seed_table(runs))
+    result["seconds"] = round(time.time() - started, 1)
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
     plot(first["curves"], os.path.join(args.out, "finetune.png"))
     print(result["table"])
     return result
+
+
+def _harmonic_lm(backbone, seed: int, x, labels, args):
+    """A ``HarmonicCausalLM`` on ``backbone``: its exponent calibrated on 256 training pairs
+    (``--calibrate``), then learned from there (``--learn-eta``)."""
+    lm = HarmonicCausalLM(backbone)
+    if args.calibrate:  # the exponent at which the pretrained centers read it best
+        eta = lm.calibrate_eta({k: v[:256] for k, v in x.items()}, labels[:256])
+        print(f"seed {seed} harmonic: calibrated eta = {eta:.1f}")
+    if args.learn_eta:
+        start = float(lm.harmonic_head.resolved_eta())
+        lm = HarmonicCausalLM(backbone, eta="learned", eta_init=start, eta_rate=args.eta_rate)
+    return lm
 
 
 def fine_tune_both(seed, fresh_backbone, vocab, args, train, held_out, tokenizer, prompts):
@@ -411,7 +427,10 @@ def fine_tune_both(seed, fresh_backbone, vocab, args, train, held_out, tokenizer
             print(f"seed {seed} {name}: step {step} held-out response loss {curve[-1][1]:.4f}")
         curves[name] = curve
         generations[name] = greedy(lm, tokenizer, prompts, 24)
-    return {"curves": curves, "generations": generations}
+        if name == "harmonic":
+            final_eta = float(lm.harmonic_head.resolved_eta())
+            print(f"seed {seed} harmonic: eta after fine-tuning {final_eta:.1f}")
+    return {"curves": curves, "generations": generations, "final_eta": final_eta}
 
 
 def eta_sweep(base, args, x, labels, weight) -> dict:
@@ -453,6 +472,14 @@ def seed_table(runs: dict) -> str:
     return "\n".join(rows)
 
 
+def _eta_cell(args: dict) -> str:
+    """How a run's exponent was set (runs before --learn-eta: fixed)."""
+    start = "calibrated" if args["calibrate"] else "2 D"
+    if args.get("learn_eta"):
+        return f"{start}, then learned (rate {args['eta_rate']:g})"
+    return start
+
+
 def study_table(paths: list[str]) -> str:
     """Markdown: one row per ``result.json`` of a fine-tuning command (its recipe), the mean
     over seeds of harmonic - cross-entropy at step 0, after the last step and at each run's
@@ -475,7 +502,7 @@ def study_table(paths: list[str]) -> str:
         loss += f" (k={a['k']})" if loss == "sampled" else ""
         start, final, best = gaps.mean(0)
         rows.append(
-            f"| {recipe} | {'calibrated' if a['calibrate'] else '2 D'} | {loss} | {len(gaps)} | "
+            f"| {recipe} | {_eta_cell(a)} | {loss} | {len(gaps)} | "
             f"{start:+.3f} | **{final:+.3f}** ({np.ptp(gaps[:, 1]):.3f}) | "
             f"{best:+.3f} ({np.ptp(gaps[:, 2]):.3f}) |"
         )
