@@ -12,6 +12,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import harmonic_tf as ht  # noqa: E402
+
+# The plain sampled formula of `sampled_reference`: the given candidates only, uniform logQ, the
+# candidates' own centers gradient (the package defaults add in-batch ids and center rows).
+PLAIN = ht.SampledOptions(sampler="uniform", in_batch_negatives=0, center_gradient="indexed_slices")
+
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 

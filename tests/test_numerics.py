@@ -10,12 +10,8 @@ import tensorflow as tf
 
 import harmonic_tf as ht
 
-from conftest import maybe_jit
+from conftest import PLAIN, maybe_jit
 from reference import harmax_autodiff, log_q_numpy, sampled_reference
-
-# The plain sampled formula of `sampled_reference`: the given candidates only, uniform logQ, the
-# candidates' own centers gradient (the package defaults add in-batch ids and center rows).
-PLAIN = ht.SampledOptions(sampler="uniform", in_batch_negatives=0, center_gradient="indexed_slices")
 
 N, D, V = 48, 16, 61
 ETA = 4.0 * D  # the sharpest exponent the package documents

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 import harmonic_tf as ht
 
-from conftest import maybe_jit
-from reference import PLAIN, harmax_numpy, log_q_numpy, sampled_reference
+from conftest import PLAIN, maybe_jit
+from reference import harmax_numpy, log_q_numpy, sampled_reference
 
 N, D, V, K = 12, 6, 29, 7
 NEGATIVES = ["shared", "per_example"]
