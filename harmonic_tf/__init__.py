@@ -11,4 +11,9 @@ from harmonic_tf.ops import *  # noqa: F403
 
 __version__ = "0.3.0.dev0"
 
-__all__ = sorted({*_ops_half.__all__, *_keras_half.__all__})
+# Names, not modules: `harmonic_tf.ops.inputs` (the shared argument checks) stays in ops.
+__all__ = sorted(
+    name
+    for name in {*_ops_half.__all__, *_keras_half.__all__}
+    if not isinstance(getattr(_ops_half, name, None), type(_ops_half))
+)

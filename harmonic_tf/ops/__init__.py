@@ -4,6 +4,7 @@ Public functions take hidden states ``[N, D]`` or ``[B, S, D]``, class centers `
 int labels; every loss path runs the one custom-gradient kernel in :mod:`._kernel`.
 """
 
+from harmonic_tf.ops import inputs
 from harmonic_tf.ops.analysis import (
     Confidence,
     Nearest,
@@ -51,6 +52,7 @@ __all__ = [
     "harmonic_logits",
     "harmonic_loss",
     "harmonic_loss_approx",
+    "inputs",
     "label_counts",
     "label_weights",
     "loss_from_logits",
