@@ -228,6 +228,14 @@ def _exponent_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--eta-rate", type=float, default=1.0, help="a learned exponent's rate")
     parser.add_argument(
+        "--anneal-eta",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="move the exponent from its start (calibrated with --calibrate) to 2 D over the "
+        "first STEPS fine-tuning steps (0: off)",
+    )
+    parser.add_argument(
         "--eta-sweep",
         default="",
         help="comma list of exponents as multiples of D: only the step-0 held-out response "
@@ -407,10 +415,29 @@ def _harmonic_lm(backbone, seed: int, x, labels, args):
     if args.calibrate:  # the exponent at which the pretrained centers read it best
         eta = lm.calibrate_eta({k: v[:256] for k, v in x.items()}, labels[:256])
         print(f"seed {seed} harmonic: calibrated eta = {eta:.1f}")
-    if args.learn_eta:
+    if args.learn_eta or args.anneal_eta:
         start = float(lm.harmonic_head.resolved_eta())
         lm = HarmonicCausalLM(backbone, eta="learned", eta_init=start, eta_rate=args.eta_rate)
+    if args.anneal_eta:  # the schedule sets the exponent; the optimizer leaves it alone
+        lm.harmonic_head.log_eta.trainable = False
     return lm
+
+
+class EtaAnneal(keras.callbacks.Callback):
+    """Moves a harmonic head's exponent (its ``log_eta`` weight, not trained) from where it
+    starts to ``end`` over ``steps`` training batches, geometrically, then holds it; the
+    compiled step reads the weight, so nothing is retraced."""
+
+    def __init__(self, head, end: float, steps: int):
+        super().__init__()
+        self.head, self.end, self.steps = head, end, steps
+        self.start = float(head.resolved_eta())
+        self.step = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        eta = self.start * (self.end / self.start) ** min(self.step / self.steps, 1.0)
+        self.head.log_eta.assign(np.log(eta) / self.head.eta_rate)
+        self.step += 1
 
 
 def fine_tune_both(seed, fresh_backbone, vocab, args, train, held_out, tokenizer, prompts):
@@ -419,10 +446,14 @@ def fine_tune_both(seed, fresh_backbone, vocab, args, train, held_out, tokenizer
     curves, generations = {}, {}
     for name in ("cross-entropy", "harmonic"):
         lm, data = fine_tuned(name, seed, fresh_backbone(), vocab, args, train)
+        callbacks = []
+        if name == "harmonic" and args.anneal_eta:  # to the default 2 D
+            end = ht.default_eta(lm.harmonic_head.centers.shape[-1])
+            callbacks.append(EtaAnneal(lm.harmonic_head, end, args.anneal_eta))
         curve = [(0, response_loss(lm, *held_out))]
         print(f"seed {seed} {name}: step 0 held-out response loss {curve[0][1]:.4f}")
         for step in range(args.eval_every, args.finetune_steps + 1, args.eval_every):
-            lm.fit(data, steps_per_epoch=args.eval_every, epochs=1, verbose=0)
+            lm.fit(data, steps_per_epoch=args.eval_every, epochs=1, verbose=0, callbacks=callbacks)
             curve.append((step, response_loss(lm, *held_out)))
             print(f"seed {seed} {name}: step {step} held-out response loss {curve[-1][1]:.4f}")
         curves[name] = curve
@@ -475,6 +506,8 @@ def seed_table(runs: dict) -> str:
 def _eta_cell(args: dict) -> str:
     """How a run's exponent was set (runs before --learn-eta: fixed)."""
     start = "calibrated" if args["calibrate"] else "2 D"
+    if args.get("anneal_eta"):
+        return f"{start}, to 2 D over {args['anneal_eta']} steps"
     if args.get("learn_eta"):
         return f"{start}, then learned (rate {args['eta_rate']:g})"
     return start
