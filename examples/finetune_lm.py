@@ -410,34 +410,15 @@ def main(argv=None) -> dict:
 
 def _harmonic_lm(backbone, seed: int, x, labels, args):
     """A ``HarmonicCausalLM`` on ``backbone``: its exponent calibrated on 256 training pairs
-    (``--calibrate``), then learned from there (``--learn-eta``)."""
-    lm = HarmonicCausalLM(backbone)
+    (``--calibrate``), and a weight (``eta="learned"``) that training or a schedule moves
+    from there (``--learn-eta``, ``--anneal-eta``)."""
+    learned = bool(args.learn_eta or args.anneal_eta)
+    rate = args.eta_rate if learned else 1.0
+    lm = HarmonicCausalLM(backbone, eta="learned" if learned else None, eta_rate=rate)
     if args.calibrate:  # the exponent at which the pretrained centers read it best
         eta = lm.calibrate_eta({k: v[:256] for k, v in x.items()}, labels[:256])
         print(f"seed {seed} harmonic: calibrated eta = {eta:.1f}")
-    if args.learn_eta or args.anneal_eta:
-        start = float(lm.harmonic_head.resolved_eta())
-        lm = HarmonicCausalLM(backbone, eta="learned", eta_init=start, eta_rate=args.eta_rate)
-    if args.anneal_eta:  # the schedule sets the exponent; the optimizer leaves it alone
-        lm.harmonic_head.log_eta.trainable = False
     return lm
-
-
-class EtaAnneal(keras.callbacks.Callback):
-    """Moves a harmonic head's exponent (its ``log_eta`` weight, not trained) from where it
-    starts to ``end`` over ``steps`` training batches, geometrically, then holds it; the
-    compiled step reads the weight, so nothing is retraced."""
-
-    def __init__(self, head, end: float, steps: int):
-        super().__init__()
-        self.head, self.end, self.steps = head, end, steps
-        self.start = float(head.resolved_eta())
-        self.step = 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        eta = self.start * (self.end / self.start) ** min(self.step / self.steps, 1.0)
-        self.head.log_eta.assign(np.log(eta) / self.head.eta_rate)
-        self.step += 1
 
 
 def fine_tune_both(seed, fresh_backbone, vocab, args, train, held_out, tokenizer, prompts):
@@ -448,8 +429,7 @@ def fine_tune_both(seed, fresh_backbone, vocab, args, train, held_out, tokenizer
         lm, data = fine_tuned(name, seed, fresh_backbone(), vocab, args, train)
         callbacks = []
         if name == "harmonic" and args.anneal_eta:  # to the default 2 D
-            end = ht.default_eta(lm.harmonic_head.centers.shape[-1])
-            callbacks.append(EtaAnneal(lm.harmonic_head, end, args.anneal_eta))
+            callbacks.append(ht.ExponentAnneal(lm.harmonic_head, steps=args.anneal_eta))
         curve = [(0, response_loss(lm, *held_out))]
         print(f"seed {seed} {name}: step 0 held-out response loss {curve[0][1]:.4f}")
         for step in range(args.eval_every, args.finetune_steps + 1, args.eval_every):

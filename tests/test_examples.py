@@ -6,8 +6,6 @@ import json
 import numpy as np
 import pytest
 
-import harmonic_tf as ht
-
 from conftest import shared_data_path
 
 pytestmark = pytest.mark.slow  # still run in CI; left out of `-m "not slow"`
@@ -346,17 +344,3 @@ def test_finetune_vlm_quick_on_cifar10(tmp_path):
         assert curve[-1][1] < curve[0][1], (name, curve)  # held-out response loss falls
     assert (out / "finetune_vlm.png").stat().st_size > 0
     assert "harmonic - CE" in json.loads((out / "result.json").read_text())["table"]
-
-
-def test_eta_anneal_moves_the_exponent_geometrically_then_holds_it():
-    pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
-    import finetune_lm
-
-    head = ht.HarmonicLMHead(5, eta="learned", eta_init=8.0, eta_rate=3.0)
-    head.build((None, 4))
-    anneal = finetune_lm.EtaAnneal(head, end=2.0, steps=4)
-    seen = []
-    for batch in range(6):
-        anneal.on_train_batch_begin(batch)
-        seen.append(float(head.resolved_eta()))
-    np.testing.assert_allclose(seen, [8.0, 8.0 / 2**0.5, 4.0, 2.0 * 2**0.5, 2.0, 2.0], rtol=1e-5)

@@ -415,9 +415,10 @@ def test_calibrate_eta_takes_the_grid_exponent_of_lowest_float64_loss_and_retrac
     after = lm.predict(x, verbose=0)  # retraced with the new exponent
     np.testing.assert_allclose(after, before * eta / (2.0 * D), rtol=1e-4, atol=1e-3)
     assert lm.get_config()["eta"] == eta  # saved with the model
-    learned = HarmonicCausalLM(_backbone(), eta="learned")
-    with pytest.raises(ValueError, match="'learned'"):
-        learned.calibrate_eta(x, y)
+    # A learned exponent starts from the calibrated one (its log_eta weight is set).
+    learned = HarmonicCausalLM(_backbone(), eta="learned", eta_rate=2.0)
+    assert learned.calibrate_eta(x, y, weight) == pytest.approx(eta, rel=1e-9)
+    assert float(learned.harmonic_head.resolved_eta()) == pytest.approx(eta, rel=1e-5)
 
 
 def test_from_causal_lm_refuses_a_calibration_batch_it_cannot_read():

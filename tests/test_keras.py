@@ -562,3 +562,35 @@ def test_subclassed_model_with_the_mixin_routes_its_hidden_states(data):
     assert after < before - 0.3
     exact = ht.harmonic_loss(model.body(x), model.head.centers, y)
     np.testing.assert_allclose(after, float(exact), rtol=1e-4)
+
+
+def test_exponent_anneal_moves_the_exponent_geometrically_then_holds_it():
+    head = ht.HarmonicLMHead(5, eta="learned", eta_init=8.0, eta_rate=3.0)
+    head.build((None, 4))
+    anneal = ht.ExponentAnneal(head, steps=4, end=2.0)
+    assert not head.log_eta.trainable  # the schedule owns the exponent
+    seen = []
+    for batch in range(6):
+        anneal.on_train_batch_begin(batch)
+        seen.append(float(head.resolved_eta()))
+    np.testing.assert_allclose(seen, [8.0, 8.0 / 2**0.5, 4.0, 2.0 * 2**0.5, 2.0, 2.0], rtol=1e-5)
+    fixed = ht.HarmonicLMHead(5, eta=8.0)
+    fixed.build((None, 4))
+    with pytest.raises(ValueError, match="eta='learned'"):
+        ht.ExponentAnneal(fixed, steps=4)
+
+
+def test_exponent_anneal_reaches_the_compiled_step_without_a_retrace(data):
+    # fit under XLA with the schedule: the loss is computed at the exponent the callback set
+    x, y = data
+    model, head, loss = _model(head_kwargs={"eta": "learned", "eta_init": 64.0})
+    model.compile(keras.optimizers.Adam(1e-3), loss=loss, jit_compile=True)
+    anneal = ht.ExponentAnneal(head, steps=3, end=8.0)
+    model.fit(x[:64], y[:64], batch_size=16, epochs=1, verbose=0, callbacks=[anneal])
+    np.testing.assert_allclose(float(head.resolved_eta()), 8.0, rtol=1e-5)
+    traced = model.train_function
+    model.fit(x[:64], y[:64], batch_size=16, epochs=1, verbose=0, callbacks=[anneal])
+    assert model.train_function is traced
+    hidden, centers = _hidden(model, x[:64]), head.centers
+    ref, _, _ = harmax_numpy(hidden, centers, y[:64], 8.0)
+    np.testing.assert_allclose(model.evaluate(x[:64], y[:64], verbose=0), ref, rtol=1e-5)

@@ -216,9 +216,8 @@ class HarmonicLMHead(keras.layers.Layer):
         ``hidden_states`` ``[..., D]`` and ``labels`` ``[...]`` (``-100`` ignored, optional
         per-token ``weights``) is lowest; returns it. The centers do not change. For centers
         that another head trained (a cross-entropy checkpoint's unembedding), this is the
-        exponent at which they read that checkpoint's hidden states best."""
-        if self.eta == LEARNED:
-            raise ValueError("calibrate_eta fixes a number; this head's eta is 'learned'.")
+        exponent at which they read that checkpoint's hidden states best. A learned exponent
+        (``eta="learned"``) starts from it: its ``log_eta`` weight is set."""
         current = float(self.resolved_eta())
         factors = 2.0 ** (tf.range(-8, 9, dtype=tf.float64) / 4) if factors is None else factors
         candidates = [current * float(f) for f in factors]
@@ -237,8 +236,12 @@ class HarmonicLMHead(keras.layers.Layer):
             )
             for eta in candidates
         ]
-        self.eta = candidates[losses.index(min(losses))]
-        return self.eta
+        best = candidates[losses.index(min(losses))]
+        if self.eta == LEARNED:
+            self.log_eta.assign(math.log(best) / self.eta_rate)
+        else:
+            self.eta = best
+        return best
 
     def nearest(self, hidden_states, k: int = 1, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Nearest:
         """The ``k`` nearest centers (classes) of each hidden state ``[..., D]`` and their
