@@ -353,8 +353,9 @@ def fine_tuned(name: str, seed: int, backbone, vocab: int, args, train):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.summarize:  # the switch-cost study's table from finished runs, then stop
+    if args.summarize:  # the switch-cost study's table and plot from finished runs, then stop
         print(study_table(args.summarize))
+        study_plot(args.summarize, os.path.join(args.out, "switch_study.png"))
         return {"table": study_table(args.summarize)}
     os.makedirs(args.out, exist_ok=True)
     keras.utils.set_random_seed(0)
@@ -520,6 +521,40 @@ def study_table(paths: list[str]) -> str:
             f"{best:+.3f} ({np.ptp(gaps[:, 2]):.3f}) |"
         )
     return "\n".join(rows)
+
+
+def study_plot(paths: list[str], path: str) -> None:
+    """Per recipe, harmonic - cross-entropy at step 0 and after the last step (mean over seeds,
+    the seeds as dots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(paths)))
+    for row, result_path in enumerate(paths):
+        with open(result_path) as f:
+            result = json.load(f)
+        for col, (at, mark, label) in enumerate(((0, "o", "step 0"), (-1, "s", "final"))):
+            gaps = [
+                np.array(run["curves"]["harmonic"])[at, 1]
+                - np.array(run["curves"]["cross-entropy"])[at, 1]
+                for run in result["runs"].values()
+            ]
+            ax.scatter(gaps, [row] * len(gaps), marker=mark, color=f"C{col}", alpha=0.5,
+                       label=label if row == 0 else None)  # fmt: skip
+        a = result["args"]
+        name = f"LoRA, {a['centers']}" if a["lora"] else "full"
+        ax.annotate(f"{name}; {_eta_cell(a)}; {a.get('harmonic_loss', 'sampled')}", (0, row),
+                    xytext=(4, 4), textcoords="offset points", fontsize=7)  # fmt: skip
+    ax.axvline(0, color="gray", lw=0.8)
+    ax.set_yticks([])
+    ax.set_xlabel("harmonic - cross-entropy, held-out response loss (nats)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot(curves: dict, path: str) -> None:

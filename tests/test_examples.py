@@ -284,8 +284,9 @@ def test_finetune_lm_lora_quick(tmp_path, capsys):
     assert "pretrained checkpoint from" in capsys.readouterr().out
     for name in ("cross-entropy", "harmonic"):
         assert again["runs"][1]["curves"][name][0] == result["runs"][1]["curves"][name][0]
-    table = finetune_lm.main(["--summarize", str(out / "result.json")])["table"]
-    assert "| LoRA 4, centers frozen | calibrated | exact | 1 |" in table, table
+    table = finetune_lm.main(["--summarize", str(out / "result.json"), "--out", str(out)])
+    assert "| LoRA 4, centers frozen | calibrated | exact | 1 |" in table["table"], table
+    assert (out / "switch_study.png").stat().st_size > 0
 
 
 def test_finetune_lora_trains_the_centers_only_when_asked():
