@@ -90,7 +90,7 @@ class MixedGradientLoss(ht.HarmonicLoss):
         sampled = loss_terms(
             x_s, w_s, labels, sampled=self.sampled, seed=self.seed_for(step), **common
         )
-        exact = loss_terms(x_e, w_e, labels, chunk_size=self.chunk_size, **common).total
+        exact = loss_terms(x_e, w_e, labels, chunk_size=self.exact.chunk_size, **common).total
         return sampled._replace(total=sampled.total + exact - stop(exact))
 
     def get_config(self) -> dict:
