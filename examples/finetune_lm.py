@@ -354,9 +354,10 @@ def fine_tuned(name: str, seed: int, backbone, vocab: int, args, train):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.summarize:  # the switch-cost study's table and plot from finished runs, then stop
-        print(study_table(args.summarize))
+        table = study_table(args.summarize)
+        print(table)
         study_plot(args.summarize, os.path.join(args.out, "switch_study.png"))
-        return {"table": study_table(args.summarize)}
+        return {"table": table}
     os.makedirs(args.out, exist_ok=True)
     keras.utils.set_random_seed(0)
     text = open(args.text, encoding="utf-8").read()
@@ -494,6 +495,18 @@ def _eta_cell(args: dict) -> str:
     return start
 
 
+def _seed_gaps(path: str) -> tuple[dict, np.ndarray]:
+    """A fine-tuning command's arguments and, per seed, harmonic - cross-entropy at step 0,
+    after the last step and at each run's best evaluation (``[seeds, 3]``)."""
+    with open(path) as f:
+        result = json.load(f)
+    gaps = []
+    for run in result["runs"].values():
+        ce, hm = (np.array(run["curves"][n])[:, 1] for n in ("cross-entropy", "harmonic"))
+        gaps.append((hm[0] - ce[0], hm[-1] - ce[-1], hm.min() - ce.min()))
+    return result["args"], np.array(gaps)
+
+
 def study_table(paths: list[str]) -> str:
     """Markdown: one row per ``result.json`` of a fine-tuning command (its recipe), the mean
     over seeds of harmonic - cross-entropy at step 0, after the last step and at each run's
@@ -503,14 +516,7 @@ def study_table(paths: list[str]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for path in paths:
-        with open(path) as f:
-            result = json.load(f)
-        a = result["args"]
-        gaps = []
-        for run in result["runs"].values():
-            ce, hm = (np.array(run["curves"][n])[:, 1] for n in ("cross-entropy", "harmonic"))
-            gaps.append((hm[0] - ce[0], hm[-1] - ce[-1], hm.min() - ce.min()))
-        gaps = np.array(gaps)
+        a, gaps = _seed_gaps(path)
         recipe = f"LoRA {a['lora']}, centers {a['centers']}" if a["lora"] else "full"
         loss = a.get("harmonic_loss", "sampled")  # runs before --harmonic-loss: sampled
         loss += f" (k={a['k']})" if loss == "sampled" else ""
@@ -533,17 +539,10 @@ def study_plot(paths: list[str], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(paths)))
     for row, result_path in enumerate(paths):
-        with open(result_path) as f:
-            result = json.load(f)
-        for col, (at, mark, label) in enumerate(((0, "o", "step 0"), (-1, "s", "final"))):
-            gaps = [
-                np.array(run["curves"]["harmonic"])[at, 1]
-                - np.array(run["curves"]["cross-entropy"])[at, 1]
-                for run in result["runs"].values()
-            ]
-            ax.scatter(gaps, [row] * len(gaps), marker=mark, color=f"C{col}", alpha=0.5,
+        a, gaps = _seed_gaps(result_path)
+        for col, (mark, label) in enumerate((("o", "step 0"), ("s", "final"))):
+            ax.scatter(gaps[:, col], [row] * len(gaps), marker=mark, color=f"C{col}", alpha=0.5,
                        label=label if row == 0 else None)  # fmt: skip
-        a = result["args"]
         name = f"LoRA, {a['centers']}" if a["lora"] else "full"
         ax.annotate(f"{name}; {_eta_cell(a)}; {a.get('harmonic_loss', 'sampled')}", (0, row),
                     xytext=(4, 4), textcoords="offset points", fontsize=7)  # fmt: skip

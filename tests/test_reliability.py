@@ -95,8 +95,8 @@ def _close(ours, ref, dtype, terms: float, rtol=2e-3):
     # The floor: float32's rounding of the summed terms, and in float16 8 of its smallest
     # steps (6e-8; below 6e-5 it is subnormal, and duplicate rows are summed in float16).
     scale = 2.0 * 2.0**-8 if dtype == "bfloat16" else 1e-3
-    floor = 2e-7 * terms + (8 * float(np.finfo(np.float16).smallest_subnormal))
-    floor = floor if dtype == "float16" else 2e-7 * terms
+    float16_steps = 8 * float(np.finfo(np.float16).smallest_subnormal)
+    floor = 2e-7 * terms + (float16_steps if dtype == "float16" else 0.0)
     for a, b in ((gx, ref_gx), (gw, ref_gw)):
         np.testing.assert_allclose(a, b, rtol=rtol * 10, atol=scale * np.abs(b).max() + floor)
 
