@@ -312,14 +312,117 @@ def test_algorithmic_quick(tmp_path):
     import algorithmic
 
     result = algorithmic.main(["--quick", "--out", str(tmp_path / "alg")])
-    assert len(result["runs"]) == 4  # two tasks x two heads
-    for run in result["runs"]:
-        assert 0.0 <= run["explained_variance_top2"] <= 1.0 + 1e-9
-        vocab = 31 if run["task"] == "modular_addition" else 25
-        assert np.asarray(run["pca"]).shape == (vocab, 2)
-        assert len(run["test_accuracy"]) == 3
+    runs, _ = result["runs"]
+    assert {(r["model"], r["head"]) for r in runs} == {
+        (m, h) for m in ("mlp", "transformer") for h in ("standard", "harmonic")
+    }
+    for run in runs:
+        assert run["seeds"] == [0, 52]  # the released seeds, in order
+        assert all(0.0 <= e <= 1.0 + 1e-9 for e in run["explained_variance_top2"])
+        assert np.asarray(run["pca"]).shape == (2, 31, 2)
+        assert len(run["final_test_accuracy"]) == 2
     assert result["table"].count("\n") == 5  # header, rule, 4 rows
     assert (tmp_path / "alg" / "pca.png").stat().st_size > 0
+    again = algorithmic.main(["--quick", "--out", str(tmp_path / "alg")])  # resumes: nothing new
+    assert again["runs"] == result["runs"]
+
+
+def _train(model, head, seeds, fractions, epochs=2, task="modular_addition"):
+    import algorithmic
+
+    args = algorithmic.parse_args(["--epochs", str(epochs)])
+    trainer, accuracy, _ = algorithmic.train_config(task, model, head, args, seeds, fractions)
+    return {k: v.numpy() for k, v in trainer.weights.items()}, accuracy
+
+
+@pytest.mark.parametrize(
+    "model,head", [("mlp", "harmonic"), ("mlp", "standard"), ("transformer", "harmonic")]
+)
+def test_a_stacked_seed_trains_as_it_does_alone(model, head):
+    """Seed 52 in a stack of three ends where seed 52 alone ends (its own shuffles and, in the
+    transformer, dropout masks): the seeds do not mix. Seed 0 ends elsewhere (the check can
+    fail)."""
+    stacked, acc_stacked = _train(model, head, [0, 52, 105], [0.8] * 3)
+    alone, acc_alone = _train(model, head, [52], [0.8])
+    for k in alone:  # 1e-4: the attention's key bias has a zero gradient up to rounding, which
+        # Adam's normalisation turns into lr-sized steps of either sign in both runs
+        np.testing.assert_allclose(stacked[k][1], alone[k][0], atol=1e-4, err_msg=k)
+    np.testing.assert_allclose(acc_stacked[:, 1], acc_alone[:, 0], atol=1e-6)
+    assert np.abs(stacked["table"][0] - alone["table"][0]).max() > 0.05
+
+
+def test_a_smaller_train_set_in_the_stack_trains_as_it_does_alone():
+    """Train fractions stack too: the 0.1 run takes 4 steps an epoch while the 0.9 run takes 29,
+    and its weights, moments and step count stay put in the other 25 (per-run AdamW steps)."""
+    stacked, _ = _train("mlp", "harmonic", [66, 66], [0.9, 0.1])
+    alone, _ = _train("mlp", "harmonic", [66], [0.1])
+    for k in alone:
+        np.testing.assert_allclose(stacked[k][1], alone[k][0], atol=2e-5, err_msg=k)
+
+
+def test_the_stacked_harmonic_mlp_trains_as_a_keras_model_with_the_package_head():
+    """The toy MLP built from Keras layers and ``HarmonicLMHead`` (tied, eta 2, eps 1e-4),
+    fitted by ``model.fit`` with Keras's AdamW on the same batches, ends at the stacked
+    trainer's weights for that seed (Keras puts AdamW's epsilon inside the bias correction,
+    PyTorch outside: a 1e-7-relative difference)."""
+    import keras
+
+    import harmonic_tf as ht
+
+    import algorithmic
+    import toy_data
+    import toy_models
+
+    seed, epochs = 52, 2
+    data = toy_data.split(toy_data.modular_addition(seed), seed)
+    args = algorithmic.parse_args(["--epochs", str(epochs)])
+    trainer, _, _ = algorithmic.train_config(
+        "modular_addition", "mlp", "harmonic", args, [seed], [0.8]
+    )
+    cfg = trainer.cfg
+    start = {k: v[0] for k, v in toy_models.initial_weights(cfg, [seed]).items()}
+    tokens = keras.Input([2], dtype="int32")
+    table = keras.layers.Embedding(31, 16)
+    first, second = keras.layers.Dense(100, activation="silu"), keras.layers.Dense(16)
+    h = second(first(keras.layers.Flatten()(table(tokens))))
+    head = ht.HarmonicLMHead(tied_embedding=table, eta=2.0, eps=1e-4)
+    model = ht.HarmonicModel(tokens, head(h))
+    table.set_weights([start["table"]])
+    first.set_weights([start["in_w"], start["in_b"]])
+    second.set_weights([start["out_w"], start["out_b"]])
+    model.compile(keras.optimizers.AdamW(2e-3, weight_decay=0.01, epsilon=1e-8), ht.HarmonicLoss())
+    order = trainer.orders(0, epochs)[:, 0].reshape(-1)
+    model.fit(
+        data.train_tokens[order], data.train_labels[order], batch_size=32, shuffle=False, verbose=0
+    )
+    trained = trainer.weights["table"].numpy()[0]
+    np.testing.assert_allclose(table.get_weights()[0], trained, atol=5e-5)
+    assert np.abs(trained - start["table"]).max() > 0.01  # it did train
+
+
+def test_the_datasets_are_the_released_tasks():
+    """Each task's labels follow its rule, and the split is 800/200 (460/116 of 576)."""
+    import toy_data
+
+    t = toy_data.lattice(0)
+    pts = np.stack([t.tokens // 5, t.tokens % 5], -1)
+    label = np.stack([t.labels // 5, t.labels % 5], -1)
+    np.testing.assert_array_equal(label, -pts[:, 0] + pts[:, 1] + pts[:, 2])
+    m = toy_data.modular_addition(52)
+    np.testing.assert_array_equal(m.labels, m.tokens.sum(1) % 31)
+    e = toy_data.equivalence(105)
+    np.testing.assert_array_equal(e.labels == 40, (e.tokens[:, 0] - e.tokens[:, 1]) % 5 == 0)
+    g = toy_data.genealogy(0)
+    parent = g.tokens[:, 1] == 127
+    np.testing.assert_array_equal(g.labels[parent], g.tokens[parent, 0] // 2)
+    assert g.vocab_size == 130 and g.pca_rows == slice(1, 127)
+    p = toy_data.permutations(0)
+    assert len(p.labels) == 576 and p.vocab_size == 24
+    assert len(toy_data.split(p, 0).train_labels) == 460
+    s = toy_data.split(m, 52)
+    assert len(s.train_labels) == 800 and len(s.test_labels) == 200
+    assert toy_data.paper_seeds()[:3] == [0, 52, 105] and toy_data.paper_seeds()[-1] == 1000
+    np.testing.assert_array_equal(toy_data.modular_addition(52).tokens, m.tokens)  # seeded
 
 
 def test_grokking_epoch_is_the_first_epoch_that_stays_above():
