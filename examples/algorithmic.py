@@ -186,7 +186,8 @@ def train_config(task: str, model: str, head: str, args, seeds, fractions, progr
 
 def run_config(task: str, model: str, head: str, args, progress=None) -> dict:
     """The seeds experiment of one configuration: EV, grokking epoch and final accuracy per seed."""
-    seeds = toy_data.paper_seeds(args.seeds)
+    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else None
+    seeds = seeds or toy_data.paper_seeds(args.seeds)
     start = time.time()
     trainer, accuracy, rows = train_config(
         task, model, head, args, seeds, [args.train_fraction] * len(seeds), progress
@@ -355,6 +356,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", default="mlp,transformer")
     p.add_argument("--heads", default="standard,harmonic")
     p.add_argument("--seeds", type=int, default=20, help="the first N of the released 20 seeds")
+    p.add_argument("--seed-list", help="other seeds, e.g. 50 (the released case study)")
     p.add_argument(
         "--epochs", type=int, default=None, help="default: 7,000 (10,000 perm. transformers)"
     )
@@ -403,8 +405,9 @@ def main(argv=None) -> dict:
             if os.path.exists(path):  # resume: finished runs are kept
                 bar.update(args.epochs or default_epochs(t, m))
                 continue
+            result = run(t, m, h, args, bar)  # written when done: a file is a finished run
             with open(path, "w") as f:
-                json.dump(run(t, m, h, args, bar), f)
+                json.dump(result, f)
     text = summarize(args.out)
     print(text)
     return {"table": text, "runs": load_runs(args.out)}

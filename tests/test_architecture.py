@@ -112,6 +112,44 @@ def test_custom_gradient_sequence_is_written_once():
             assert marker not in text, (path, marker)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(in_batch_negatives=0, center_gradient="indexed_slices"),
+        dict(negatives="per_example", in_batch_negatives=0, center_gradient="indexed_slices"),
+        dict(in_batch_negatives="all", center_rows=4, center_control_variate=True),
+        dict(in_batch_negatives=4, center_rows=4, center_control_variate=False),
+    ],
+    ids=["shared", "per_example", "rows_control_variate", "rows"],
+)
+def test_every_gradient_term_comes_from_the_kernel_formulas(options, monkeypatch):
+    """With the kernel's two coefficient formulas (other classes', true class's) made to return
+    zeros, every path's gradients are exactly zero: no path derives a term of its own. (Before
+    this test the sampled rows re-derived the own-label push and the exact pull; both failed.)"""
+    import tensorflow as tf
+
+    import harmonic_tf as ht
+    from harmonic_tf.ops import _kernel
+
+    x = tf.random.stateless_normal([16, 8], [1, 2])
+    w = tf.random.stateless_normal([64, 8], [1, 3])
+    y = tf.random.stateless_uniform([16], [1, 4], maxval=64, dtype=tf.int32)
+    opts = ht.SampledOptions(k=8, sampler="uniform", **options)
+
+    def grads():
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = ht.sampled_harmonic_loss(x, w, y, opts, eta=4.0, seed=0)
+            exact = ht.harmonic_loss(x, w, y, eta=4.0, chunk_size=16, path="two_pass")
+        return [tf.convert_to_tensor(g) for g in tape.gradient([loss, exact], [x, w])]
+
+    assert all(float(tf.reduce_max(tf.abs(g))) > 1e-3 for g in grads())
+    monkeypatch.setattr(_kernel, "coefficients", lambda z, *a, **k: tf.zeros_like(z))
+    monkeypatch.setattr(_kernel, "true_pull", lambda weight, d2, diff, *a: tf.zeros_like(diff))
+    for g in grads():
+        assert float(tf.reduce_max(tf.abs(g))) == 0.0
+
+
 PRIVATE = re.compile(
     r"keras\.src|keras_hub\.src|tensorflow\.python|\b(?!self\b|cls\b)[a-z]\w*\._[a-z]"
 )

@@ -448,3 +448,21 @@ def test_finetune_vlm_quick_on_cifar10(tmp_path):
         assert curve[-1][1] < curve[0][1], (name, curve)  # held-out response loss falls
     assert (out / "finetune_vlm.png").stat().st_size > 0
     assert "harmonic - CE" in json.loads((out / "result.json").read_text())["table"]
+
+
+def test_the_main_job_says_why_its_sampled_run_is_slower():
+    """At the main job's V = 3,000 the sampled run's candidate columns (512 draws + 768 in-batch
+    labels) are 43% of V; the output says so when the sampled run is the slower one, and
+    nothing when it is faster."""
+    import transformer_lm
+
+    args = transformer_lm.parse_args([])
+    counts = np.ones(args.vocab_size)
+    slow = [
+        {"kind": "exact", "tokens_per_second": 33_000},
+        {"kind": "sampled", "tokens_per_second": 20_000},
+    ]
+    note = transformer_lm.speed_note(slow, args, counts)
+    assert "1,280 columns, 43% of V = 3,000" in note and "128 center rows" in note
+    slow[1]["tokens_per_second"] = 40_000
+    assert transformer_lm.speed_note(slow, args, counts) == ""

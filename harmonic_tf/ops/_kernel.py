@@ -101,7 +101,7 @@ def token_backward(columns: Columns, forward, x, labels, g, eta, eps: float, dw=
     ``d_eta`` is ``None`` unless ``eta`` is a tensor."""
     true, margin, loss, saved = forward
     lse = true.z + loss
-    pull = true_pull(margin, true.d2, true.diff, g, eta, eps)
+    pull = true_pull(tf.math.sigmoid(margin), true.d2, true.diff, g, eta, eps)
     dx, center, other_l = columns.backward(saved, x, labels, lse, g, eta, eps, true, dw)
     d_eta = None
     if isinstance(eta, tf.Tensor):
@@ -182,11 +182,12 @@ def center_grad(c: tf.Tensor, x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
     return 2.0 * tf.reduce_sum(c, axis=0)[:, None] * w - 2.0 * tf.matmul(c, x, transpose_a=True)
 
 
-def true_pull(margin, d2_true, diff_true, g, eta, eps: float) -> tf.Tensor:
-    """True-class term of dL/dx ``[N, D]``, ``2 c_y (x - w_y)`` with ``c_y = (p_y - 1) *
-    -(eta/2) / (d2_y + eps)`` and ``1 - p_y = sigmoid(margin)``. Its center gradient is the
-    negative."""
-    c_true = tf.math.sigmoid(margin) * (0.5 * eta) / (d2_true + eps) * g
+def true_pull(weight, d2_true, diff_true, g, eta, eps: float) -> tf.Tensor:
+    """``[N, D]``: ``2 weight (eta/2) g / (d2_y + eps) (x - w_y)``. With ``weight = 1 - p_y``
+    (``sigmoid(margin)``) it is the true class's term of dL/dx, and its center gradient the
+    negative; with ``weight = p_y`` it is the own label's push on its center, the other-class
+    formula applied to the label (``-2 c_y (x - w_y)``, ``c_y`` as in :func:`coefficients`)."""
+    c_true = weight * (0.5 * eta) / (d2_true + eps) * g
     return 2.0 * c_true[:, None] * diff_true
 
 

@@ -165,12 +165,12 @@ class Candidates:
     remove_accidental_hits: bool
     per_example: tf.Tensor | None = None  # [N, k] ids
     per_example_valid: tf.Tensor | None = None  # [N, k] bool: off for ids in the in-batch block
-    shared: tf.Tensor | None = None  # [K] ids: sampled then in-batch columns
+    shared: tf.Tensor | None = None  # [K] ids: sampled and in-batch columns
     shared_bias: tf.Tensor | None = None  # [K] added to the shared logits: -logQ, or -inf
     log_q_true: tf.Tensor | float = 0.0  # [N] subtracted from the true logit
     log_q_per_example: tf.Tensor | float = 0.0  # [N, k]
     bad_ids: tf.Tensor | None = None  # [N] bool: rows that saw an out-of-range given id
-    in_batch_columns: int | tf.Tensor | None = None  # the shared block's last: batch labels
+    in_batch_span: tuple | None = None  # (start, stop): the batch labels' shared columns
 
     def keep(self, ids: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
         """Mask of usable candidate columns for ``ids`` ([N, k] or [K]) as ``[N, cols]``."""
@@ -200,7 +200,7 @@ def build_candidates(
     in_batch = _in_batch_block(p, options)
     draws = _draw(p, options, sampler, rng, sampled_ids, in_batch)
     log_q_true, log_q_per_example, log_q_shared = _log_q(p.labels, options, sampler, draws)
-    shared, shared_bias = _shared_block(draws, log_q_shared, in_batch)
+    shared, shared_bias, in_batch_span = _shared_block(draws, log_q_shared, in_batch)
     bad_rows = draws.bad_rows
     if bad_rows is not None and bad_rows.shape.rank == 0:
         bad_rows = tf.fill(tf.shape(p.labels), bad_rows)
@@ -214,7 +214,7 @@ def build_candidates(
         log_q_true=log_q_true,
         log_q_per_example=log_q_per_example,
         bad_ids=bad_rows,
-        in_batch_columns=None if in_batch is None else _length(in_batch.ids),
+        in_batch_span=in_batch_span,
     )
 
 
@@ -295,10 +295,13 @@ def _log_q(labels, options: SampledOptions, sampler, draws: Draws):
 
 
 def _shared_block(draws: Draws, log_q_shared, in_batch: InBatch | None):
-    """``(ids [K], bias [K])`` of the shared columns: the draws, then the in-batch labels; the
-    bias is ``-logQ`` (0 for in-batch ids) or ``-inf`` for unusable columns."""
-    shared, valid = draws.shared, draws.shared_valid
+    """``(ids [K], bias [K], in_batch_span)`` of the shared columns: the draws, then the in-batch
+    labels at ``[start, stop)`` (``None`` without them); the bias is ``-logQ`` (0 for in-batch
+    ids) or ``-inf`` for unusable columns."""
+    shared, valid, span = draws.shared, draws.shared_valid, None
     if in_batch is not None:
+        start = 0 if shared is None else _length(shared)
+        span = (start, start + _length(in_batch.ids))
         if shared is None:
             shared, valid, log_q_shared = in_batch.ids, in_batch.filled, None
         else:
@@ -307,11 +310,11 @@ def _shared_block(draws: Draws, log_q_shared, in_batch: InBatch | None):
             if log_q_shared is not None:
                 log_q_shared = tf.concat([log_q_shared, tf.zeros(tf.shape(in_batch.ids))], 0)
     if shared is None:
-        return None, None
+        return None, None, None
     bias = tf.zeros(tf.shape(shared)) if log_q_shared is None else -log_q_shared
     if valid is not None:
         bias = tf.where(valid, bias, -float("inf"))
-    return shared, _computed_once(bias)
+    return shared, _computed_once(bias), span
 
 
 class Block(NamedTuple):
@@ -362,11 +365,12 @@ class SampledColumns:
         center = _kernel.CenterGrad(
             shape=tf.shape(self.w), as_slices=self.center_gradient == "indexed_slices"
         )
-        dx = 0.0
+        dx, shared, shared_c = 0.0, None, None
         for b in blocks:
             # Masked columns have z = -inf, so their coefficients are 0.
             c = _kernel.coefficients(b.z, lse, g, eta, eps, b.d2)
-            c_last = c
+            if b.ids.shape.rank == 1:  # the shared block ([K] ids; per-example ones are [N, k])
+                shared, shared_c = b, c
             dx += _kernel.hidden_grad(c, x, b.w)
             if moves:
                 center.values.append(_kernel.center_grad(c, x, b.w))
@@ -376,19 +380,19 @@ class SampledColumns:
             # The candidates' probabilities stand in for the full softmax's.
             other_l = sum(_kernel.expected_l(b.z, lse, eps=eps, d2=b.d2) for b in blocks)
         if self.center_rows is not None:
-            center = self._row_center_grad(blocks[-1], c_last, x, labels, lse, g, eta, eps, true)
+            center = self._row_center_grad(shared, shared_c, x, labels, lse, g, eta, eps, true)
         return dx, center, other_l
 
     def _row_center_grad(self, shared: Block, c, x, labels, lse, g, eta, eps, true):
         """The dense centers' gradient from the center rows. With the control variate, every
         token's own-label push (``p_y``) joins its exact pull: that is the kernel's true pull,
         ``1 - p_y``, so only the variate's other updates are added here. ``shared``: the
-        shared block (it holds the in-batch columns, if any, last) with coefficients ``c``."""
+        shared block (``None``: none) with coefficients ``c``; it holds the in-batch columns."""
         rows, w = self.center_rows, self.w - self.origin
         if not self.control_variate:
             dense = _row_sampled_center_grad(x, w, labels, rows, true, g, eta, eps)
             return _kernel.CenterGrad(dense=dense, includes_true=True)
-        in_batch = _in_batch_part(shared, c, self.cand.in_batch_columns)
+        in_batch = _in_batch_part(shared, c, self.cand.in_batch_span)
         indices, values = _control_variate_updates(
             in_batch, true, lse, g, eta, eps, rows, labels, x
         )
@@ -396,12 +400,14 @@ class SampledColumns:
         return _kernel.CenterGrad(dense=push, values=values, indices=indices)
 
 
-def _in_batch_part(block: Block, c: tf.Tensor, m):
-    """``(coefficients [N, m], centers [m, D], ids [m])`` of the batch's label columns: the
-    last ``m`` of the shared ``block`` (``c``: its coefficients); ``None`` without them."""
-    if m is None:
+def _in_batch_part(block: Block | None, c: tf.Tensor, span: tuple | None):
+    """``(coefficients [N, m], centers [m, D], ids [m])`` of the batch's label columns, the
+    ``span`` of the shared ``block`` that :func:`_shared_block` put them at (``c``: the block's
+    coefficients); ``None`` without them."""
+    if span is None or block is None:
         return None
-    return c[:, -m:], block.w[-m:], block.ids[-m:]
+    start, stop = span
+    return c[:, start:stop], block.w[start:stop], block.ids[start:stop]
 
 
 def _control_variate_updates(in_batch, true, lse, g, eta, eps, rows, labels, x):
@@ -414,10 +420,10 @@ def _control_variate_updates(in_batch, true, lse, g, eta, eps, rows, labels, x):
     left to estimate the difference, most of the noise being a token's large push on its own
     label (``p_y``) against its exact pull."""
     scale = _rows_scale(x, rows)
-    # Own label: -2 c_y (x - w_y) with c_y = -(eta/2) p_y / (d2_y + eps), p_y from the estimate.
+    # Own label's push, p_y from the estimate (the kernel's true_pull with weight p_y).
     p_y = tf.exp(tf.gather(true.z - lse, rows))
-    d2_r, g_r = tf.gather(true.d2, rows), tf.gather(g, rows)
-    own_rows = (-eta * scale * p_y * g_r / (d2_r + eps))[:, None] * tf.gather(true.diff, rows)
+    d2_r, g_r, diff_r = (tf.gather(t, rows) for t in (true.d2, g, true.diff))
+    own_rows = -_kernel.true_pull(p_y, d2_r, diff_r, g_r * scale, eta, eps)
     indices, values = [tf.gather(labels, rows)], [own_rows]
     if in_batch is not None:
         c, w, ids = in_batch
@@ -459,6 +465,6 @@ def _row_sampled_center_grad(x, w, labels, rows, true, g, eta, eps):
     """Dense ``[V, D]`` centers' gradient: every token's exact pull ``-(dz_y/dw_y)`` plus the
     rows' push (:func:`_row_sampled_push`)."""
     push = _row_sampled_push(x, w, rows, g, eta, eps)
-    # Every token's exact pull: -(true_pull) at its label's row, with p_y = 0 (the push has it).
-    pull = -2.0 * (0.5 * eta * g / (true.d2 + eps))[:, None] * true.diff
+    # Every token's exact pull at its label's row with weight 1 (p_y = 0: the push has it).
+    pull = -_kernel.true_pull(1.0, true.d2, true.diff, g, eta, eps)
     return tf.tensor_scatter_nd_add(push, labels[:, None], pull)
