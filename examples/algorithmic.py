@@ -168,16 +168,11 @@ def train_config(task: str, model: str, head: str, args, seeds, fractions, progr
     trained trainer and the test accuracy after each epoch, ``[epochs, S]``."""
     tasks = [toy_data.TASKS[task](s) for s in seeds]
     splits = [toy_data.split(t, s, f) for t, s, f in zip(tasks, seeds, fractions, strict=True)]
+    knobs = ("eta", "eps", "table_scale", "dropout", "mlp_penalty")
     cfg = toy_models.Config(
-        model,
-        head,
-        tasks[0].vocab_size,
-        tasks[0].tokens.shape[1],
-        eta=args.eta,
-        eps=args.eps,
-        table_scale=args.table_scale,
-        dropout=args.dropout,
-    )
+        model, head, tasks[0].vocab_size, tasks[0].tokens.shape[1],
+        **{k: getattr(args, k) for k in knobs},
+    )  # fmt: skip
     decay = args.weight_decay if args.weight_decay is not None else {"mlp": 0.01}.get(model, 0.005)
     trainer = StackedTrainer(cfg, seeds, splits, args.lr, decay, args.test_dropout == "on")
     epochs = args.epochs or default_epochs(task, model)
@@ -226,7 +221,8 @@ def run_fractions(task: str, model: str, head: str, args, progress=None) -> dict
 
 
 def settings(args) -> dict:
-    keys = ("lr", "weight_decay", "eta", "eps", "table_scale", "dropout", "test_dropout", "epochs")
+    keys = ("lr", "weight_decay", "eta", "eps", "table_scale", "dropout", "test_dropout")
+    keys += ("mlp_penalty", "epochs")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -369,6 +365,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--table-scale", type=float, default=1.0, help="x the PyTorch initial table")
     p.add_argument("--dropout", type=float, default=0.1, help="transformer dropout")
     p.add_argument("--test-dropout", choices=["on", "off"], default="on")
+    p.add_argument("--mlp-penalty", action="store_true", help="the table penalty acts on MLPs")
     p.add_argument("--train-fraction", type=float, default=0.8)
     p.add_argument("--efficiency", action="store_true", help="train fractions 0.1..0.9 instead")
     p.add_argument("--efficiency-seed", type=int, default=66)

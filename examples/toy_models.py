@@ -30,6 +30,7 @@ class Config(NamedTuple):
     eps: float = 1e-4  # added to squared distances (DistLayer's eps)
     table_scale: float = 1.0  # multiplies the initial embedding / centers (ablation)
     dropout: float = 0.1  # transformer only (PyTorch's TransformerEncoderLayer default)
+    mlp_penalty: bool = False  # the table penalty on the MLPs too (the released code: inert)
 
 
 def _uniform(seed: int, index: int, shape, bound: float) -> np.ndarray:
@@ -224,6 +225,6 @@ def seed_losses(cfg: Config, w: dict, h: tf.Tensor, labels: tf.Tensor) -> tf.Ten
 def table_penalty(cfg: Config, w: dict) -> tf.Tensor:
     """``[S]``: the released ``0.01 * mean_columns(sqrt(mean_rows(E^2)))``. Zero for the MLPs:
     there the released code computes it on ``embedding.data`` (no gradient), so it never acts."""
-    if cfg.model == "mlp":
+    if cfg.model == "mlp" and not cfg.mlp_penalty:
         return tf.zeros([w["table"].shape[0]])
     return 0.01 * tf.reduce_mean(tf.sqrt(tf.reduce_mean(tf.square(w["table"]), axis=1)), axis=1)
