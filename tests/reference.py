@@ -141,3 +141,21 @@ def harmax_autodiff(x, w, y, eta, eps=1e-9, ignore_index=-100):
         loss = tf.reduce_sum(tf.where(keep, losses, 0.0)) / max(keep.sum(), 1)
     grads = tape.gradient(loss, [x, w, eta])
     return (loss.numpy(), *(g.numpy() for g in grads))
+
+
+def harmonic_logits_numpy(hidden, centers, eta, eps=1e-9):
+    """Float64 ``-(eta/2) log(||h - w||^2 + eps)`` for hidden states ``[..., D]`` and centers
+    ``[V, D]`` (the plain difference, no expansion)."""
+    h, w = np.asarray(hidden, np.float64), np.asarray(centers, np.float64)
+    d2 = np.sum(np.square(h[..., None, :] - w), axis=-1)
+    return -0.5 * eta * np.log(d2 + eps)
+
+
+def weighted_loss_numpy(logits, y, weight):
+    """Keras's ``"sum_over_batch_size"`` of the softmax cross-entropy of float64 ``logits``:
+    the weighted sum over all label positions divided by their count."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    lse = np.log(np.exp(z).sum(-1))
+    per_token = lse - np.take_along_axis(z, y[..., None], -1)[..., 0]
+    return (per_token * weight).sum() / y.size

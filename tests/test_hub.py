@@ -13,6 +13,8 @@ import harmonic_tf as ht
 keras_hub = pytest.importorskip("keras_hub", reason="the keras-hub extra is not installed")
 from harmonic_tf.hub import HarmonicCausalLM  # noqa: E402
 
+from reference import harmonic_logits_numpy, weighted_loss_numpy  # noqa: E402
+
 # Slow: still run in CI, left out of `-m "not slow"`.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_keras_state")]
 
@@ -46,16 +48,6 @@ def _batches(n=64, seed=0):
     return x, ids[:, 1:], mask[:, 1:].astype("float32")
 
 
-def _exact_numpy(logits, y, weight):
-    """Keras's "sum_over_batch_size" of the exact harmonic loss, float64: weighted sum over all
-    label positions (none is ignore_index here)."""
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(-1, keepdims=True)
-    lse = np.log(np.exp(z).sum(-1))
-    per_token = lse - np.take_along_axis(z, y[..., None], -1)[..., 0]
-    return (per_token * weight).sum() / y.size
-
-
 def _compiled(backbone, **loss_kwargs):
     lm = HarmonicCausalLM(backbone)
     lm.compile(
@@ -80,13 +72,13 @@ def test_fit_evaluate_generate_reload_and_continue(tmp_path):
     assert logs["loss"] < before["loss"] - 0.1
     logits = lm.predict(x, batch_size=64, verbose=0)
     assert logits.shape == (64, S, V) == (64, S, *lm.output_shape[2:])
-    np.testing.assert_allclose(logs["loss"], _exact_numpy(logits, y, sw), rtol=1e-4)
+    # predict's logits are the harmonic logits of the backbone's hidden states (float64).
+    hidden = lm.backbone(x)
+    ref = harmonic_logits_numpy(hidden, lm.backbone.token_embedding.embeddings, 2.0 * D)
+    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(logs["loss"], weighted_loss_numpy(ref, y, sw), rtol=1e-4)
     weighted_hits = (logits.argmax(-1) == y) * sw
     np.testing.assert_allclose(logs["accuracy"], weighted_hits.sum() / sw.sum(), atol=1e-6)
-    # predict's logits are the harmonic logits of the backbone's hidden states.
-    hidden = lm.backbone(x)
-    ref = ht.harmonic_logits(hidden, lm.backbone.token_embedding.embeddings, 2.0 * D)
-    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-3)
 
     # Greedy generate(): each new token is the argmax of the harmonic logits of its prefix.
     prompt_len, n = 4, 3
@@ -103,7 +95,7 @@ def test_fit_evaluate_generate_reload_and_continue(tmp_path):
     step_logits, step_hidden, _ = lm.call_with_cache(tf.constant(out), cache, 0)
     centers = lm.backbone.token_embedding.embeddings
     np.testing.assert_allclose(
-        step_logits, ht.harmonic_logits(step_hidden, centers, 2.0 * D), rtol=1e-5, atol=1e-4
+        step_logits, harmonic_logits_numpy(step_hidden, centers, 2.0 * D), rtol=1e-5, atol=1e-4
     )
     assert not np.allclose(step_logits, tf.matmul(step_hidden, centers, transpose_b=True))
 
@@ -136,9 +128,9 @@ def test_default_compile_is_the_exact_loss_and_harmonic_accuracy():
     assert [type(m).__name__ for m, _ in lm._harmonic_metrics] == ["HarmonicAccuracy"]
     x, y, sw = _batches(16)
     logs = lm.evaluate(x, y, sample_weight=sw, verbose=0, return_dict=True)
-    np.testing.assert_allclose(
-        logs["loss"], _exact_numpy(lm.predict(x, verbose=0), y, sw), rtol=1e-4
-    )
+    assert lm.harmonic_head.eta is None  # the default rule, documented as 2 D
+    ref = harmonic_logits_numpy(lm.backbone(x), lm.backbone.token_embedding.embeddings, 2.0 * D)
+    np.testing.assert_allclose(logs["loss"], weighted_loss_numpy(ref, y, sw), rtol=1e-4)
 
 
 def test_from_preset_of_a_backbone_and_of_a_gpt2_causal_lm(tmp_path):
@@ -150,7 +142,7 @@ def test_from_preset_of_a_backbone_and_of_a_gpt2_causal_lm(tmp_path):
     for preset in ("bb", "lm"):
         lm = HarmonicCausalLM.from_preset(str(tmp_path / preset), eta=4.0)
         assert lm.harmonic_head.eta == 4.0
-        ref = ht.harmonic_logits(hidden, backbone.token_embedding.embeddings, 4.0)
+        ref = harmonic_logits_numpy(hidden, backbone.token_embedding.embeddings, 4.0)
         np.testing.assert_allclose(lm.predict(x, verbose=0), ref, rtol=1e-4, atol=1e-3)
 
 

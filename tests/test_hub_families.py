@@ -15,6 +15,8 @@ import tensorflow as tf  # noqa: E402
 import harmonic_tf as ht  # noqa: E402
 from harmonic_tf.keras.hub import HarmonicCausalLM, causal_lm_class  # noqa: E402
 
+from reference import harmonic_logits_numpy, weighted_loss_numpy  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.own_process]
 
 
@@ -206,14 +208,6 @@ def _batches(lm, n=8, seed=0):
     return _inputs(lm, ids[:, :-1], mask[:, :-1]), ids[:, 1:], mask[:, 1:].astype("float32")
 
 
-def _exact_numpy(logits, y, weight):
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(-1, keepdims=True)
-    lse = np.log(np.exp(z).sum(-1))
-    per_token = lse - np.take_along_axis(z, y[..., None], -1)[..., 0]
-    return (per_token * weight).sum() / y.size
-
-
 PROMPT = 6  # tokens; Gemma 3's image takes positions 1-4
 
 
@@ -229,7 +223,7 @@ def _greedy(lm, family, x):
         out = lm.generate(prompt, stop_token_ids=None)
     out = np.asarray(out["token_ids"])
     full = _inputs(lm, out, np.ones_like(out, bool), response_from=PROMPT)
-    return out[:, PROMPT:], lm.predict(full, verbose=0)[:, PROMPT - 1 : -1]
+    return out[:, PROMPT:], np.asarray(lm(full))[:, PROMPT - 1 : -1]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -249,18 +243,18 @@ def test_family_fits_evaluates_generates_scores_and_reloads(family, tmp_path):
     before = head.centers_variable.numpy().copy()
     lm.fit(x, y, sample_weight=sw, batch_size=4, epochs=1, verbose=0)
     assert not np.allclose(head.centers_variable.numpy(), before)  # the centers trained
-    logits = lm.predict(x, verbose=0)
+    logits = np.asarray(lm(x))  # eager: predict's XLA compile is the fit's twin (test_hub.py)
     assert logits.shape == (8, S, V)  # the positions stock returns (PaliGemma: text only)
     hidden = lm.hidden_states(x)
-    ref = ht.harmonic_logits(hidden, head.centers, 2.0 * D)
+    ref = harmonic_logits_numpy(hidden, head.centers, 2.0 * D)
     np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-3)
     # The stock model on the same backbone and inputs reads out the same hidden states with
     # the same matrix: its dot-product logits are those hidden states times the centers.
     stock = causal_lm_class(type(lm.backbone))(backbone=lm.backbone, preprocessor=None)
     dot = np.einsum("bsd,vd->bsv", np.asarray(hidden, np.float64), np.asarray(head.centers))
-    np.testing.assert_allclose(stock.predict(x, verbose=0), dot, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(stock(x), dot, rtol=1e-4, atol=1e-4)
     logs = lm.evaluate(x, y, sample_weight=sw, verbose=0, return_dict=True)
-    np.testing.assert_allclose(logs["loss"], _exact_numpy(logits, y, sw), rtol=1e-4)
+    np.testing.assert_allclose(logs["loss"], weighted_loss_numpy(ref, y, sw), rtol=1e-4)
     if set(lm.input) == {"token_ids", "padding_mask"}:
         np.testing.assert_allclose(lm.score(x["token_ids"], x["padding_mask"]), logits, atol=1e-3)
 
@@ -276,7 +270,7 @@ def test_family_fits_evaluates_generates_scores_and_reloads(family, tmp_path):
         return
     loaded = keras.models.load_model(path)
     assert type(loaded) is type(lm)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loaded(x), logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", sorted(CACHED_DECODING_DIFFERS_IN_KERAS_HUB))
