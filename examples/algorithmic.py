@@ -346,6 +346,16 @@ def summarize(folder: str) -> str:
     return text
 
 
+def compare(folders: list[str]) -> str:
+    """One table of the seed runs of several folders (an ablation: one setting changed per
+    folder), a leading column naming the folder."""
+    lines = ["| setting " + HEADER.replace("\n", "\n|---")]
+    for folder in folders:
+        for run in load_runs(folder)[0]:
+            lines.append(f"| {os.path.basename(os.path.normpath(folder))} {table_row(run)}")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default=",".join(toy_data.TASKS))
@@ -370,7 +380,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--efficiency", action="store_true", help="train fractions 0.1..0.9 instead")
     p.add_argument("--efficiency-seed", type=int, default=66)
     p.add_argument("--out", default="runs/algorithmic")
-    p.add_argument("--summarize", metavar="DIR", help="only remake the table and pictures of DIR")
+    p.add_argument(
+        "--summarize", nargs="+", metavar="DIR",
+        help="only remake the table and pictures of DIR; several: one table, a row per DIR",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a smoke run (CI)")
     return p.parse_args(argv)
 
@@ -378,7 +391,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.summarize:
-        text = summarize(args.summarize)
+        many = len(args.summarize) > 1
+        text = compare(args.summarize) if many else summarize(args.summarize[0])
         print(text)
         return {"table": text}
     if args.quick:
