@@ -298,8 +298,11 @@ def plot_pca(runs: list[dict], path: str) -> None:
     fig, axes = plt.subplots(
         len(tasks), len(columns), figsize=(2.6 * len(columns), 2.6 * len(tasks)), squeeze=False
     )
+    for ax in axes.flat:  # a missing run leaves its panel empty
+        ax.set_visible(False)
     for r in runs:
         ax = axes[tasks.index(r["task"]), columns.index((r["model"], r["head"]))]
+        ax.set_visible(True)
         pts = np.asarray(r["pca"][0])
         ax.scatter(pts[:, 0], pts[:, 1], s=8)
         for i, (a, b) in enumerate(pts):
@@ -314,19 +317,24 @@ def plot_pca(runs: list[dict], path: str) -> None:
 
 
 def plot_curves(runs: list[dict], path: str) -> None:
-    """Median test accuracy over seeds against epochs, standard vs harmonic, per task and model."""
+    """Median test accuracy over seeds against epochs, standard vs harmonic (rows: models,
+    columns: tasks)."""
     plt = _pyplot()
-    panels = list(dict.fromkeys((r["task"], r["model"]) for r in runs))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 2.6), squeeze=False)
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    fig, axes = plt.subplots(
+        len(models), len(tasks), figsize=(3.0 * len(tasks), 2.5 * len(models)), squeeze=False
+    )
     for r in runs:
-        ax = axes[0, panels.index((r["task"], r["model"]))]
+        ax = axes[models.index(r["model"]), tasks.index(r["task"])]
         curve = np.median(np.asarray(r["test_accuracy_every_10"]), axis=0)
         ax.plot(10 * np.arange(1, len(curve) + 1), curve, label=r["head"])
-        ax.set_title(f"{r['task']}, {r['model']}", fontsize=7)
+        ax.set_title(f"{r['task']}, {r['model']}", fontsize=8)
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=6)
-    axes[0, 0].set_ylabel("test accuracy (median of seeds)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy\n(median of seeds)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
