@@ -33,7 +33,7 @@ from harmonic_tf.keras.layers import HarmonicLMHead
 from harmonic_tf.keras.losses import HarmonicLoss
 from harmonic_tf.keras.metrics import HarmonicAccuracy
 from harmonic_tf.keras.models import HarmonicTraining
-from harmonic_tf.ops import ExactOptions, harmonic_loss
+from harmonic_tf.ops import harmonic_loss
 
 # The HarmonicLMHead arguments a causal LM takes and saves: the head is tied to the token
 # embedding (no initializer, regularizer or constraint of its own) and returns logits (what
@@ -292,7 +292,7 @@ class HarmonicCausalLM(HarmonicTraining):
         if scoring_mode == "logits":
             return head(hidden)
         loss = self.harmonic_loss
-        chunk = (loss.exact if loss is not None else ExactOptions()).evaluation_chunk_size
+        chunk = (loss or HarmonicLoss()).evaluation_chunk_size
         return harmonic_loss(
             hidden,
             head.centers,

@@ -155,6 +155,12 @@ class HarmonicLoss(keras.losses.Loss):
         a seeded sampled loss draws its negatives from ``[seed, step]``."""
         return self.sampled is not None and self.seed is not None
 
+    @property
+    def evaluation_chunk_size(self) -> int:
+        """The vocabulary chunk of the exact loss in evaluation: what the model's metrics and
+        ``score`` chunk by too, so they never hold more than evaluation's loss does."""
+        return self.exact.evaluation_chunk_size
+
     def call(self, y_true, y_pred):
         raise ValueError(
             "HarmonicLoss is computed from hidden states, which only the model can hand over: "

@@ -167,7 +167,7 @@ class HarmonicTraining:
         loss = loss_fn.reduce(terms)
         for extra in self.losses:  # regularizers and add_loss, as Keras's compute_loss adds them
             loss += tf.reduce_sum(tf.cast(extra, loss.dtype))
-        chunk = loss_fn.exact.evaluation_chunk_size  # the metrics chunk as evaluate's loss does
+        chunk = loss_fn.evaluation_chunk_size  # the metrics chunk as evaluate's loss does
         return loss, HarmonicStep(
             terms, hidden, labels, sample_weight, training, head.centers, chunk
         )
