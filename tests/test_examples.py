@@ -400,6 +400,35 @@ def test_the_stacked_harmonic_mlp_trains_as_a_keras_model_with_the_package_head(
     assert np.abs(trained - start["table"]).max() > 0.01  # it did train
 
 
+def test_the_stacked_adamw_is_pytorchs_adamw():
+    """Three steps against float64 PyTorch AdamW (``torch.optim.AdamW``'s documented update:
+    decay ``p *= 1 - lr wd``, then ``p -= lr m_hat / (sqrt(v_hat) + eps)``), with tiny
+    gradients where the epsilon's place matters; the second run sits out step 2."""
+    import tensorflow as tf
+
+    from algorithmic import AdamW
+
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(2, 3))
+    grads = [rng.normal(size=(2, 3)) * 10.0 ** -rng.integers(3, 9, (2, 3)) for _ in range(3)]
+    weights = {"p": tf.Variable(p0.astype("float32"))}
+    opt = AdamW(weights, lr=0.1, weight_decay=0.5)
+    active = [[True, True], [True, False], [True, True]]
+    for g, on in zip(grads, active, strict=True):
+        opt.apply(weights, {"p": tf.constant(g, tf.float32)}, tf.constant(on))
+    for run in range(2):
+        p, m, v, t = p0[run].copy(), 0.0, 0.0, 0
+        for g, on in zip(grads, active, strict=True):
+            if not on[run]:
+                continue
+            t += 1
+            p *= 1 - 0.1 * 0.5
+            m = 0.9 * m + 0.1 * g[run]
+            v = 0.999 * v + 0.001 * g[run] ** 2
+            p -= 0.1 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        np.testing.assert_allclose(weights["p"].numpy()[run], p, rtol=1e-5, atol=1e-6)
+
+
 def test_the_datasets_are_the_released_tasks():
     """Each task's labels follow its rule, and the split is 800/200 (460/116 of 576)."""
     import toy_data
