@@ -354,13 +354,15 @@ def summarize(folder: str) -> str:
     return text
 
 
-def compare(folders: list[str]) -> str:
+def compare(folders: list[str], tasks: list[str], models: list[str]) -> str:
     """One table of the seed runs of several folders (an ablation: one setting changed per
-    folder), a leading column naming the folder."""
+    folder) for ``tasks`` and ``models``, a leading column naming the folder."""
     lines = ["| setting " + HEADER.replace("\n", "\n|---")]
     for folder in folders:
         for run in load_runs(folder)[0]:
-            lines.append(f"| {os.path.basename(os.path.normpath(folder))} {table_row(run)}")
+            if run["task"] in tasks and run["model"] in models:
+                name = os.path.basename(os.path.normpath(folder))
+                lines.append(f"| {name} {table_row(run)}")
     return "\n".join(lines)
 
 
@@ -400,7 +402,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.summarize:
         many = len(args.summarize) > 1
-        text = compare(args.summarize) if many else summarize(args.summarize[0])
+        pick = args.tasks.split(","), args.models.split(",")
+        text = compare(args.summarize, *pick) if many else summarize(args.summarize[0])
         print(text)
         return {"table": text}
     if args.quick:

@@ -325,6 +325,10 @@ def test_algorithmic_quick(tmp_path):
     assert (tmp_path / "alg" / "pca.png").stat().st_size > 0
     again = algorithmic.main(["--quick", "--out", str(tmp_path / "alg")])  # resumes: nothing new
     assert again["runs"] == result["runs"]
+    folder = str(tmp_path / "alg")  # an ablation table: a row per folder and selected run
+    pick = ["--tasks", "modular_addition", "--models", "mlp"]
+    table = algorithmic.main(["--summarize", folder, folder, *pick])["table"]
+    assert table.count("\n| alg | modular_addition | mlp |") == 4
 
 
 def _train(model, head, seeds, fractions, epochs=2, task="modular_addition"):
