@@ -245,15 +245,15 @@ HEADER = (
 )
 
 
-def table_row(run: dict) -> str:
+def table_row(run: dict, paper: bool = True) -> str:
     ev, grok = run["explained_variance_top2"], run["grokking_epoch"]
     reached = [g for g in grok if g is not None]
     grok_text = f"{np.median(reached):.0f}" if reached else "-"
     return (
         f"| {run['task']} | {run['model']} | {run['head']} | {len(ev)} | "
         f"{100 * np.median(ev):.1f}% | {sum(e >= 0.99 for e in ev)}/{len(ev)} | "
-        f"{grok_text} ({len(grok) - len(reached)}) | {np.median(run['final_test_accuracy']):.3f} | "
-        f"{PAPER.get((run['task'], run['model'], run['head']), '')} |"
+        f"{grok_text} ({len(grok) - len(reached)}) | {np.median(run['final_test_accuracy']):.3f} |"
+        + (f" {PAPER.get((run['task'], run['model'], run['head']), '')} |" if paper else "")
     )
 
 
@@ -357,12 +357,13 @@ def summarize(folder: str) -> str:
 def compare(folders: list[str], tasks: list[str], models: list[str]) -> str:
     """One table of the seed runs of several folders (an ablation: one setting changed per
     folder) for ``tasks`` and ``models``, a leading column naming the folder."""
-    lines = ["| setting " + HEADER.replace("\n", "\n|---")]
+    names = "| setting " + HEADER.split("\n")[0].replace(" paper (20 seeds) |", "")
+    lines = [names, "|---" * (names.count("|") - 1) + "|"]
     for folder in folders:
         for run in load_runs(folder)[0]:
             if run["task"] in tasks and run["model"] in models:
                 name = os.path.basename(os.path.normpath(folder))
-                lines.append(f"| {name} {table_row(run)}")
+                lines.append(f"| {name} {table_row(run, paper=False)}")
     return "\n".join(lines)
 
 
