@@ -1,7 +1,8 @@
 """The paper's toy MLP and transformer, many seeds in one model: every weight carries a leading
 seed axis ``[S, ...]`` and every matmul is batched over it, so 20 seeds train in one compiled
-step at the cost of about five single runs. A seed's draws (initial weights, dropout) come from its own seed, never
-from its place in the stack, so a seed trains the same alone or stacked (tested).
+step at the cost of about five single runs. A seed's draws (initial weights, dropout) come
+from its own seed, never from its place in the stack, so a seed trains the same alone or
+stacked (tested).
 
 Initial weights follow PyTorch's defaults as the released code gets them (``FACTS.md`` 1d):
 Linear weights and biases uniform(+-1/sqrt(fan_in)) (so the MLPs' tied table is +-0.25),
