@@ -35,6 +35,9 @@ import toy_data
 import toy_models
 
 BATCH = 32
+# The model settings a flag may change; their defaults are toy_models.Config's (the released).
+KNOBS = ("eta", "eps", "table_scale", "dropout", "mlp_penalty")
+RELEASED = toy_models.Config._field_defaults
 
 
 def _padded(arrays: list[np.ndarray], fill: int) -> tf.Tensor:
@@ -168,10 +171,9 @@ def train_config(task: str, model: str, head: str, args, seeds, fractions, progr
     trained trainer and the test accuracy after each epoch, ``[epochs, S]``."""
     tasks = [toy_data.TASKS[task](s) for s in seeds]
     splits = [toy_data.split(t, s, f) for t, s, f in zip(tasks, seeds, fractions, strict=True)]
-    knobs = ("eta", "eps", "table_scale", "dropout", "mlp_penalty")
     cfg = toy_models.Config(
         model, head, tasks[0].vocab_size, tasks[0].tokens.shape[1],
-        **{k: getattr(args, k) for k in knobs},
+        **{k: getattr(args, k) for k in KNOBS},
     )  # fmt: skip
     decay = args.weight_decay if args.weight_decay is not None else {"mlp": 0.01}.get(model, 0.005)
     trainer = StackedTrainer(cfg, seeds, splits, args.lr, decay, args.test_dropout == "on")
@@ -221,8 +223,7 @@ def run_fractions(task: str, model: str, head: str, args, progress=None) -> dict
 
 
 def settings(args) -> dict:
-    keys = ("lr", "weight_decay", "eta", "eps", "table_scale", "dropout", "test_dropout")
-    keys += ("mlp_penalty", "epochs")
+    keys = ("lr", "weight_decay", *KNOBS, "test_dropout", "epochs")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -381,10 +382,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--weight-decay", type=float, default=None, help="default 0.01 MLP, 0.005 transformer"
     )
-    p.add_argument("--eta", type=float, default=2.0, help="harmonic exponent on d (released: 2)")
-    p.add_argument("--eps", type=float, default=1e-4, help="added to d^2 (released: 1e-4)")
-    p.add_argument("--table-scale", type=float, default=1.0, help="x the PyTorch initial table")
-    p.add_argument("--dropout", type=float, default=0.1, help="transformer dropout")
+    p.add_argument("--eta", type=float, default=RELEASED["eta"], help="harmonic exponent on d")
+    p.add_argument("--eps", type=float, default=RELEASED["eps"], help="added to d^2")
+    p.add_argument(
+        "--table-scale", type=float, default=RELEASED["table_scale"], help="x the PyTorch table"
+    )
+    p.add_argument("--dropout", type=float, default=RELEASED["dropout"], help="transformer dropout")
     p.add_argument("--test-dropout", choices=["on", "off"], default="on")
     p.add_argument("--mlp-penalty", action="store_true", help="the table penalty acts on MLPs")
     p.add_argument("--train-fraction", type=float, default=0.8)
