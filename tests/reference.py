@@ -8,6 +8,11 @@ import numpy as np
 import tensorflow as tf
 
 
+def _unit(v, distance):
+    """Float64 rows as ``distance`` measures them: unchanged, or divided by their norm."""
+    return v / tf.norm(v, axis=-1, keepdims=True) if distance == "cosine" else v
+
+
 def harmax_numpy(x, w, y, eta, eps=1e-9, ignore_index=-100, reduction="mean"):
     """Paper's HarMax cross-entropy in float64: p_i = (d_i^2 + eps)^(-eta/2) / sum_j (...)."""
     x = np.asarray(x, np.float64).reshape(-1, w.shape[1])
@@ -87,6 +92,7 @@ def sampled_reference(
     ignore_index=-100,
     reduction="mean",
     with_eta_grad=False,
+    distance="euclidean",
 ):
     """float64 TF autodiff of the plain sampled loss over explicit candidates.
 
@@ -105,8 +111,9 @@ def sampled_reference(
     eta = tf.constant(eta, tf.float64)
     with tf.GradientTape() as tape:
         tape.watch([x, w, eta])
-        d2_true = tf.reduce_sum(tf.square(x - tf.gather(w, ys)), -1)
-        d2_neg = tf.reduce_sum(tf.square(x[:, None, :] - tf.gather(w, cand)), -1)
+        xu, wu = _unit(x, distance), _unit(w, distance)
+        d2_true = tf.reduce_sum(tf.square(xu - tf.gather(wu, ys)), -1)
+        d2_neg = tf.reduce_sum(tf.square(xu[:, None, :] - tf.gather(wu, cand)), -1)
         z_true = -(eta / 2) * tf.math.log(d2_true + eps) - lq_true
         z_neg = -(eta / 2) * tf.math.log(d2_neg + eps) - lq_neg
         z_neg = tf.where(mask, z_neg, tf.constant(-np.inf, tf.float64))
@@ -125,9 +132,10 @@ def sampled_reference(
     return (*out, g_eta.numpy()) if with_eta_grad else out
 
 
-def harmax_autodiff(x, w, y, eta, eps=1e-9, ignore_index=-100):
+def harmax_autodiff(x, w, y, eta, eps=1e-9, ignore_index=-100, distance="euclidean"):
     """float64 TF autodiff of the plain exact formula, mean over non-ignored tokens:
-    ``(loss, dL/dx, dL/dw, dL/deta)``. Distances from the explicit difference ``x - w_i``."""
+    ``(loss, dL/dx, dL/dw, dL/deta)``. Distances from the explicit difference ``x - w_i``
+    (cosine: of the rows divided by their norms)."""
     x = tf.constant(np.asarray(x, np.float64).reshape(-1, np.shape(w)[1]))
     w = tf.constant(np.asarray(w, np.float64))
     y = np.asarray(y).reshape(-1)
@@ -135,7 +143,8 @@ def harmax_autodiff(x, w, y, eta, eps=1e-9, ignore_index=-100):
     eta = tf.constant(eta, tf.float64)
     with tf.GradientTape() as tape:
         tape.watch([x, w, eta])
-        d2 = tf.reduce_sum(tf.square(x[:, None, :] - w[None, :, :]), -1)
+        xu, wu = _unit(x, distance), _unit(w, distance)
+        d2 = tf.reduce_sum(tf.square(xu[:, None, :] - wu[None, :, :]), -1)
         z = -(eta / 2) * tf.math.log(d2 + eps)
         losses = tf.reduce_logsumexp(z, 1) - tf.gather(z, np.where(keep, y, 0), batch_dims=1)
         loss = tf.reduce_sum(tf.where(keep, losses, 0.0)) / max(keep.sum(), 1)
@@ -143,10 +152,13 @@ def harmax_autodiff(x, w, y, eta, eps=1e-9, ignore_index=-100):
     return (loss.numpy(), *(g.numpy() for g in grads))
 
 
-def harmonic_logits_numpy(hidden, centers, eta, eps=1e-9):
+def harmonic_logits_numpy(hidden, centers, eta, eps=1e-9, distance="euclidean"):
     """Float64 ``-(eta/2) log(||h - w||^2 + eps)`` for hidden states ``[..., D]`` and centers
-    ``[V, D]`` (the plain difference, no expansion)."""
+    ``[V, D]`` (the plain difference, no expansion; cosine: of unit rows)."""
     h, w = np.asarray(hidden, np.float64), np.asarray(centers, np.float64)
+    if distance == "cosine":
+        h = h / np.linalg.norm(h, axis=-1, keepdims=True)
+        w = w / np.linalg.norm(w, axis=-1, keepdims=True)
     d2 = np.sum(np.square(h[..., None, :] - w), axis=-1)
     return -0.5 * eta * np.log(d2 + eps)
 

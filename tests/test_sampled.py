@@ -55,7 +55,10 @@ def _run_ours(x, w, y, ids, mode, rank3, options, **call):
     return loss, gx, gw
 
 
-def _reference(x, w, y, ids, negatives, in_batch, correction, reduction, sampler="uniform"):
+def _reference(
+    x, w, y, ids, negatives, in_batch, correction, reduction, sampler="uniform",
+    distance="euclidean",
+):  # fmt: skip
     valid = y[y != -100]
     distinct = valid[np.sort(np.unique(valid, return_index=True)[1])]  # first-seen order
     in_batch_ids = None if in_batch == 0 else distinct[: None if in_batch == "all" else in_batch]
@@ -70,10 +73,11 @@ def _reference(x, w, y, ids, negatives, in_batch, correction, reduction, sampler
         log_q=log_q_numpy(sampler, V, counts=np.arange(1, V + 1)),
         correction=correction,
         reduction=reduction,
+        distance=distance,
     )
 
 
-def _check(case, mode):
+def _check(case, mode, distance="euclidean"):
     negatives, correction, in_batch, center_gradient, reduction, ignore, rank3 = case
     seed = 11
     x, w, y = _data(seed, ignore)
@@ -86,9 +90,12 @@ def _check(case, mode):
         center_gradient=center_gradient,
     )
     loss, gx, gw = _run_ours(
-        x, w, y, ids, mode, rank3, options, eta=2.5, reduction=reduction, seed=seed
+        x, w, y, ids, mode, rank3, options, eta=2.5, reduction=reduction, seed=seed,
+        distance=distance,
+    )  # fmt: skip
+    ref, ref_gx, ref_gw = _reference(
+        x, w, y, ids, negatives, in_batch, correction, reduction, distance=distance
     )
-    ref, ref_gx, ref_gw = _reference(x, w, y, ids, negatives, in_batch, correction, reduction)
     if center_gradient == "indexed_slices":
         assert isinstance(gw, tf.IndexedSlices)
     else:
@@ -127,6 +134,22 @@ def test_sampled_matches_autodiff_reference_xla(case):
     _check(case, "xla")
 
 
+# Cosine (rows normalised where gathered, their gradients taken through the normalisation row
+# by row): every structure once, eagerly and under XLA.
+COSINE_CASES = [
+    (*struct, REDUCTIONS[i % 3], bool(i % 2), bool((i // 2) % 2))
+    for i, struct in enumerate(
+        itertools.product(NEGATIVES, ["negatives"], IN_BATCH, CENTER_GRADIENTS)
+    )
+]
+
+
+@pytest.mark.parametrize("mode", ["eager", "xla"])
+@pytest.mark.parametrize("case", COSINE_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_cosine_matches_autodiff_reference(case, mode):
+    _check(case, mode, distance="cosine")
+
+
 @pytest.mark.parametrize("sampler", ["log_uniform", "unigram"])
 @pytest.mark.parametrize("negatives", NEGATIVES)
 def test_log_q_of_nonuniform_samplers(sampler, negatives):
@@ -152,10 +175,12 @@ def test_accidental_hits_kept_when_asked():
     np.testing.assert_allclose(float(loss), ref, rtol=2e-5)
 
 
-def test_indexed_slices_touch_only_label_and_sampled_rows():
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_indexed_slices_touch_only_label_and_sampled_rows(distance):
     x, w, y = _data(4, ignore=True)
     ids = np.array([3, 3, 9, 20, 21, 22, 23])
-    _, _, gw = _run_ours(x, w, y, ids, "xla", False, PLAIN.replace(k=K), eta=2.5)
+    options = PLAIN.replace(k=K)
+    _, _, gw = _run_ours(x, w, y, ids, "xla", False, options, eta=2.5, distance=distance)
     assert isinstance(gw, tf.IndexedSlices)
     touched = set(np.unique(gw.indices.numpy()))
     assert touched <= set(ids) | set(y[y >= 0]) | {0}  # 0: ignored rows' safe index, zero values

@@ -38,7 +38,7 @@ from harmonic_tf.ops import harmonic_loss
 # The HarmonicLMHead arguments a causal LM takes and saves: the head is tied to the token
 # embedding (no initializer, regularizer or constraint of its own) and returns logits (what
 # keras-hub's samplers read).
-HEAD_ARGUMENTS = ("eta", "eta_init", "eta_rate", "eps", "frozen_when_saved")
+HEAD_ARGUMENTS = ("eta", "eta_init", "eta_rate", "eps", "distance", "frozen_when_saved")
 
 # Operations a family may apply after its read-out that only select positions.
 POSITION_OPS = frozenset({"GetItem", "Slice", "Take", "TakeAlongAxis"})
@@ -147,7 +147,8 @@ class HarmonicCausalLM(HarmonicTraining):
     Args:
       backbone: a keras-hub causal-LM backbone (e.g. ``GPT2Backbone``).
       preprocessor: its ``CausalLMPreprocessor``, or ``None``.
-      eta, eta_init, eta_rate, eps, frozen_when_saved: of the head (see :class:`HarmonicLMHead`).
+      eta, eta_init, eta_rate, eps, distance, frozen_when_saved: of the head (see
+        :class:`HarmonicLMHead`; ``distance="cosine"`` for a cosine harmonic head).
 
     ``compile`` defaults: Adam(2e-5), the exact ``HarmonicLoss()``, weighted
     :class:`HarmonicAccuracy`, ``sampler="top_k"``; the settings survive a ``.keras`` reload
@@ -190,10 +191,11 @@ class HarmonicCausalLM(HarmonicTraining):
         eta_init: float | None = None,
         eta_rate: float = 1.0,
         eps: float = 1e-9,
+        distance: str = "euclidean",
         frozen_when_saved: bool = False,
         **kwargs,
     ):
-        head_args = dict(eta=eta, eta_init=eta_init, eta_rate=eta_rate, eps=eps)
+        head_args = dict(eta=eta, eta_init=eta_init, eta_rate=eta_rate, eps=eps, distance=distance)
         head_args["frozen_when_saved"] = frozen_when_saved  # HEAD_ARGUMENTS, all of them
         own = {k: kwargs.pop(k) for k in _own_arguments(self.family) if k in kwargs}
         stock = self.family(backbone=backbone, preprocessor=preprocessor, compile=False, **own)
@@ -297,8 +299,7 @@ class HarmonicCausalLM(HarmonicTraining):
             hidden,
             head.centers,
             tf.cast(target_ids, tf.int32),
-            eta=head.resolved_eta(),
-            eps=head.eps,
+            **head.measure(),
             reduction="none",
             ignore_index=None,
             chunk_size=chunk,

@@ -41,8 +41,8 @@ class HarmonicLMHead(keras.layers.Layer):
 
     Args:
       units: number of classes ``V`` (alias: ``vocab_size``); taken from the embedding if tied.
-      eta: harmonic exponent on the plain L2 distance: a number, ``None`` (the default rule,
-        :func:`harmonic_tf.default_eta`), or ``"learned"``: a trainable scalar weight ``log_eta``
+      eta: harmonic exponent on the distance: a number, ``None`` (the default rule of the
+        distance, :func:`harmonic_tf.default_eta`), or ``"learned"``: a trainable scalar weight ``log_eta``
         (positive by construction, starting at ``eta_init``), trained by every loss path.
       eta_init: the learned exponent's start (``None``: the default rule); only with
         ``eta="learned"``.
@@ -52,6 +52,9 @@ class HarmonicLMHead(keras.layers.Layer):
         ``eta_rate**2`` times for SGD). ``log(eta)`` moves about ``lr`` per Adam step at the
         default 1; only with ``eta="learned"``.
       eps: added to squared distances before the log.
+      distance: ``"euclidean"`` or ``"cosine"`` (hidden states and centers compared as unit
+        vectors, ``d^2 = 2 - 2 cos``), on every path: logits, the exact and sampled losses,
+        :meth:`nearest` and :meth:`confidence`.
       tied_embedding: an ``Embedding``/``ReversibleEmbedding`` layer whose matrix is the
         centers, or its name (resolved among the layers feeding this head, as after a reload).
         Its initializer sets the centers' initial scale, which decides how soon a small model
@@ -86,10 +89,12 @@ class HarmonicLMHead(keras.layers.Layer):
         eta_init: float | None = None,
         frozen_when_saved: bool = False,
         eta_rate: float = 1.0,
+        distance: str = "euclidean",
         **kwargs,
     ):
         super().__init__(**kwargs)
         units = _check_head_args(units, vocab_size, eta, eta_init, eps, output_mode)
+        checks.check_distance(distance)
         if eta_rate != 1.0 and eta != LEARNED:
             raise ValueError(f"`eta_rate` goes with eta={LEARNED!r}, got eta={eta!r}.")
         checks.check_positive("eta_rate", eta_rate)
@@ -107,6 +112,7 @@ class HarmonicLMHead(keras.layers.Layer):
         self.eta_init = eta_init
         self.eta_rate = float(eta_rate)
         self.eps = eps
+        self.distance = distance
         self.output_mode = output_mode
         self.centers_initializer = keras.initializers.get(centers_initializer)
         self.centers_regularizer = keras.regularizers.get(centers_regularizer)
@@ -204,7 +210,12 @@ class HarmonicLMHead(keras.layers.Layer):
         """The exponent the losses use: a float, or ``exp(log_eta)`` for a learned one."""
         if self.eta == LEARNED:
             return tf.exp(self.eta_rate * tf.convert_to_tensor(self.log_eta))
-        return checks.resolve_eta(self.eta, int(self.centers.shape[-1]))
+        return checks.resolve_eta(self.eta, int(self.centers.shape[-1]), self.distance)
+
+    def measure(self) -> dict:
+        """How this head turns distances into logits, as the loss functions' keyword arguments:
+        ``{"eta": ..., "eps": ..., "distance": ...}`` (what a loss or a score asks the head)."""
+        return {"eta": self.resolved_eta(), "eps": self.eps, "distance": self.distance}
 
     def calibrate_eta(
         self,
@@ -235,6 +246,7 @@ class HarmonicLMHead(keras.layers.Layer):
                     eps=self.eps,
                     weights=weights,
                     chunk_size=chunk_size,
+                    distance=self.distance,
                 )
             )
             for eta in candidates
@@ -250,13 +262,13 @@ class HarmonicLMHead(keras.layers.Layer):
         """The ``k`` nearest centers (classes) of each hidden state ``[..., D]`` and their
         distances, ``[N, k]`` each (:func:`harmonic_tf.nearest_k`): the classes a hidden
         state is closest to, which for an LM are tokens (prototypes)."""
-        return nearest_k(hidden_states, self.centers, k, chunk_size)
+        return nearest_k(hidden_states, self.centers, k, chunk_size, self.distance)
 
     def confidence(self, hidden_states, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Confidence:
         """Distance to the nearest center and its harmonic probability for each hidden state
         (:func:`harmonic_tf.harmonic_confidence`)."""
         return harmonic_confidence(
-            hidden_states, self.centers, self.resolved_eta(), self.eps, chunk_size
+            hidden_states, self.centers, chunk_size=chunk_size, **self.measure()
         )
 
     def __call__(self, inputs, *args, **kwargs):
@@ -297,7 +309,8 @@ class HarmonicLMHead(keras.layers.Layer):
                 shape=(),
                 dtype="float32",
                 initializer=keras.initializers.Constant(
-                    math.log(self.eta_init or checks.default_eta(dim)) / self.eta_rate
+                    math.log(self.eta_init or checks.default_eta(dim, self.distance))
+                    / self.eta_rate
                 ),
                 autocast=False,
             )
@@ -323,7 +336,7 @@ class HarmonicLMHead(keras.layers.Layer):
 
     def call(self, inputs):
         centers = tf.cast(self.centers, tf.float32)
-        logits = harmonic_logits(inputs, centers, self.resolved_eta(), self.eps)
+        logits = harmonic_logits(inputs, centers, **self.measure())
         return tf.nn.softmax(logits) if self.output_mode == "probabilities" else logits
 
     def compute_output_shape(self, input_shape):
@@ -340,6 +353,7 @@ class HarmonicLMHead(keras.layers.Layer):
             eta_init=self.eta_init,
             eta_rate=self.eta_rate,
             eps=self.eps,
+            distance=self.distance,
             tied_embedding=self._tied_name,
             centers_initializer=keras.initializers.serialize(self.centers_initializer),
             centers_regularizer=keras.regularizers.serialize(self.centers_regularizer),

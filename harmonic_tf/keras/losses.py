@@ -181,8 +181,8 @@ class HarmonicLoss(keras.losses.Loss):
         exact = self.exact
         chunk = exact.chunk_size if training else exact.evaluation_chunk_size
         return loss_terms(
-            hidden, head.centers, labels, eta=head.resolved_eta(), eps=head.eps,
-            ignore_index=self.ignore_index, weights=sample_weight,
+            hidden, head.centers, labels, **head.measure(), ignore_index=self.ignore_index,
+            weights=sample_weight,
             sampled=self.sampled if training else None, seed=self.seed_for(step),
             chunk_size=chunk, dense_max_bytes=exact.dense_max_bytes,
             path=exact.path if training else "auto", per_token=not training,

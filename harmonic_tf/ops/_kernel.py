@@ -22,7 +22,13 @@ from typing import NamedTuple, Protocol
 
 import tensorflow as tf
 
-from harmonic_tf.ops.distances import log_distances, logits_from_sq, reference_point
+from harmonic_tf.ops.distances import (
+    log_distances,
+    logits_from_sq,
+    normalized_rows,
+    reference_point,
+    unit_rows_grad,
+)
 
 
 class TrueClass(NamedTuple):
@@ -37,7 +43,9 @@ class TrueClass(NamedTuple):
 class CenterGrad:
     """The other classes' share of ``dL/dw``: a dense ``[V, D]`` tensor, sparse rows
     (``values``, ``indices``), or both (the rows added into the dense tensor);
-    ``includes_true``: it already holds the true classes' term."""
+    ``includes_true``: it already holds the true classes' term; ``unit_of``: the raw ``[V, D]``
+    table whose sparse rows were normalised when read (cosine): the rows' gradients are then
+    taken through the normalisation, row by row, so they stay sparse."""
 
     dense: tf.Tensor | None = None
     shape: tf.Tensor | None = None  # [V, D] of the sparse form
@@ -45,6 +53,7 @@ class CenterGrad:
     indices: list = dataclasses.field(default_factory=list)
     as_slices: bool = False
     includes_true: bool = False
+    unit_of: tf.Tensor | None = None
 
     def with_true_pull(self, labels: tf.Tensor, pull: tf.Tensor) -> tf.Tensor:
         """The whole center gradient: this share plus ``-pull`` at the label rows."""
@@ -52,6 +61,8 @@ class CenterGrad:
             return self.dense
         values = tf.concat([-pull, *self.values], 0)
         indices = tf.concat([labels, *self.indices], 0)
+        if self.unit_of is not None:
+            values = unit_rows_grad(tf.gather(self.unit_of, indices), values)
         if self.dense is not None:
             return tf.tensor_scatter_nd_add(self.dense, indices[:, None], values)
         if self.as_slices:
@@ -73,10 +84,10 @@ class Columns(Protocol):
         exponent); ``dw``: a dense ``[V, D]`` accumulator to add into, if any."""
 
 
-def true_class(x, w, labels, origin, eta, eps: float, log_q=0.0) -> TrueClass:
+def true_class(x, w, labels, origin, eta, eps: float, log_q=0.0, unit=False) -> TrueClass:
     """Exact true-class terms for ``x`` measured from ``origin`` and unshifted ``w [V, D]``
-    (``origin=None``: ``w`` is already shifted)."""
-    w_y = tf.gather(w, labels)
+    (``origin=None``: ``w`` is already shifted; ``unit``: its rows normalised when read)."""
+    w_y = normalized_rows(tf.gather(w, labels)) if unit else tf.gather(w, labels)
     diff = x - (w_y if origin is None else w_y - origin)
     d2 = tf.reduce_sum(tf.square(diff), axis=-1)
     return TrueClass(d2, diff, logits_from_sq(d2, eta, eps) - log_q)
@@ -88,9 +99,11 @@ def margin_loss(lse_other: tf.Tensor, z_true: tf.Tensor) -> tuple[tf.Tensor, tf.
     return margin, tf.math.softplus(margin)
 
 
-def token_forward(columns: Columns, x, w, labels, origin, eta, eps: float, log_q_true=0.0):
+def token_forward(
+    columns: Columns, x, w, labels, origin, eta, eps: float, log_q_true=0.0, unit=False
+):
     """The forward half: ``(true, margin, loss [N], saved)``."""
-    true = true_class(x, w, labels, origin, eta, eps, log_q_true)
+    true = true_class(x, w, labels, origin, eta, eps, log_q_true, unit)
     lse_other, saved = columns.forward(x, labels, eta, eps)
     margin, loss = margin_loss(lse_other, true.z)
     return true, margin, loss, saved
@@ -109,15 +122,18 @@ def token_backward(columns: Columns, forward, x, labels, g, eta, eps: float, dw=
     return dx + pull, center.with_true_pull(labels, pull), d_eta
 
 
-def token_losses(x, w, labels, eta, eps: float, make_columns, log_q_true=0.0) -> tf.Tensor:
+def token_losses(
+    x, w, labels, eta, eps: float, make_columns, log_q_true=0.0, unit_centers=False
+) -> tf.Tensor:
     """Per-token losses ``[N]`` of float32 ``x [N, D]``, ``w [V, D]``, valid ``labels [N]``,
-    with the hand-written gradient; ``make_columns(w, origin) -> Columns``."""
+    with the hand-written gradient; ``make_columns(w, origin) -> Columns``; ``unit_centers``:
+    the rows of ``w`` are normalised where they are read (the columns must do the same)."""
 
     def loss_fn(x, w, e):
         origin = reference_point(x)
         x = x - origin
         columns = make_columns(w, origin)
-        forward = token_forward(columns, x, w, labels, origin, e, eps, log_q_true)
+        forward = token_forward(columns, x, w, labels, origin, e, eps, log_q_true, unit_centers)
 
         def grad(upstream):
             g = tf.cast(upstream, tf.float32)

@@ -9,7 +9,12 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from harmonic_tf.ops import _kernel, inputs
-from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq, reference_point
+from harmonic_tf.ops.distances import (
+    expanded_sq_distances,
+    logits_from_sq,
+    measured,
+    reference_point,
+)
 from harmonic_tf.ops.exact import DEFAULT_CHUNK_SIZE, num_chunks_of, vocab_chunk
 
 # Classes whose terms harmonic_confidence takes from exact distances.
@@ -33,7 +38,9 @@ class Confidence(NamedTuple):
     probability: tf.Tensor
 
 
-def _flat(hidden_states, class_centers) -> tuple[tf.Tensor, tf.Tensor]:
+def _flat(hidden_states, class_centers, distance: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """Float32 ``[N, D]`` and ``[V, D]``, as ``distance`` measures them (cosine: unit rows)."""
+    inputs.check_distance(distance)
     x = tf.convert_to_tensor(hidden_states)
     w = tf.convert_to_tensor(class_centers)
     if x.shape.rank is None or x.shape.rank < 1 or w.shape.rank != 2 or w.shape[1] != x.shape[-1]:
@@ -41,7 +48,8 @@ def _flat(hidden_states, class_centers) -> tuple[tf.Tensor, tf.Tensor]:
             f"`hidden_states` must be [..., D] and `class_centers` [V, D] with the same D, got "
             f"shapes {x.shape} and {w.shape}."
         )
-    return tf.reshape(tf.cast(x, tf.float32), [-1, x.shape[-1]]), tf.cast(w, tf.float32)
+    x = tf.reshape(tf.cast(x, tf.float32), [-1, x.shape[-1]])
+    return measured(x, distance), measured(tf.cast(w, tf.float32), distance)
 
 
 def nearest_k(
@@ -49,6 +57,7 @@ def nearest_k(
     class_centers: tf.Tensor,
     k: int = 1,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distance: str = "euclidean",
 ) -> Nearest:
     """The ``k`` nearest centers of each hidden state, over vocabulary chunks.
 
@@ -57,6 +66,8 @@ def nearest_k(
       class_centers: ``[V, D]`` float.
       k: how many, ``1 <= k <= min(V, chunk_size)``.
       chunk_size: classes per chunk: never more than ``[N, chunk_size]`` distances at once.
+      distance: ``"euclidean"`` or ``"cosine"`` (distances between unit vectors,
+        ``sqrt(2 - 2 cos)``).
 
     Returns:
       :class:`Nearest` with ``[N, k]`` distances (ascending) and int32 ids.
@@ -67,7 +78,7 @@ def nearest_k(
       >>> print(near.ids.numpy(), np.round(near.distances.numpy(), 3))
       [[0 2]] [[0.4 0.6]]
     """
-    x, w = _flat(hidden_states, class_centers)
+    x, w = _flat(hidden_states, class_centers, distance)
     vocab_size = int(w.shape[0])
     chunk_size = min(chunk_size, vocab_size)
     inputs.check_int("chunk_size", chunk_size, 1)
@@ -96,7 +107,10 @@ def nearest_k(
 
 
 def nearest_centers(
-    hidden_states: tf.Tensor, class_centers: tf.Tensor, chunk_size: int | None = None
+    hidden_states: tf.Tensor,
+    class_centers: tf.Tensor,
+    chunk_size: int | None = None,
+    distance: str = "euclidean",
 ) -> tf.Tensor:
     """``[N]`` int32 id of each hidden state's nearest center (the harmonic argmax, for any
     ``eta > 0``) for float32 ``[N, D]`` hidden states and ``[V, D]`` centers; with
@@ -107,7 +121,7 @@ def nearest_centers(
       >>> print(nearest_centers(tf.constant([[2.9, 0.0]]), tf.constant([[0.0, 0.0], [3.0, 0.0]])).numpy())
       [1]
     """
-    x, w = _flat(hidden_states, class_centers)
+    x, w = _flat(hidden_states, class_centers, distance)
     if chunk_size is None or chunk_size >= int(w.shape[0]):
         origin = reference_point(x)
         d2 = expanded_sq_distances(x - origin, w - origin)
@@ -121,6 +135,7 @@ def harmonic_confidence(
     eta: float | tf.Tensor | None = None,
     eps: float = 1e-9,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    distance: str = "euclidean",
 ) -> Confidence:
     """Distance as confidence: each hidden state's nearest-center distance and the harmonic
     probability of that class, over vocabulary chunks (no ``[N, V]`` tensor).
@@ -137,8 +152,8 @@ def harmonic_confidence(
       >>> print(conf.id.numpy(), np.round(conf.distance.numpy(), 2), np.round(conf.probability.numpy(), 2))
       [0 0] [1.   9.22] [0.9 0.5]
     """
-    x, w = _flat(hidden_states, class_centers)
-    eta = inputs.resolve_eta(eta, int(x.shape[-1]))
+    x, w = _flat(hidden_states, class_centers, distance)
+    eta = inputs.resolve_eta(eta, int(x.shape[-1]), distance)
     inputs.check_positive("eps", eps)
     chunk_size = min(chunk_size, int(w.shape[0]))
     # The nearest few classes dominate the sum and are where the one-matmul expansion

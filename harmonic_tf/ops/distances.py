@@ -1,4 +1,9 @@
-"""The math: squared distances and harmonic logits ``z_i = -(eta/2) * log(||x - w_i||^2 + eps)``."""
+"""The math: squared distances and harmonic logits ``z_i = -(eta/2) * log(d_i^2 + eps)``.
+
+``distance="euclidean"``: ``d_i = ||x - w_i||``; ``"cosine"``: the same between unit vectors,
+``d_i^2 = ||x/|x| - w_i/|w_i| ||^2 = 2 - 2 cos(x, w_i)``, in ``[0, 4]``. Every path measures
+cosine by normalising the rows it reads (:func:`unit_rows`) and then runs the Euclidean math.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,40 @@ def reference_point(x: tf.Tensor) -> tf.Tensor:
     return tf.stop_gradient(tf.round(mean * 65536.0) / 65536.0)
 
 
+def normalized_rows(v: tf.Tensor) -> tf.Tensor:
+    """``v / |v|`` along the last axis, no gradient of its own; a zero row stays 0 (so it is at
+    distance 1 from every unit vector: uniform probabilities, never NaN)."""
+    sq = tf.reduce_sum(tf.square(v), axis=-1, keepdims=True)
+    return v * tf.where(sq > 0.0, tf.math.rsqrt(sq), 0.0)
+
+
+def unit_rows_grad(v: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
+    """The gradient of ``loss(v / |v|)`` with respect to rows ``v`` given ``g`` with respect to
+    the unit rows: ``(g - u (u . g)) / |v|``; 0 for a zero row. Works row by row, so it applies
+    to the gathered rows of a sparse gradient as to a whole table."""
+    sq = tf.reduce_sum(tf.square(v), axis=-1, keepdims=True)
+    inv = tf.where(sq > 0.0, tf.math.rsqrt(sq), 0.0)
+    u = v * inv
+    return (g - u * tf.reduce_sum(u * g, axis=-1, keepdims=True)) * inv
+
+
+@tf.custom_gradient
+def unit_rows(v: tf.Tensor):
+    """:func:`normalized_rows` with the gradient of :func:`unit_rows_grad` (autodiff of
+    ``v / |v|`` would give ``inf * 0`` at a zero row)."""
+
+    def grad(g):
+        return unit_rows_grad(v, tf.convert_to_tensor(g))
+
+    return normalized_rows(v), grad
+
+
+def measured(v: tf.Tensor, distance: str) -> tf.Tensor:
+    """Float32 rows ``[..., D]`` as ``distance`` measures them: as they are (Euclidean) or on
+    the unit sphere (cosine), with the gradient flowing through the normalisation."""
+    return unit_rows(v) if distance == "cosine" else v
+
+
 def logits_from_sq(d2: tf.Tensor, eta: float | tf.Tensor, eps: float) -> tf.Tensor:
     return -0.5 * eta * tf.math.log(d2 + eps)
 
@@ -57,18 +96,21 @@ def harmonic_logits(
     class_centers: tf.Tensor,
     eta: float | tf.Tensor | None = None,
     eps: float = 1e-9,
+    distance: str = "euclidean",
 ) -> tf.Tensor:
     """Harmonic logits over all classes; ``softmax`` of them is the paper's HarMax.
 
     Args:
       hidden_states: ``[..., D]`` float (any float dtype; math runs in float32).
       class_centers: ``[V, D]`` float, one row per class (embedding-table layout).
-      eta: harmonic exponent ``n`` on the plain L2 distance: a number, a scalar float tensor or
-        variable (gradients flow to it), or ``None`` for the default rule.
+      eta: harmonic exponent ``n`` on the distance: a number, a scalar float tensor or
+        variable (gradients flow to it), or ``None`` for the default rule
+        (:func:`~harmonic_tf.default_eta`).
       eps: added to the squared distance before the log; must be > 0.
+      distance: ``"euclidean"`` or ``"cosine"`` (between unit vectors: ``d^2 = 2 - 2 cos``).
 
     Returns:
-      ``[..., V]`` float32 logits ``-(eta/2) * log(||x - w_i||^2 + eps)``.
+      ``[..., V]`` float32 logits ``-(eta/2) * log(d_i^2 + eps)``.
 
     Examples:
       >>> x = tf.constant([[0.0, 0.0]])
@@ -76,6 +118,9 @@ def harmonic_logits(
       >>> p = tf.nn.softmax(harmonic_logits(x, w, eta=2.0))  # d^-2, normalised
       >>> print(np.round(p.numpy(), 3))
       [[0.9 0.1]]
+      >>> z = harmonic_logits(tf.constant([[1.0, 1.0]]), w, eta=2.0, distance="cosine")
+      >>> print(np.round(np.exp(-z.numpy()), 3))  # 2 - 2 cos(45 degrees) for both classes
+      [[0.586 0.586]]
     """
     x = tf.convert_to_tensor(hidden_states)
     w = tf.convert_to_tensor(class_centers)
@@ -88,11 +133,13 @@ def harmonic_logits(
         raise ValueError(f"`hidden_states` must be [..., D], got shape {x.shape}.")
     if w.shape.rank != 2 or w.shape[1] != x.shape[-1]:
         raise ValueError(f"`class_centers` must be [V, {x.shape[-1]}], got shape {w.shape}.")
-    eta = inputs.resolve_eta(eta, int(x.shape[-1]))
+    inputs.check_distance(distance)
+    eta = inputs.resolve_eta(eta, int(x.shape[-1]), distance)
     inputs.check_positive("eps", eps)
     lead = tf.shape(x)[:-1]
-    flat = tf.reshape(tf.cast(x, tf.float32), [-1, x.shape[-1]])
+    flat = measured(tf.reshape(tf.cast(x, tf.float32), [-1, x.shape[-1]]), distance)
+    w = measured(tf.cast(w, tf.float32), distance)
     origin = reference_point(flat)
-    d2 = expanded_sq_distances(flat - origin, tf.cast(w, tf.float32) - origin)
+    d2 = expanded_sq_distances(flat - origin, w - origin)
     z = logits_from_sq(d2, eta, eps)
     return tf.reshape(z, tf.concat([lead, [w.shape[0]]], axis=0))

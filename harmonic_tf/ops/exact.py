@@ -12,7 +12,12 @@ from __future__ import annotations
 import tensorflow as tf
 
 from harmonic_tf.ops import _kernel, inputs
-from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq, reference_point
+from harmonic_tf.ops.distances import (
+    expanded_sq_distances,
+    logits_from_sq,
+    measured,
+    reference_point,
+)
 
 PATHS = ("auto", "dense", "fused", "two_pass")
 
@@ -43,6 +48,7 @@ def harmonic_loss(
     weights: tf.Tensor | None = None,
     path: str = "auto",
     dense_max_bytes: int = DENSE_MAX_BYTES,
+    distance: str = "euclidean",
 ) -> tf.Tensor:
     """Exact harmonic (HarMax) cross-entropy over all ``V`` classes.
 
@@ -50,8 +56,8 @@ def harmonic_loss(
       hidden_states: ``[N, D]`` or ``[B, S, D]`` float.
       class_centers: ``[V, D]`` float, one center per class.
       labels: ``[N]`` or ``[B, S]`` int class ids in ``[0, V)`` or ``ignore_index``.
-      eta: harmonic exponent on the plain L2 distance: a number, a scalar float tensor or
-        variable (its gradient is returned: a learned exponent), or ``None`` (default rule).
+      eta: harmonic exponent on the distance: a number, a scalar float tensor or variable (its
+        gradient is returned: a learned exponent), or ``None`` (:func:`default_eta`).
       eps: added to squared distances before the log.
       reduction: ``"mean"`` (over non-ignored tokens), ``"sum"`` or ``"none"`` (labels' shape).
       ignore_index: label value whose tokens contribute nothing (``None``: no label is ignored).
@@ -69,6 +75,9 @@ def harmonic_loss(
         ``dense_max_bytes`` (measured faster), else fused for a reduced loss with at least
         ``MIN_FUSED_ROWS`` tokens per chunk, else two-pass.
       dense_max_bytes: the memory budget of ``path="auto"`` for one ``[N, V]`` float32 block.
+      distance: ``"euclidean"`` or ``"cosine"`` (hidden states and centers normalised, on every
+        path, with the gradient through the normalisation; one unit ``[V, D]`` copy of the
+        centers).
 
     Returns:
       float32 loss: a scalar, or per-token losses in the labels' shape for ``reduction="none"``.
@@ -88,14 +97,16 @@ def harmonic_loss(
     inputs.check_int("dense_max_bytes", dense_max_bytes, 0)
     if chunk_size is not None:
         inputs.check_int("chunk_size", chunk_size, 1)
+    inputs.check_distance(distance)
     p = inputs.prepare(hidden_states, class_centers, labels, ignore_index)
-    eta = inputs.resolve_eta(eta, p.dim)
+    eta = inputs.resolve_eta(eta, p.dim, distance)
+    x, w = measured(p.x, distance), measured(p.w, distance)
     chosen = choose_path(path, p.num_tokens, p.vocab_size, chunk_size, reduction, dense_max_bytes)
     if chosen == "fused":
         per_token = inputs.token_weights(p, reduction, weights)
-        return fused_weighted_loss(p.x, p.w, p.labels, per_token, eta, eps, chunk_size)
+        return fused_weighted_loss(x, w, p.labels, per_token, eta, eps, chunk_size)
     chunk = chunk_size if chosen == "two_pass" else None
-    losses = exact_token_losses(p.x, p.w, p.labels, eta, eps, chunk)
+    losses = exact_token_losses(x, w, p.labels, eta, eps, chunk)
     return inputs.finish(losses, p, reduction, weights=weights)
 
 

@@ -38,23 +38,37 @@ def check_int(name: str, value, low: int, high: int | None = None) -> None:
         raise ValueError(f"`{name}` must be >= {low}{upper}, got {value}.")
 
 
-def default_eta(dim: int) -> float:
-    """The exponent that ``eta=None`` means for hidden size ``D``: ``2 D``, the paper's released
-    code (``pow_n = D`` on the squared distance); the best of the README's exponent sweeps.
+DISTANCES = ("euclidean", "cosine")
+
+# eta=None for the cosine distance (d^2 = 2 - 2 cos in [0, 4], whatever D is); the best of the
+# sweep in docs/training-quality.md ("Cosine harmonic heads").
+COSINE_ETA = 16.0
+
+
+def check_distance(distance: str) -> None:
+    check_choice("distance", distance, DISTANCES)
+
+
+def default_eta(dim: int, distance: str = "euclidean") -> float:
+    """The exponent that ``eta=None`` means for hidden size ``D``: ``2 D`` for the Euclidean
+    distance, the paper's released code (``pow_n = D`` on the squared distance) and the best of
+    the README's exponent sweeps; a constant for the cosine distance, whose range does not grow
+    with ``D`` (the best of its sweep, ``docs/training-quality.md``).
 
     Examples:
-      >>> default_eta(128)
-      256.0
+      >>> default_eta(128), default_eta(128, "cosine")
+      (256.0, 16.0)
     """
-    return 2.0 * dim
+    check_distance(distance)
+    return COSINE_ETA if distance == "cosine" else 2.0 * dim
 
 
-def resolve_eta(eta, dim: int) -> float | tf.Tensor:
+def resolve_eta(eta, dim: int, distance: str = "euclidean") -> float | tf.Tensor:
     """``eta=None`` means :func:`default_eta`; a number is checked and returned as a float; a
     scalar float tensor or variable (a learned exponent) is returned as a float32 tensor, so the
     losses can return its gradient. Its positivity is asserted at run time outside XLA."""
     if eta is None:
-        return default_eta(dim)
+        return default_eta(dim, distance)
     if isinstance(eta, numbers.Real) and not isinstance(eta, bool):
         check_positive("eta", float(eta))
         return float(eta)

@@ -21,7 +21,12 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from harmonic_tf.ops import _kernel, inputs
-from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq
+from harmonic_tf.ops.distances import (
+    expanded_sq_distances,
+    logits_from_sq,
+    measured,
+    normalized_rows,
+)
 from harmonic_tf.ops.options import SampledOptions
 from harmonic_tf.ops.sampling import RandomStream, get_sampler
 
@@ -39,6 +44,7 @@ def sampled_harmonic_loss(
     weights: tf.Tensor | None = None,
     sampled_ids: tf.Tensor | None = None,
     seed: int | tf.Tensor | None = None,
+    distance: str = "euclidean",
 ) -> tf.Tensor:
     """Harmonic loss over the true class and sampled negatives (training only: report the
     exact loss for evaluation).
@@ -55,6 +61,9 @@ def sampled_harmonic_loss(
       sampled_ids: caller-given draws, ``[k]`` (shared) or ``[N, k]`` (per example).
       seed: an int or an int ``[2]`` tensor: the same seed gives the same draws (eagerly, in
         graph mode and under XLA alike); ``None`` draws fresh ones on every call.
+      distance: ``"euclidean"`` or ``"cosine"``. Cosine with sparse center gradients normalises
+        only the rows it gathers (the gradients stay label and candidate rows); with
+        ``center_gradient="rows"``, whose push reads every center, the whole table.
 
     Returns:
       float32 scalar, or per-token losses in the labels' shape for ``reduction="none"``.
@@ -79,22 +88,28 @@ def sampled_harmonic_loss(
         raise TypeError(f"`options` must be a harmonic_tf.SampledOptions, got {options!r}.")
     inputs.check_choice("reduction", reduction, inputs.REDUCTIONS)
     inputs.check_positive("eps", eps)
+    inputs.check_distance(distance)
     p = inputs.prepare(hidden_states, class_centers, labels, ignore_index)
     if options.negatives == "per_example":
         inputs.check_int("k", options.k, 1, p.vocab_size - 1)
-    eta = inputs.resolve_eta(eta, p.dim)
+    eta = inputs.resolve_eta(eta, p.dim, distance)
     rng = RandomStream(seed)
     cand = build_candidates(p, options, rng, sampled_ids)
     center_rows = None
     if options.center_gradient == "rows":
         center_rows = rng.integers([options.center_rows], tf.shape(p.labels)[0])
+    # Sparse center gradients read only some rows: those are normalised where gathered.
+    unit = distance == "cosine" and center_rows is None
+    w = p.w if unit else measured(p.w, distance)
 
     def columns(w, origin):
         return SampledColumns(
-            cand, w, origin, options.center_gradient, center_rows, options.center_control_variate
-        )
+            cand, w, origin, options.center_gradient, center_rows,
+            options.center_control_variate, unit,
+        )  # fmt: skip
 
-    losses = _kernel.token_losses(p.x, p.w, cand.labels, eta, eps, columns, cand.log_q_true)
+    x = measured(p.x, distance)
+    losses = _kernel.token_losses(x, w, cand.labels, eta, eps, columns, cand.log_q_true, unit)
     bad = None if cand.bad_ids is None else tf.logical_and(cand.bad_ids, tf.logical_not(p.ignored))
     return inputs.finish(losses, p, reduction, also_invalid=bad, weights=weights)
 
@@ -329,13 +344,14 @@ class Block(NamedTuple):
 
 class SampledColumns:
     """The kernel's other classes for the sampled loss: the candidate blocks. The centers'
-    gradient is the candidates' sparse rows, or with ``center_rows`` a dense estimate."""
+    gradient is the candidates' sparse rows, or with ``center_rows`` a dense estimate.
+    ``unit``: the rows of ``w`` are normalised where gathered (cosine, sparse gradients)."""
 
     def __init__(
         self, cand: Candidates, w, origin, center_gradient: str, center_rows=None,
-        control_variate: bool = False,
+        control_variate: bool = False, unit: bool = False,
     ):  # fmt: skip
-        self.cand, self.w, self.origin = cand, w, origin
+        self.cand, self.w, self.origin, self.unit = cand, w, origin, unit
         self.center_gradient, self.center_rows = center_gradient, center_rows
         self.control_variate = control_variate and center_rows is not None
 
@@ -354,7 +370,8 @@ class SampledColumns:
         return lse, blocks
 
     def _block(self, x, x_sq, ids, bias, keep, eta, eps) -> Block:
-        w_b = tf.gather(self.w, ids) - self.origin  # [K, D] or [N, k, D]
+        w_b = tf.gather(self.w, ids)  # [K, D] or [N, k, D]
+        w_b = (normalized_rows(w_b) if self.unit else w_b) - self.origin
         d2 = expanded_sq_distances(x, w_b, x_sq)
         z = tf.where(keep, logits_from_sq(d2, eta, eps) + bias, -float("inf"))
         return Block(z, d2, w_b, ids)
@@ -363,7 +380,9 @@ class SampledColumns:
         # Without center rows the candidates' center gradient is the estimate.
         moves = self.center_rows is None
         center = _kernel.CenterGrad(
-            shape=tf.shape(self.w), as_slices=self.center_gradient == "indexed_slices"
+            shape=tf.shape(self.w),
+            as_slices=self.center_gradient == "indexed_slices",
+            unit_of=self.w if self.unit else None,
         )
         dx, shared, shared_c = 0.0, None, None
         for b in blocks:

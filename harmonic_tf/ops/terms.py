@@ -39,6 +39,7 @@ def loss_terms(
     *,
     eta: float | tf.Tensor | None = None,
     eps: float = 1e-9,
+    distance: str = "euclidean",
     ignore_index: int | None = -100,
     weights: tf.Tensor | None = None,
     sampled: SampledOptions | None = None,
@@ -51,7 +52,7 @@ def loss_terms(
     """The loss of one batch as :class:`LossTerms`.
 
     Args:
-      hidden_states, class_centers, labels, eta, eps, ignore_index, weights: as in
+      hidden_states, class_centers, labels, eta, eps, distance, ignore_index, weights: as in
         :func:`~harmonic_tf.harmonic_loss`.
       sampled: ``None`` for the exact loss, else the sampled estimator (``seed`` as in
         :func:`~harmonic_tf.sampled_harmonic_loss`); ignored with ``per_token``.
@@ -67,7 +68,7 @@ def loss_terms(
       >>> print(int(terms.num_tokens), bool(abs(terms.total / terms.num_tokens - mean) < 1e-5))
       5 True
     """
-    common = dict(eta=eta, eps=eps, ignore_index=ignore_index)
+    common = dict(eta=eta, eps=eps, ignore_index=ignore_index, distance=distance)
     if per_token:
         losses = harmonic_loss(
             hidden_states, class_centers, labels, reduction="none", chunk_size=chunk_size,
