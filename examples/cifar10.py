@@ -134,7 +134,7 @@ def features(inputs, width: int = 32, feature_dim: int = 64):
     return keras.layers.Dense(feature_dim)(x)
 
 
-def build(kind: str, seed: int, width: int, eta: str | None = None):
+def build(kind: str, seed: int, width: int, eta: str | None = None, distance: str = "euclidean"):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input([32, 32, 3])
     h = features(inputs, width)
@@ -142,7 +142,9 @@ def build(kind: str, seed: int, width: int, eta: str | None = None):
         model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
         return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True), "accuracy"
     eta, eta_init = eta_value(eta, h.shape[-1])
-    head = ht.HarmonicLMHead(10, eta=eta, eta_init=eta_init, name="harmonic_head")
+    head = ht.HarmonicLMHead(
+        10, eta=eta, eta_init=eta_init, distance=distance, name="harmonic_head"
+    )
     model = ht.HarmonicModel(inputs, head(h))
     if kind == "exact":
         loss = ht.HarmonicLoss()
@@ -151,16 +153,31 @@ def build(kind: str, seed: int, width: int, eta: str | None = None):
     return model, loss, ht.HarmonicAccuracy()
 
 
+def expected_calibration_error(confidence, correct, bins: int = 15) -> float:
+    """Top-label ECE: sum over equal-width confidence bins of (bin share) x |accuracy -
+    mean confidence| in the bin."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            gap = abs(correct[in_bin].mean() - confidence[in_bin].mean())
+            total += in_bin.mean() * gap
+    return float(total)
+
+
 RUN_NAMES = {"ce": "cross-entropy", "exact": "exact harmonic", "sampled": "sampled harmonic (k=4)"}
 
 
 def train_run(kind, args, data):
     (x_train, y_train), (x_test, y_test) = data
-    model, loss, metric = build(kind, args.seed, args.width, args.eta)
+    model, loss, metric = build(kind, args.seed, args.width, args.eta, args.distance)
     steps = args.epochs * -(-len(x_train) // args.batch_size)
     lr = keras.optimizers.schedules.CosineDecay(args.lr, steps, alpha=0.05)
     model.compile(keras.optimizers.Adam(lr), loss=loss, metrics=[metric], jit_compile=True)
-    print(f"\n== {RUN_NAMES[kind]}", flush=True)
+    print(f"\n== {RUN_NAMES[kind]}{'' if kind == 'ce' else f' ({args.distance})'}", flush=True)
     start = time.perf_counter()
     hist = model.fit(
         augmented(x_train, y_train, args.batch_size, args.seed),
@@ -170,10 +187,14 @@ def train_run(kind, args, data):
     )
     seconds = time.perf_counter() - start
     test_loss, test_acc = model.evaluate(x_test, y_test, verbose=0)
+    probs = tf.nn.softmax(model.predict(x_test, batch_size=500, verbose=0)).numpy()
     return {
         "name": RUN_NAMES[kind],
         "kind": kind,
+        "distance": None if kind == "ce" else args.distance,
+        "eta": None if kind == "ce" else float(model.harmonic_head.resolved_eta()),
         "test_accuracy": float(test_acc),
+        "test_ece": expected_calibration_error(probs.max(-1), probs.argmax(-1) == y_test),
         "test_loss": float(test_loss),
         "train_loss": [float(v) for v in hist.history["loss"]],
         "val_accuracy": [float(v) for v in hist.history["val_accuracy"]],
@@ -267,6 +288,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width", type=int, default=32, help="filters of the first stage")
+    p.add_argument(
+        "--distance", default="euclidean", choices=["euclidean", "cosine"], help="CNN head's"
+    )
     p.add_argument("--pixel-epochs", type=int, default=10)
     p.add_argument("--pixel-lr", type=float, default=1e-2)
     p.add_argument(
@@ -310,9 +334,10 @@ def main(argv=None):
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"\nTest accuracy after {args.epochs} epochs (same CNN, budget and seed):")
-    print("| run | test accuracy | train seconds |\n|---|---|---|")
+    print("| run | test accuracy | test ECE | train seconds |\n|---|---|---|---|")
     for r in results:
-        print(f"| {r['name']} | {r['test_accuracy']:.4f} | {r['seconds']:.0f} |")
+        name = r["name"] if r["distance"] is None else f"{r['name']} ({r['distance']})"
+        print(f"| {name} | {r['test_accuracy']:.4f} | {r['test_ece']:.4f} | {r['seconds']:.0f} |")
     print(f"| pixel-space linear harmonic | {pixel_acc:.4f} | |")
     print(
         "pixel centers vs class mean images: correlation "

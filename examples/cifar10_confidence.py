@@ -29,7 +29,13 @@ import tensorflow as tf  # noqa: E402
 
 import harmonic_tf as ht  # noqa: E402
 
-from cifar10 import CLASSES, augmented, features, load_cifar10  # noqa: E402
+from cifar10 import (  # noqa: E402
+    CLASSES,
+    augmented,
+    expected_calibration_error,
+    features,
+    load_cifar10,
+)
 from exponents import eta_value  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,21 +61,6 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     n_known, n_unknown = len(known), len(unknown)
     u = ranks[n_known:].sum() - n_unknown * (n_unknown + 1) / 2
     return float(u / (n_known * n_unknown))
-
-
-def expected_calibration_error(confidence, correct, bins: int = 15) -> float:
-    """Top-label ECE: sum over equal-width confidence bins of (bin share) x |accuracy -
-    mean confidence| in the bin."""
-    confidence = np.asarray(confidence, np.float64)
-    correct = np.asarray(correct, np.float64)
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            gap = abs(correct[in_bin].mean() - confidence[in_bin].mean())
-            total += in_bin.mean() * gap
-    return float(total)
 
 
 def split_classes(data, held_out: list[int]):
