@@ -122,6 +122,38 @@ def test_fit_evaluate_generate_reload_and_continue(tmp_path):
         assert end["loss"] < start["loss"] and np.isfinite(end["accuracy"])
 
 
+def test_cosine_head_fits_evaluates_generates_and_reloads(tmp_path):
+    x, y, sw = _batches()
+    lm = HarmonicCausalLM(_backbone(), distance="cosine")
+    lm.compile(
+        keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=32)),
+        sampler="greedy", jit_compile=True,
+    )  # fmt: skip
+    evaluate = dict(sample_weight=sw, batch_size=64, verbose=0, return_dict=True)
+    before = lm.evaluate(x, y, **evaluate)["loss"]
+    lm.fit(x, y, sample_weight=sw, batch_size=16, epochs=3, verbose=0)
+    loss = lm.evaluate(x, y, **evaluate)["loss"]
+    assert loss < before - 0.1
+    centers = lm.backbone.token_embedding.embeddings
+    ref = harmonic_logits_numpy(
+        lm.backbone(x), centers, ht.default_eta(D, "cosine"), 1e-9, "cosine"
+    )
+    logits = lm.predict(x, batch_size=64, verbose=0)
+    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(loss, weighted_loss_numpy(ref, y, sw), rtol=1e-4)
+    prompt = {
+        "token_ids": x["token_ids"][:2] * (np.arange(S) < 4),
+        "padding_mask": np.arange(S)[None].repeat(2, 0) < 4,
+    }
+    out = lm.generate(prompt, stop_token_ids=None)["token_ids"]
+    full = lm.predict({"token_ids": out, "padding_mask": np.ones_like(out, bool)}, verbose=0)
+    np.testing.assert_array_equal(out[:, 4:], full[:, 3:-1].argmax(-1))
+    lm.save(tmp_path / "cosine.keras")
+    loaded = keras.models.load_model(tmp_path / "cosine.keras")
+    assert loaded.harmonic_head.distance == "cosine"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), logits, rtol=1e-4, atol=1e-4)
+
+
 def test_default_compile_is_the_exact_loss_and_harmonic_accuracy():
     lm = HarmonicCausalLM(_backbone())  # keras-hub compiles tasks on construction
     assert isinstance(lm.harmonic_loss, ht.HarmonicLoss) and lm.harmonic_loss.sampled is None
@@ -428,7 +460,7 @@ def test_every_head_argument_is_taken_and_saved():
     taken = inspect.signature(HarmonicCausalLM.__init__).parameters
     assert set(HEAD_ARGUMENTS) <= set(taken)
     assert set(HEAD_ARGUMENTS) <= set(inspect.signature(ht.HarmonicLMHead).parameters)
-    args = dict(eta="learned", eta_init=3.0, eta_rate=2.0, eps=1e-6)
+    args = dict(eta="learned", eta_init=3.0, eta_rate=2.0, eps=1e-6, distance="cosine")
     lm = HarmonicCausalLM(_backbone(), **args)
     config = lm.get_config()
     assert {k: config[k] for k in args} == args and config["frozen_when_saved"] is False
