@@ -179,6 +179,18 @@ def test_bench_reference_point_times_both_variants(tmp_path):
     assert all(v > 0 for v in median.values())
 
 
+def test_bench_cosine_times_every_path_in_both_distances(tmp_path):
+    _run(
+        "bench_cosine.py",
+        *("--tokens", "64", "--dim", "8", "--vocab-size", "500", "--chunk-size", "128"),
+        *("--k", "16", "--rounds", "1", "--reps", "1", "--out", str(tmp_path)),
+    )
+    median = json.loads((tmp_path / "cosine.json").read_text())["median_ms"]
+    paths = _import_benchmark("bench_cosine").PATHS
+    assert set(median) == {f"{p} | {d}" for p in paths for d in ("euclidean", "cosine")}
+    assert all(v > 0 for v in median.values())
+
+
 def test_bench_revisions_measures_two_checkouts_side_by_side(tmp_path):
     _run(
         "bench_revisions.py",

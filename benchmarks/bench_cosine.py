@@ -1,0 +1,111 @@
+"""What the cosine distance costs on each path: forward+backward of every loss path with
+``distance="cosine"`` and with its Euclidean twin, in interleaved rounds in one process (XLA,
+median step time), and the ratio.
+
+    python benchmarks/bench_cosine.py                       # N=2048, D=256, V=16,384
+    python benchmarks/bench_cosine.py --vocab-size 50257 --rounds 5
+
+Writes cosine.json and cosine.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import harmonic_tf as ht  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name -> the loss call's arguments besides distance (chunk sizes filled in from the flags)
+PATHS = {
+    "exact dense": lambda a: dict(path="dense", chunk_size=a.chunk_size),
+    "exact two-pass": lambda a: dict(path="two_pass", chunk_size=a.chunk_size),
+    "exact fused": lambda a: dict(path="fused", chunk_size=a.chunk_size),
+    "sampled, defaults (center rows)": lambda a: dict(options=ht.SampledOptions(k=a.k)),
+    "sampled, sparse rows": lambda a: dict(
+        options=ht.SampledOptions(k=a.k, center_gradient="indexed_slices")
+    ),
+}
+
+
+def make_step(path: str, distance: str, args):
+    """A jit-compiled forward+backward of one path, returning scalars."""
+    x = tf.random.stateless_normal([args.tokens, args.dim], seed=[0, 1])
+    w = tf.Variable(tf.random.stateless_normal([args.vocab_size, args.dim], seed=[0, 2]))
+    y = tf.random.stateless_uniform([args.tokens], [0, 3], 0, args.vocab_size, tf.int32)
+    call = PATHS[path](args)
+
+    @tf.function(jit_compile=True)
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if "options" in call:
+                loss = ht.sampled_harmonic_loss(x, w, y, call["options"], seed=0, distance=distance)
+            else:
+                loss = ht.harmonic_loss(x, w, y, dense_max_bytes=0, distance=distance, **call)
+        gx, gw = tape.gradient(loss, [x, w])
+        gw = gw.values if isinstance(gw, tf.IndexedSlices) else gw
+        return loss, tf.reduce_sum(gx), tf.reduce_sum(gw)
+
+    step()  # compile
+    return step
+
+
+def measure(args) -> dict[str, list[float]]:
+    steps = {(p, d): make_step(p, d, args) for p in PATHS for d in ("euclidean", "cosine")}
+    times: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        for (path, distance), step in steps.items():
+            for _ in range(args.reps):
+                start = time.perf_counter()
+                [t.numpy() for t in step()]
+                times.setdefault(f"{path} | {distance}", []).append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--vocab-size", type=int, default=16384)
+    p.add_argument("--chunk-size", type=int, default=2048)
+    p.add_argument("--k", type=int, default=512, help="the sampled paths' draws")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3, help="timed steps per round and variant")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = p.parse_args(argv)
+    times = measure(args)
+    median = {name: float(np.median(v)) * 1e3 for name, v in times.items()}
+    lines = [
+        f"Cosine against Euclidean, N={args.tokens}, D={args.dim}, V={args.vocab_size:,} "
+        f"(chunk {args.chunk_size}, k={args.k}), forward+backward under XLA, median of "
+        f"{args.rounds} interleaved rounds x {args.reps} steps (`python "
+        "benchmarks/bench_cosine.py`):",
+        "",
+        "| path | Euclidean (ms) | cosine (ms) | cosine / Euclidean |",
+        "|---|---|---|---|",
+    ]
+    for path in PATHS:
+        a, b = median[f"{path} | euclidean"], median[f"{path} | cosine"]
+        lines.append(f"| {path} | {a:,.1f} | {b:,.1f} | {b / a:.2f}x |")
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "cosine")
+    with open(stem + ".json", "w") as f:
+        json.dump({"config": vars(args), "median_ms": median, "times_s": times}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(text + "\n")
+    return median
+
+
+if __name__ == "__main__":
+    main()
