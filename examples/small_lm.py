@@ -140,10 +140,11 @@ def build_lm(
     eta: float | str | None = None,
     eta_init: float | None = None,
     eta_rate: float = 1.0,
+    distance: str = "euclidean",
 ):
     """Pre-LayerNorm decoder-only transformer; the output head is tied to the token embedding:
     a dot product (``head="dot"``) or a :class:`HarmonicLMHead` (``head="harmonic"``, exponent
-    ``eta``). The same ``seed`` gives the same initial weights for both heads."""
+    ``eta``, ``distance``). The same ``seed`` gives the same initial weights for both heads."""
     keras.utils.set_random_seed(seed)
     tokens = keras.Input([seq_len], dtype="int32", name="tokens")
     embedding = keras.layers.ReversibleEmbedding(vocab_size, d_model, name="token_embedding")
@@ -163,8 +164,9 @@ def build_lm(
     if head == "dot":
         return keras.Model(tokens, embedding(h, reverse=True), name="lm_dot"), None
     lm_head = ht.HarmonicLMHead(
-        tied_embedding=embedding, eta=eta, eta_init=eta_init, eta_rate=eta_rate, name="lm_head"
-    )
+        tied_embedding=embedding, eta=eta, eta_init=eta_init, eta_rate=eta_rate,
+        distance=distance, name="lm_head",
+    )  # fmt: skip
     return ht.HarmonicModel(tokens, lm_head(h), name="lm_harmonic"), lm_head
 
 

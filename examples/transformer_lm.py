@@ -139,8 +139,10 @@ def run(kind, args, data, vectorizer, counts, loss=None, on_trained=None):
     samples = generate(model, vectorizer, prompts, args.seq_len, 24, rng) if args.samples else []
     near = [] if head is None else prototypes(model, head, vectorizer, val_ids[:6], args.seq_len)
     return {
-        "name": RUN_NAMES[kind],
+        "name": RUN_NAMES[kind]
+        + (" (cosine)" if kind != "ce" and args.distance == "cosine" else ""),
         "kind": kind,
+        "distance": None if kind == "ce" else args.distance,
         "steps": [i * eval_every for i in range(len(val_losses))],
         "val_loss": val_losses,
         "train_loss": [float(v) for v in hist.history["loss"]],
@@ -171,6 +173,7 @@ def _compiled_lm(kind, args, counts, loss=None):
         eta=eta,
         eta_init=eta_init,
         eta_rate=args.eta_rate,
+        distance=args.distance,
     )
     lr = args.lr_ce if kind == "ce" else args.lr_harmonic
     steps = args.steps[kind]
@@ -308,6 +311,7 @@ def parse_args(argv=None):
         default=1.0,
         help="a learned exponent's rate multiplier (HarmonicLMHead(eta_rate=...))",
     )
+    p.add_argument("--distance", default="euclidean", choices=["euclidean", "cosine"])
     _estimator_arguments(p)
     p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
     p.add_argument("--val-tokens", type=int, default=24576)
