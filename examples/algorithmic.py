@@ -36,7 +36,7 @@ import toy_models
 
 BATCH = 32
 # The model settings a flag may change; their defaults are toy_models.Config's (the released).
-KNOBS = ("eta", "eps", "table_scale", "dropout", "mlp_penalty")
+KNOBS = ("eta", "eps", "table_scale", "dropout", "mlp_penalty", "distance")
 RELEASED = toy_models.Config._field_defaults
 
 
@@ -389,6 +389,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--dropout", type=float, default=RELEASED["dropout"], help="transformer dropout")
     p.add_argument("--test-dropout", choices=["on", "off"], default="on")
+    p.add_argument(
+        "--distance", choices=["euclidean", "cosine"], default=RELEASED["distance"],
+        help="the harmonic head's distance",
+    )  # fmt: skip
     p.add_argument("--mlp-penalty", action="store_true", help="the table penalty acts on MLPs")
     p.add_argument("--train-fraction", type=float, default=0.8)
     p.add_argument("--efficiency", action="store_true", help="train fractions 0.1..0.9 instead")

@@ -32,6 +32,7 @@ class Config(NamedTuple):
     table_scale: float = 1.0  # multiplies the initial embedding / centers (ablation)
     dropout: float = 0.1  # transformer only (PyTorch's TransformerEncoderLayer default)
     mlp_penalty: bool = False  # the table penalty on the MLPs too (the released code: inert)
+    distance: str = "euclidean"  # the harmonic head's distance ("cosine": an ablation)
 
 
 def _uniform(seed: int, index: int, shape, bound: float) -> np.ndarray:
@@ -202,7 +203,10 @@ def logits(cfg: Config, w: dict, h: tf.Tensor) -> tf.Tensor:
     if cfg.head == "harmonic":
         c = centers(cfg, w)
         return tf.stack(
-            [ht.harmonic_logits(h[i], c[i], cfg.eta, cfg.eps) for i in range(h.shape[0])]
+            [
+                ht.harmonic_logits(h[i], c[i], cfg.eta, cfg.eps, cfg.distance)
+                for i in range(h.shape[0])
+            ]
         )
     z = tf.matmul(h, w["table"], transpose_b=True)
     return z + w["bias"][:, None] if "bias" in w else z
@@ -214,7 +218,15 @@ def seed_losses(cfg: Config, w: dict, h: tf.Tensor, labels: tf.Tensor) -> tf.Ten
         c = centers(cfg, w)
         return tf.stack(
             [
-                ht.harmonic_loss(h[i], c[i], labels[i], cfg.eta, cfg.eps, ignore_index=-100)
+                ht.harmonic_loss(
+                    h[i],
+                    c[i],
+                    labels[i],
+                    cfg.eta,
+                    cfg.eps,
+                    ignore_index=-100,
+                    distance=cfg.distance,
+                )  # fmt: skip
                 for i in range(h.shape[0])
             ]
         )
