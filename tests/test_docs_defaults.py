@@ -44,3 +44,15 @@ def test_exact_options_table_lists_every_field_with_its_default():
     assert set(documented) == set(fields)
     for name, default in fields.items():
         assert _literal(documented[name]) == str(default), name
+
+
+def test_default_exponents_stated_in_conventions_are_the_codes():
+    text = (DOCS / "conventions.md").read_text()
+    euclidean = re.search(r"`ht\.default_eta\(D\) = 2 D`", text)
+    cosine = re.search(r'`ht\.default_eta\(D, "cosine"\) = ([\d.]+)`', text)
+    assert euclidean and ht.default_eta(7) == 14.0
+    assert cosine and float(cosine.group(1)) == ht.default_eta(7, "cosine")
+    row = re.search(
+        r'\*\*this package, `distance="cosine"`, `eta=None`\*\* \|.*\| \*\*([\d.]+)\*\* \|', text
+    )
+    assert row and float(row.group(1)) == ht.default_eta(128, "cosine")
