@@ -76,10 +76,7 @@ class MixedGradientLoss(ht.HarmonicLoss):
     def terms(self, head, hidden, labels, sample_weight=None, training=True, step=None):
         if not training:
             return super().terms(head, hidden, labels, sample_weight, training, step)
-        common = dict(
-            eta=head.resolved_eta(), eps=head.eps, ignore_index=self.ignore_index,
-            weights=sample_weight,
-        )  # fmt: skip
+        common = dict(**head.measure(), ignore_index=self.ignore_index, weights=sample_weight)
         w, stop = head.centers, tf.stop_gradient
         # Each loss sees the other half as a constant: its gradient reaches one half only.
         x_s, w_s, x_e, w_e = (
@@ -103,14 +100,13 @@ def denominator_error(model, head, options, batch, draws: int) -> dict:
     mean (sd over draws)."""
     tokens, labels = batch
     hidden = model.hidden_states(tokens)
-    eta = head.resolved_eta()
-    exact = ht.harmonic_loss(hidden, head.centers, labels, eta=eta, eps=head.eps, reduction="none")
+    measure = head.measure()
+    exact = ht.harmonic_loss(hidden, head.centers, labels, reduction="none", **measure)
     diffs = np.stack(
         [
             (
                 ht.sampled_harmonic_loss(
-                    hidden, head.centers, labels, options, eta=eta, eps=head.eps,
-                    reduction="none", seed=s,
+                    hidden, head.centers, labels, options, reduction="none", seed=s, **measure
                 ) - exact
             ).numpy()
             for s in range(draws)

@@ -69,9 +69,9 @@ def error(samples: list[np.ndarray], exact: np.ndarray) -> tuple[float, float]:
 def sweep(model, head, batch, counts, draws: int, configs: list[str]) -> list[dict]:
     tokens, labels = batch
     hidden = tf.convert_to_tensor(model.hidden_states(tokens))
-    eta, eps, var = head.resolved_eta(), head.eps, head.centers_variable
+    measure, var = head.measure(), head.centers_variable
     exact_x, exact_w = gradients(
-        lambda: ht.harmonic_loss(hidden, head.centers, labels, eta=eta, eps=eps), hidden, var
+        lambda: ht.harmonic_loss(hidden, head.centers, labels, **measure), hidden, var
     )
     rows = []
     for name in configs:
@@ -80,7 +80,7 @@ def sweep(model, head, batch, counts, draws: int, configs: list[str]) -> list[di
         for s in range(draws):
             dx, dw = gradients(
                 lambda s=s, o=options: ht.sampled_harmonic_loss(
-                    hidden, head.centers, labels, o, eta=eta, eps=eps, seed=s
+                    hidden, head.centers, labels, o, seed=s, **measure
                 ),
                 hidden,
                 var,
