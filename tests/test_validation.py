@@ -112,7 +112,9 @@ BAD_LABELS = tf.constant([0, 1, 2, 3, 10, 5])
     ],
 )
 def test_out_of_range_labels(loss_fn):
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels. must be in \[0, 10\)"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"labels. must be in \[0, V\) = \[0, 10\)"
+    ):
         loss_fn(BAD_LABELS)
     with pytest.raises(tf.errors.InvalidArgumentError, match="labels"):
         tf.function(loss_fn)(BAD_LABELS)
@@ -255,3 +257,20 @@ def test_keras_loss_sampled_true_means_the_defaults():
     assert loss.sampled == ht.SampledOptions()
     assert ht.HarmonicLoss.from_config(loss.get_config()).sampled == loss.sampled
     assert ht.HarmonicLoss(sampled=False).sampled is None
+
+
+def test_loss_from_logits_checks_labels_as_the_losses_do():
+    # The one label check (inputs.checked_labels): ignored rows 0, an invalid one raises
+    # eagerly and is NaN under XLA, valid ones are float64's log-sum-exp minus the true logit.
+    z = np.random.default_rng(0).normal(size=(2, 3, 5))
+    y = np.array([[1, -100, 4], [0, 2, 3]])
+    got = ht.loss_from_logits(tf.constant(z, tf.float32), y).numpy()
+    want = (
+        np.log(np.exp(z).sum(-1)) - np.take_along_axis(z, np.maximum(y, 0)[..., None], -1)[..., 0]
+    )
+    np.testing.assert_allclose(got, np.where(y == -100, 0.0, want), rtol=1e-5)
+    bad = np.array([[1, 5, 4], [0, 2, 3]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels. must be in \[0, V\) or"):
+        ht.loss_from_logits(tf.constant(z, tf.float32), bad)
+    xla = tf.function(ht.loss_from_logits, jit_compile=True)(tf.constant(z, tf.float32), bad)
+    assert np.isnan(xla.numpy()[0, 1]) and np.all(np.isfinite(np.delete(xla.numpy(), 1)))

@@ -41,15 +41,8 @@ class Confidence(NamedTuple):
 def _flat(hidden_states, class_centers, distance: str) -> tuple[tf.Tensor, tf.Tensor]:
     """Float32 ``[N, D]`` and ``[V, D]``, as ``distance`` measures them (cosine: unit rows)."""
     inputs.check_distance(distance)
-    x = tf.convert_to_tensor(hidden_states)
-    w = tf.convert_to_tensor(class_centers)
-    if x.shape.rank is None or x.shape.rank < 1 or w.shape.rank != 2 or w.shape[1] != x.shape[-1]:
-        raise ValueError(
-            f"`hidden_states` must be [..., D] and `class_centers` [V, D] with the same D, got "
-            f"shapes {x.shape} and {w.shape}."
-        )
-    x = tf.reshape(tf.cast(x, tf.float32), [-1, x.shape[-1]])
-    return measured(x, distance), measured(tf.cast(w, tf.float32), distance)
+    x, w, _ = inputs.flat_rows(hidden_states, class_centers)
+    return measured(x, distance), measured(w, distance)
 
 
 def nearest_k(

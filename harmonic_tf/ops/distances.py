@@ -122,23 +122,11 @@ def harmonic_logits(
       >>> print(np.round(np.exp(-z.numpy()), 3))  # 2 - 2 cos(45 degrees) for both classes
       [[0.586 0.586]]
     """
-    x = tf.convert_to_tensor(hidden_states)
-    w = tf.convert_to_tensor(class_centers)
-    if not x.dtype.is_floating or not w.dtype.is_floating:
-        raise TypeError(
-            "`hidden_states` and `class_centers` must be float tensors, got "
-            f"{x.dtype.name} and {w.dtype.name}."
-        )
-    if x.shape.rank is None or x.shape.rank < 1:
-        raise ValueError(f"`hidden_states` must be [..., D], got shape {x.shape}.")
-    if w.shape.rank != 2 or w.shape[1] != x.shape[-1]:
-        raise ValueError(f"`class_centers` must be [V, {x.shape[-1]}], got shape {w.shape}.")
+    flat, w, lead = inputs.flat_rows(hidden_states, class_centers)
     inputs.check_distance(distance)
-    eta = inputs.resolve_eta(eta, int(x.shape[-1]), distance)
+    eta = inputs.resolve_eta(eta, int(w.shape[-1]), distance)
     inputs.check_positive("eps", eps)
-    lead = tf.shape(x)[:-1]
-    flat = measured(tf.reshape(tf.cast(x, tf.float32), [-1, x.shape[-1]]), distance)
-    w = measured(tf.cast(w, tf.float32), distance)
+    flat, w = measured(flat, distance), measured(w, distance)
     origin = reference_point(flat)
     d2 = expanded_sq_distances(flat - origin, w - origin)
     z = logits_from_sq(d2, eta, eps)

@@ -303,17 +303,10 @@ def loss_from_logits(logits: tf.Tensor, labels: tf.Tensor, ignore_index=-100) ->
       [1.3863]
     """
     logits = tf.cast(logits, tf.float32)
-    labels = tf.cast(labels, tf.int32)
-    ignored = inputs.ignored_mask(labels, ignore_index)
-    safe = tf.where(ignored, tf.zeros_like(labels), labels)
     vocab = tf.shape(logits)[-1]
-    invalid = tf.logical_and(tf.logical_not(ignored), tf.logical_or(safe < 0, safe >= vocab))
-    tf.debugging.assert_equal(
-        tf.reduce_any(invalid), False, message=f"`labels` must be in [0, V) or {ignore_index}"
-    )
-    clipped = tf.clip_by_value(safe, 0, vocab - 1)
-    true = tf.gather(logits, clipped, batch_dims=labels.shape.rank)
-    is_true = tf.one_hot(clipped, vocab, on_value=True, off_value=False)
+    safe, ignored, invalid = inputs.checked_labels(labels, vocab, ignore_index)
+    true = tf.gather(logits, safe, batch_dims=safe.shape.rank)
+    is_true = tf.one_hot(safe, vocab, on_value=True, off_value=False)
     others = tf.where(is_true, -float("inf"), logits)
     _, losses = _kernel.margin_loss(tf.reduce_logsumexp(others, axis=-1), true)
     losses = tf.where(invalid, float("nan"), losses)

@@ -142,21 +142,47 @@ def prepare(hidden_states, class_centers, labels, ignore_index: int | None) -> P
     labels_shape, labels_rank = tf.shape(y), y.shape.rank
     x = tf.reshape(tf.cast(x, tf.float32), [-1, dim])
     w = tf.cast(w, tf.float32)
-    y = tf.reshape(tf.cast(y, tf.int32), [-1])
+    safe, ignored, invalid = checked_labels(tf.reshape(y, [-1]), vocab_size, ignore_index)
     n = x.shape[0]
+    return Prepared(x, w, safe, ignored, invalid, labels_shape, n, vocab_size, dim, labels_rank)
+
+
+def checked_labels(labels: tf.Tensor, vocab_size, ignore_index: int | None):
+    """``(safe, ignored, invalid)`` for int ``labels`` of any shape and ``V`` (an int or a
+    scalar tensor): int32 labels with ignored and invalid ones replaced by 0 (safe to gather),
+    and the two masks. Every loss checks its labels here: an invalid label (outside ``[0, V)``,
+    not ``ignore_index``) fails eagerly and in graph mode; XLA compiles asserts to nothing, so
+    the losses also give such rows a NaN loss and NaN gradients."""
+    y = tf.cast(labels, tf.int32)
     ignored = ignored_mask(y, ignore_index)
     invalid = tf.logical_and(
         tf.logical_not(ignored), tf.logical_or(tf.less(y, 0), tf.greater_equal(y, vocab_size))
     )
-    # Eager and graph mode fail with the message; XLA compiles asserts to nothing, so the NaN
-    # loss and gradients of invalid rows (below) are what remains there.
+    bound = f" = [0, {vocab_size})" if isinstance(vocab_size, int) else ""
     tf.debugging.assert_equal(
         tf.reduce_any(invalid),
         False,
-        message=(f"`labels` must be in [0, {vocab_size}) or equal ignore_index={ignore_index}"),
+        message=f"`labels` must be in [0, V){bound} or equal ignore_index={ignore_index}",
     )
-    safe = tf.where(tf.logical_or(ignored, invalid), tf.zeros_like(y), y)
-    return Prepared(x, w, safe, ignored, invalid, labels_shape, n, vocab_size, dim, labels_rank)
+    return tf.where(tf.logical_or(ignored, invalid), tf.zeros_like(y), y), ignored, invalid
+
+
+def flat_rows(hidden_states, class_centers) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(x [N, D], w [V, D], lead)``: float32 hidden states ``[..., D]`` flattened to rows,
+    the centers, and the hidden states' leading shape (to reshape per-row results back)."""
+    x = tf.convert_to_tensor(hidden_states)
+    w = tf.convert_to_tensor(class_centers)
+    if not x.dtype.is_floating or not w.dtype.is_floating:
+        raise TypeError(
+            "`hidden_states` and `class_centers` must be float tensors, got "
+            f"{x.dtype.name} and {w.dtype.name}."
+        )
+    if x.shape.rank is None or x.shape.rank < 1:
+        raise ValueError(f"`hidden_states` must be [..., D], got shape {x.shape}.")
+    if w.shape.rank != 2 or w.shape[1] != x.shape[-1]:
+        raise ValueError(f"`class_centers` must be [V, {x.shape[-1]}], got shape {w.shape}.")
+    flat = tf.reshape(tf.cast(x, tf.float32), [-1, x.shape[-1]])
+    return flat, tf.cast(w, tf.float32), tf.shape(x)[:-1]
 
 
 def ignored_mask(labels: tf.Tensor, ignore_index: int | None) -> tf.Tensor:
