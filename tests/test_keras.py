@@ -411,13 +411,17 @@ def test_ignore_index_and_sample_weight(data):
         np.testing.assert_array_equal(b, w.numpy())
 
 
-@pytest.mark.parametrize("center_rows, variate", [(0, False), (128, False), (128, True)])
-def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer(center_rows, variate):
+@pytest.mark.parametrize(
+    "center_rows, variate, distance",
+    [(0, False, "euclidean"), (128, False, "euclidean"), (128, True, "euclidean"),
+     (0, False, "cosine"), (128, True, "cosine")],
+)  # fmt: skip
+def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer(center_rows, variate, distance):
     # Center rows cost one [S, V] buffer (S = 128 by default), whatever the number of tokens;
     # their control variate only [N, in-batch] ones.
     n, vocab, dim = 512, 5000, 16
     body = keras.layers.Dense(dim)
-    head = ht.HarmonicLMHead(vocab)
+    head = ht.HarmonicLMHead(vocab, distance=distance)
     body.build((None, 8))
     head.build((None, dim))
     opt = keras.optimizers.SGD(0.1)
@@ -432,7 +436,9 @@ def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer(center_rows, va
                 if center_rows
                 else ht.SampledOptions(k=64, center_gradient="indexed_slices")
             )
-            loss = ht.sampled_harmonic_loss(body(xb), head.centers, yb, options, seed=0)
+            loss = ht.sampled_harmonic_loss(
+                body(xb), head.centers, yb, options, seed=0, distance=distance
+            )
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
