@@ -192,6 +192,42 @@ def test_bench_cosine_times_every_path_in_both_distances(tmp_path):
     assert all(v > 0 for v in median.values())
 
 
+def test_cosine_tables_group_seeds_and_sweep_exponents(tmp_path):
+    tables = _import_benchmark("cosine_tables")
+
+    def write(folder, name, seed, eta, runs):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        config = {"seed": seed, "eta": eta}
+        (tmp_path / folder / f"{name}.json").write_text(
+            json.dumps({"config": config, "runs": runs})
+        )
+
+    def run(kind, distance, acc, loss=3.0):
+        return {"kind": kind, "name": "exact harmonic" if kind == "exact" else "cross-entropy",
+                "distance": distance, "test_accuracy": acc, "test_ece": 0.02,
+                "final_val_loss": loss, "tokens_per_second": 10.0}  # fmt: skip
+
+    for seed, acc in enumerate([0.70, 0.72, 0.74]):
+        write(
+            "cifar10",
+            f"e{seed}",
+            seed,
+            "2D",
+            [run("ce", None, acc), run("exact", "euclidean", acc - 0.01)],
+        )
+        write("cifar10", f"c{seed}", seed, "16", [run("exact", "cosine", acc + 0.01)])
+    write("cifar10", "c4", 0, "4", [run("exact", "cosine", 0.5)])
+    write("lm", "l0", 0, "16", [run("exact", "cosine", 0, 2.9)])
+    out = tables.main([str(tmp_path)])
+    assert (
+        "| exact harmonic (cosine, eta 16) | 3 | 0.7100 / 0.7300 / 0.7500 | **0.7300 ± 0.0200** |"
+        in out["cifar"]
+    )
+    assert "eta 4" not in out["cifar"] and "| seed 0 | 0.5000 | 0.7100 |" in out["cifar_sweep"]
+    assert "| exact harmonic (cosine, eta 16) | 1 | 2.900 |" in out["lm"]
+    assert (tmp_path / "cosine.png").exists()
+
+
 def test_bench_revisions_measures_two_checkouts_side_by_side(tmp_path):
     _run(
         "bench_revisions.py",
