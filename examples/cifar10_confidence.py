@@ -89,7 +89,9 @@ def build(kind: str, seed: int, args, num_classes: int):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         return model, body, loss, "accuracy"
     eta, eta_init = eta_value(args.eta, h.shape[-1])
-    head = ht.HarmonicLMHead(num_classes, eta=eta, eta_init=eta_init, name="harmonic_head")
+    head = ht.HarmonicLMHead(
+        num_classes, eta=eta, eta_init=eta_init, distance=args.distance, name="harmonic_head"
+    )
     return ht.HarmonicModel(inputs, head(h)), body, ht.HarmonicLoss(), ht.HarmonicAccuracy()
 
 
@@ -99,7 +101,8 @@ def train(kind: str, seed: int, args, train_data):
     steps = args.epochs * -(-len(x) // args.batch_size)
     lr = keras.optimizers.schedules.CosineDecay(args.lr, steps, alpha=0.05)
     model.compile(keras.optimizers.Adam(lr), loss=loss, metrics=[metric], jit_compile=True)
-    print(f"\n== seed {seed}: {'cross-entropy' if kind == 'ce' else 'harmonic (exact)'}")
+    name = "cross-entropy" if kind == "ce" else f"harmonic (exact, {args.distance})"
+    print(f"\n== seed {seed}: {name}")
     model.fit(augmented(x, y, args.batch_size, seed), epochs=args.epochs, verbose=args.verbose)
     return model, body
 
@@ -124,19 +127,20 @@ def evaluate_seed(seed: int, args, splits) -> dict:
     model, body = train("harmonic", seed, args, train_data)
     dist_k, prob_k, pred_h = harmonic_scores(model, body, x_known)
     dist_u, prob_u, _ = harmonic_scores(model, body, x_unknown)
-    model, _ = train("ce", seed, args, train_data)
-    soft_k, pred_c = softmax_scores(model, x_known)
-    soft_u, _ = softmax_scores(model, x_unknown)
     # Every score is oriented as "how unknown": a far nearest center, a low max probability.
     curves["distance"] = (dist_k, dist_u)
     curves["harmonic_prob"] = (-prob_k, -prob_u)
-    curves["softmax_prob"] = (-soft_k, -soft_u)
+    row["accuracy_harmonic"] = float(np.mean(pred_h == y_known))
+    row["ece_harmonic"] = expected_calibration_error(prob_k, pred_h == y_known)
+    if not args.no_ce:
+        model, _ = train("ce", seed, args, train_data)
+        soft_k, pred_c = softmax_scores(model, x_known)
+        soft_u, _ = softmax_scores(model, x_unknown)
+        curves["softmax_prob"] = (-soft_k, -soft_u)
+        row["accuracy_ce"] = float(np.mean(pred_c == y_known))
+        row["ece_ce"] = expected_calibration_error(soft_k, pred_c == y_known)
     for name, (k, u) in curves.items():
         row[f"auroc_{name}"] = auroc(k, u)
-    row["accuracy_harmonic"] = float(np.mean(pred_h == y_known))
-    row["accuracy_ce"] = float(np.mean(pred_c == y_known))
-    row["ece_harmonic"] = expected_calibration_error(prob_k, pred_h == y_known)
-    row["ece_ce"] = expected_calibration_error(soft_k, pred_c == y_known)
     return row, curves
 
 
@@ -152,16 +156,18 @@ COLUMNS = [
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: one row per seed, then mean and standard deviation over seeds."""
+    """Markdown: one row per seed, then mean and standard deviation over seeds (the columns
+    the rows have: no cross-entropy ones with ``--no-ce``)."""
+    columns = [(k, title) for k, title in COLUMNS if k in rows[0]]
     lines = [
-        "| seed | " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|---" * (len(COLUMNS) + 1) + "|",
+        "| seed | " + " | ".join(title for _, title in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
     for r in rows:
-        lines.append(f"| {r['seed']} | " + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS) + " |")
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{r[k]:.3f}" for k, _ in columns) + " |")
     cells = [
         f"{np.mean([r[k] for r in rows]):.3f} ± {np.std([r[k] for r in rows]):.3f}"
-        for k, _ in COLUMNS
+        for k, _ in columns
     ]
     lines.append("| mean ± sd | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -215,6 +221,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width", type=int, default=16, help="filters of the first stage")
     p.add_argument("--eta", default=None, help="harmonic exponent, as examples/cifar10.py")
+    p.add_argument("--distance", default="euclidean", choices=["euclidean", "cosine"])
+    p.add_argument("--no-ce", action="store_true", help="the harmonic model only")
     p.add_argument("--limit", type=int, default=None, help="images per split (balanced)")
     p.add_argument("--verbose", type=int, default=1)
     p.add_argument("--out", default="runs/cifar10_confidence")
