@@ -13,6 +13,11 @@ supplies the *other* classes as a :class:`Columns` object (dense logits, vocabul
 token chunks, sampled candidates): their log-sum-exp, and in the backward pass their share of
 ``dL/dx``, ``dL/dw`` and ``dL/deta``. Their terms go through matmuls, so no ``[N, V, D]``
 tensor exists.
+
+The cosine distance is this math on unit vectors: the paths normalise the hidden states and
+the table before the kernel (autodiff takes the gradient through it), or, for sparse center
+gradients, normalise the rows where they are gathered (``unit_centers``), and
+:class:`CenterGrad` takes those rows' gradients through their normalisation.
 """
 
 from __future__ import annotations
