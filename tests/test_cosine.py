@@ -286,3 +286,12 @@ def test_keras_head_fits_saves_and_reloads(tmp_path):
     again = keras.saving.load_model(tmp_path / "cos.keras")
     assert again.harmonic_head.distance == "cosine"
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_exponent_anneal_ends_at_the_cosine_default():
+    head = ht.HarmonicLMHead(5, eta="learned", eta_init=64.0, distance="cosine")
+    head.build((None, 4))
+    anneal = ht.ExponentAnneal(head, steps=1)
+    for batch in range(2):
+        anneal.on_train_batch_begin(batch)
+    np.testing.assert_allclose(float(head.resolved_eta()), ht.default_eta(4, "cosine"), rtol=1e-6)

@@ -26,7 +26,8 @@ class ExponentAnneal(keras.callbacks.Callback):
     Args:
       head: a :class:`HarmonicLMHead` with ``eta="learned"``, built.
       steps: training batches to reach ``end``.
-      end: the final exponent (default: ``harmonic_tf.default_eta(D)``, ``2 D``).
+      end: the final exponent (default: the head's default rule,
+        ``harmonic_tf.default_eta(D, head.distance)``: ``2 D`` for the Euclidean distance).
 
     Examples:
       >>> head = HarmonicLMHead(5, eta="learned", eta_init=32.0)
@@ -48,7 +49,7 @@ class ExponentAnneal(keras.callbacks.Callback):
                 f"is then a weight the step reads), got {head!r}."
             )
         checks.check_int("steps", steps, 1)
-        end = default_eta(int(head.centers.shape[-1])) if end is None else end
+        end = default_eta(int(head.centers.shape[-1]), head.distance) if end is None else end
         checks.check_positive("end", end)
         self.head, self.steps, self.end = head, steps, float(end)
         self.start = float(head.resolved_eta())
