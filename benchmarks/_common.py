@@ -259,3 +259,39 @@ def child_result(cmd: list[str], env: dict | None = None, timeout: float | None 
     if not lines:
         return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+def interleaved_times(steps: dict, rounds: int, reps: int) -> dict[str, list[float]]:
+    """Seconds per call of each ``{name: step}`` (a compiled step returning tensors, read back
+    so the time includes the work): ``reps`` calls each, in ``rounds`` interleaved rounds, so a
+    machine's drift touches every variant alike."""
+    import time
+
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(reps):
+                start = time.perf_counter()
+                [t.numpy() for t in step()]
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ms(times: dict[str, list[float]]) -> dict[str, float]:
+    """Each variant's median time in milliseconds."""
+    import numpy as np
+
+    return {name: float(np.median(v)) * 1e3 for name, v in times.items()}
+
+
+def write_timings(out: str, stem: str, config: dict, times: dict, text: str) -> dict:
+    """Prints ``text`` (the markdown table) and writes it to ``out/stem.md``, and the
+    configuration, median milliseconds and raw times to ``out/stem.json``; returns the medians."""
+    median = median_ms(times)
+    print(text)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, stem + ".json"), "w") as f:
+        json.dump({"config": config, "median_ms": median, "times_s": times}, f, indent=1)
+    with open(os.path.join(out, stem + ".md"), "w") as f:
+        f.write(text + "\n")
+    return median

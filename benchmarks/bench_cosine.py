@@ -11,16 +11,15 @@ Writes cosine.json and cosine.md to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import harmonic_tf as ht  # noqa: E402
+
+from _common import interleaved_times, median_ms, write_timings  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -59,18 +58,6 @@ def make_step(path: str, distance: str, args):
     return step
 
 
-def measure(args) -> dict[str, list[float]]:
-    steps = {(p, d): make_step(p, d, args) for p in PATHS for d in ("euclidean", "cosine")}
-    times: dict[str, list[float]] = {}
-    for _ in range(args.rounds):
-        for (path, distance), step in steps.items():
-            for _ in range(args.reps):
-                start = time.perf_counter()
-                [t.numpy() for t in step()]
-                times.setdefault(f"{path} | {distance}", []).append(time.perf_counter() - start)
-    return times
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tokens", type=int, default=2048)
@@ -82,8 +69,13 @@ def main(argv=None) -> dict:
     p.add_argument("--reps", type=int, default=3, help="timed steps per round and variant")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
-    times = measure(args)
-    median = {name: float(np.median(v)) * 1e3 for name, v in times.items()}
+    steps = {
+        f"{path} | {distance}": make_step(path, distance, args)
+        for path in PATHS
+        for distance in ("euclidean", "cosine")
+    }
+    times = interleaved_times(steps, args.rounds, args.reps)
+    median = median_ms(times)
     lines = [
         f"Cosine against Euclidean, N={args.tokens}, D={args.dim}, V={args.vocab_size:,} "
         f"(chunk {args.chunk_size}, k={args.k}), forward+backward under XLA, median of "
@@ -96,15 +88,7 @@ def main(argv=None) -> dict:
     for path in PATHS:
         a, b = median[f"{path} | euclidean"], median[f"{path} | cosine"]
         lines.append(f"| {path} | {a:,.1f} | {b:,.1f} | {b / a:.2f}x |")
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "cosine")
-    with open(stem + ".json", "w") as f:
-        json.dump({"config": vars(args), "median_ms": median, "times_s": times}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(text + "\n")
-    return median
+    return write_timings(args.out, "cosine", vars(args), times, "\n".join(lines))
 
 
 if __name__ == "__main__":

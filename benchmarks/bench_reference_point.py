@@ -11,17 +11,16 @@ Writes reference_point.json and .md to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import harmonic_tf as ht  # noqa: E402
 from harmonic_tf.ops import _kernel, distances, exact  # noqa: E402
+
+from _common import interleaved_times, median_ms, write_timings  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -73,21 +72,13 @@ def main(argv=None) -> dict:
     p.add_argument("--reps", type=int, default=3, help="timed steps per round and variant")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
-    times: dict[str, list[float]] = {}
     steps = {
-        (kind, shifted): make_step(kind, shifted, args)
+        f"{kind} {'shifted' if shifted else 'unshifted'}": make_step(kind, shifted, args)
         for kind in ("exact", "sampled")
         for shifted in (True, False)
     }
-    for _ in range(args.rounds):
-        for (kind, shifted), step in steps.items():
-            for _ in range(args.reps):
-                start = time.perf_counter()
-                [t.numpy() for t in step()]
-                times.setdefault(f"{kind} {'shifted' if shifted else 'unshifted'}", []).append(
-                    time.perf_counter() - start
-                )
-    median = {name: float(np.median(v)) * 1e3 for name, v in times.items()}
+    times = interleaved_times(steps, args.rounds, args.reps)
+    median = median_ms(times)
     lines = [
         f"Reference-point cost, N={args.tokens}, D={args.dim}, V={args.vocab_size:,} "
         f"(chunk {args.chunk_size}), forward+backward under XLA, median of "
@@ -99,15 +90,7 @@ def main(argv=None) -> dict:
     for kind in ("exact", "sampled"):
         a, b = median[f"{kind} shifted"], median[f"{kind} unshifted"]
         lines.append(f"| {kind} | {a:,.1f} | {b:,.1f} | {100 * (a / b - 1):+.1f}% |")
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "reference_point")
-    with open(stem + ".json", "w") as f:
-        json.dump({"config": vars(args), "median_ms": median, "times_s": times}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(text + "\n")
-    return median
+    return write_timings(args.out, "reference_point", vars(args), times, "\n".join(lines))
 
 
 if __name__ == "__main__":
