@@ -27,13 +27,8 @@ from typing import NamedTuple, Protocol
 
 import tensorflow as tf
 
-from harmonic_tf.ops.distances import (
-    log_distances,
-    logits_from_sq,
-    normalized_rows,
-    reference_point,
-    unit_rows_grad,
-)
+from harmonic_tf.ops.cosine import normalized_rows, unit_rows_grad
+from harmonic_tf.ops.distances import log_distances, logits_from_sq, reference_point
 
 
 class TrueClass(NamedTuple):

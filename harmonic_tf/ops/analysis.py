@@ -9,12 +9,8 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from harmonic_tf.ops import _kernel, inputs
-from harmonic_tf.ops.distances import (
-    expanded_sq_distances,
-    logits_from_sq,
-    measured,
-    reference_point,
-)
+from harmonic_tf.ops.cosine import measured
+from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq, reference_point
 from harmonic_tf.ops.exact import DEFAULT_CHUNK_SIZE, num_chunks_of, vocab_chunk
 
 # Classes whose terms harmonic_confidence takes from exact distances.

@@ -2,7 +2,8 @@
 
 ``distance="euclidean"``: ``d_i = ||x - w_i||``; ``"cosine"``: the same between unit vectors,
 ``d_i^2 = ||x/|x| - w_i/|w_i| ||^2 = 2 - 2 cos(x, w_i)``, in ``[0, 4]``. Every path measures
-cosine by normalising the rows it reads (:func:`unit_rows`) and then runs the Euclidean math.
+cosine by normalising the rows it reads (:mod:`harmonic_tf.ops.cosine`) and then runs the
+Euclidean math.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from harmonic_tf.ops import inputs
+from harmonic_tf.ops.cosine import measured
 
 
 def expanded_sq_distances(
@@ -46,40 +48,6 @@ def reference_point(x: tf.Tensor) -> tf.Tensor:
     count = tf.cast(tf.shape(x)[0], x.dtype)
     mean = tf.math.divide_no_nan(tf.reduce_sum(x, axis=0), count)
     return tf.stop_gradient(tf.round(mean * 65536.0) / 65536.0)
-
-
-def normalized_rows(v: tf.Tensor) -> tf.Tensor:
-    """``v / |v|`` along the last axis, no gradient of its own; a zero row stays 0 (so it is at
-    distance 1 from every unit vector: uniform probabilities, never NaN)."""
-    sq = tf.reduce_sum(tf.square(v), axis=-1, keepdims=True)
-    return v * tf.where(sq > 0.0, tf.math.rsqrt(sq), 0.0)
-
-
-def unit_rows_grad(v: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
-    """The gradient of ``loss(v / |v|)`` with respect to rows ``v`` given ``g`` with respect to
-    the unit rows: ``(g - u (u . g)) / |v|``; 0 for a zero row. Works row by row, so it applies
-    to the gathered rows of a sparse gradient as to a whole table."""
-    sq = tf.reduce_sum(tf.square(v), axis=-1, keepdims=True)
-    inv = tf.where(sq > 0.0, tf.math.rsqrt(sq), 0.0)
-    u = v * inv
-    return (g - u * tf.reduce_sum(u * g, axis=-1, keepdims=True)) * inv
-
-
-@tf.custom_gradient
-def unit_rows(v: tf.Tensor):
-    """:func:`normalized_rows` with the gradient of :func:`unit_rows_grad` (autodiff of
-    ``v / |v|`` would give ``inf * 0`` at a zero row)."""
-
-    def grad(g):
-        return unit_rows_grad(v, tf.convert_to_tensor(g))
-
-    return normalized_rows(v), grad
-
-
-def measured(v: tf.Tensor, distance: str) -> tf.Tensor:
-    """Float32 rows ``[..., D]`` as ``distance`` measures them: as they are (Euclidean) or on
-    the unit sphere (cosine), with the gradient flowing through the normalisation."""
-    return unit_rows(v) if distance == "cosine" else v
 
 
 def logits_from_sq(d2: tf.Tensor, eta: float | tf.Tensor, eps: float) -> tf.Tensor:

@@ -12,12 +12,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from harmonic_tf.ops import _kernel, inputs
-from harmonic_tf.ops.distances import (
-    expanded_sq_distances,
-    logits_from_sq,
-    measured,
-    reference_point,
-)
+from harmonic_tf.ops.cosine import measured
+from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq, reference_point
 
 PATHS = ("auto", "dense", "fused", "two_pass")
 

@@ -21,12 +21,8 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from harmonic_tf.ops import _kernel, inputs
-from harmonic_tf.ops.distances import (
-    expanded_sq_distances,
-    logits_from_sq,
-    measured,
-    normalized_rows,
-)
+from harmonic_tf.ops.cosine import measured, normalized_rows
+from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq
 from harmonic_tf.ops.options import SampledOptions
 from harmonic_tf.ops.sampling import RandomStream, get_sampler
 
