@@ -10,19 +10,23 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+def _inverse_norms(v: tf.Tensor) -> tf.Tensor:
+    """``1 / |v|`` per row ``[..., 1]``, 0 for a zero row."""
+    sq = tf.reduce_sum(tf.square(v), axis=-1, keepdims=True)
+    return tf.where(sq > 0.0, tf.math.rsqrt(sq), 0.0)
+
+
 def normalized_rows(v: tf.Tensor) -> tf.Tensor:
     """``v / |v|`` along the last axis, no gradient of its own; a zero row stays 0 (so it is at
     distance 1 from every unit vector: uniform probabilities, never NaN)."""
-    sq = tf.reduce_sum(tf.square(v), axis=-1, keepdims=True)
-    return v * tf.where(sq > 0.0, tf.math.rsqrt(sq), 0.0)
+    return v * _inverse_norms(v)
 
 
 def unit_rows_grad(v: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
     """The gradient of ``loss(v / |v|)`` with respect to rows ``v`` given ``g`` with respect to
     the unit rows: ``(g - u (u . g)) / |v|``; 0 for a zero row. Works row by row, so it applies
     to the gathered rows of a sparse gradient as to a whole table."""
-    sq = tf.reduce_sum(tf.square(v), axis=-1, keepdims=True)
-    inv = tf.where(sq > 0.0, tf.math.rsqrt(sq), 0.0)
+    inv = _inverse_norms(v)
     u = v * inv
     return (g - u * tf.reduce_sum(u * g, axis=-1, keepdims=True)) * inv
 
