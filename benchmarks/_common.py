@@ -295,3 +295,26 @@ def write_timings(out: str, stem: str, config: dict, times: dict, text: str) -> 
     with open(os.path.join(out, stem + ".md"), "w") as f:
         f.write(text + "\n")
     return median
+
+
+def loss_step(tokens: int, dim: int, vocab_size: int, loss_fn):
+    """A jit-compiled forward+backward of ``loss_fn(x, w, y)`` on seeded inputs (hidden states
+    ``[tokens, dim]``, a centers variable ``[vocab_size, dim]``, labels), returning scalars (a
+    sparse center gradient summed over its rows, never made dense). Not traced yet: the caller
+    traces it (the reference-point bench inside its swap)."""
+    import tensorflow as tf
+
+    x = tf.random.stateless_normal([tokens, dim], seed=[0, 1])
+    w = tf.Variable(tf.random.stateless_normal([vocab_size, dim], seed=[0, 2]))
+    y = tf.random.stateless_uniform([tokens], [0, 3], 0, vocab_size, tf.int32)
+
+    @tf.function(jit_compile=True)
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = loss_fn(x, w, y)
+        gx, gw = tape.gradient(loss, [x, w])
+        gw = gw.values if isinstance(gw, tf.IndexedSlices) else gw
+        return loss, tf.reduce_sum(gx), tf.reduce_sum(gw)
+
+    return step

@@ -15,11 +15,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
 
 import harmonic_tf as ht  # noqa: E402
 
-from _common import interleaved_times, median_ms, write_timings  # noqa: E402
+from _common import interleaved_times, loss_step, median_ms, write_timings  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -36,24 +35,15 @@ PATHS = {
 
 
 def make_step(path: str, distance: str, args):
-    """A jit-compiled forward+backward of one path, returning scalars."""
-    x = tf.random.stateless_normal([args.tokens, args.dim], seed=[0, 1])
-    w = tf.Variable(tf.random.stateless_normal([args.vocab_size, args.dim], seed=[0, 2]))
-    y = tf.random.stateless_uniform([args.tokens], [0, 3], 0, args.vocab_size, tf.int32)
+    """A jit-compiled forward+backward of one path, returning scalars, compiled."""
     call = PATHS[path](args)
 
-    @tf.function(jit_compile=True)
-    def step():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            if "options" in call:
-                loss = ht.sampled_harmonic_loss(x, w, y, call["options"], seed=0, distance=distance)
-            else:
-                loss = ht.harmonic_loss(x, w, y, dense_max_bytes=0, distance=distance, **call)
-        gx, gw = tape.gradient(loss, [x, w])
-        gw = gw.values if isinstance(gw, tf.IndexedSlices) else gw
-        return loss, tf.reduce_sum(gx), tf.reduce_sum(gw)
+    def loss_fn(x, w, y):
+        if "options" in call:
+            return ht.sampled_harmonic_loss(x, w, y, call["options"], seed=0, distance=distance)
+        return ht.harmonic_loss(x, w, y, dense_max_bytes=0, distance=distance, **call)
 
+    step = loss_step(args.tokens, args.dim, args.vocab_size, loss_fn)
     step()  # compile
     return step
 

@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 import harmonic_tf as ht  # noqa: E402
 from harmonic_tf.ops import _kernel, distances, exact  # noqa: E402
 
-from _common import interleaved_times, median_ms, write_timings  # noqa: E402
+from _common import interleaved_times, loss_step, median_ms, write_timings  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,21 +32,13 @@ def _no_shift(x):
 def make_step(kind: str, shifted: bool, args):
     """A jit-compiled forward+backward; ``shifted=False`` swaps the reference point for zeros
     while the function is traced (the modules look it up by name at trace time)."""
-    x = tf.random.stateless_normal([args.tokens, args.dim], seed=[0, 1])
-    w = tf.Variable(tf.random.stateless_normal([args.vocab_size, args.dim], seed=[0, 2]))
-    y = tf.random.stateless_uniform([args.tokens], [0, 3], 0, args.vocab_size, tf.int32)
 
-    @tf.function(jit_compile=True)
-    def step():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            if kind == "exact":
-                loss = ht.harmonic_loss(x, w, y, chunk_size=args.chunk_size)
-            else:
-                loss = ht.sampled_harmonic_loss(x, w, y, seed=0)
-        gx, gw = tape.gradient(loss, [x, w])
-        return loss, tf.reduce_sum(gx), tf.reduce_sum(tf.convert_to_tensor(gw))
+    def loss_fn(x, w, y):
+        if kind == "exact":
+            return ht.harmonic_loss(x, w, y, chunk_size=args.chunk_size)
+        return ht.sampled_harmonic_loss(x, w, y, seed=0)
 
+    step = loss_step(args.tokens, args.dim, args.vocab_size, loss_fn)
     # Every module that measures from the reference point (the kernel for every per-token
     # path, exact for the fused one, distances for the logits).
     modules = (distances, exact, _kernel)
