@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol
 
 import tensorflow as tf
 
-from harmonic_tf.ops.cosine import normalized_rows, unit_rows_grad
+from harmonic_tf.ops.cosine import gathered_rows, unit_rows_grad
 from harmonic_tf.ops.distances import log_distances, logits_from_sq, reference_point
 
 
@@ -87,7 +87,7 @@ class Columns(Protocol):
 def true_class(x, w, labels, origin, eta, eps: float, log_q=0.0, unit=False) -> TrueClass:
     """Exact true-class terms for ``x`` measured from ``origin`` and unshifted ``w [V, D]``
     (``origin=None``: ``w`` is already shifted; ``unit``: its rows normalised when read)."""
-    w_y = normalized_rows(tf.gather(w, labels)) if unit else tf.gather(w, labels)
+    w_y = gathered_rows(w, labels, unit)
     diff = x - (w_y if origin is None else w_y - origin)
     d2 = tf.reduce_sum(tf.square(diff), axis=-1)
     return TrueClass(d2, diff, logits_from_sq(d2, eta, eps) - log_q)

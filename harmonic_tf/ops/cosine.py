@@ -22,6 +22,13 @@ def normalized_rows(v: tf.Tensor) -> tf.Tensor:
     return v * _inverse_norms(v)
 
 
+def gathered_rows(w: tf.Tensor, ids: tf.Tensor, unit: bool) -> tf.Tensor:
+    """The rows ``ids`` of ``w``, normalised if ``unit`` (a sparse path reading a cosine table:
+    :func:`unit_rows_grad` of the same rows takes their gradients back)."""
+    rows = tf.gather(w, ids)
+    return normalized_rows(rows) if unit else rows
+
+
 def unit_rows_grad(v: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
     """The gradient of ``loss(v / |v|)`` with respect to rows ``v`` given ``g`` with respect to
     the unit rows: ``(g - u (u . g)) / |v|``; 0 for a zero row. Works row by row, so it applies

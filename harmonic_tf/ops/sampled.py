@@ -21,7 +21,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from harmonic_tf.ops import _kernel, inputs
-from harmonic_tf.ops.cosine import measured, normalized_rows
+from harmonic_tf.ops.cosine import gathered_rows, measured
 from harmonic_tf.ops.distances import expanded_sq_distances, logits_from_sq
 from harmonic_tf.ops.options import SampledOptions
 from harmonic_tf.ops.sampling import RandomStream, get_sampler
@@ -366,8 +366,7 @@ class SampledColumns:
         return lse, blocks
 
     def _block(self, x, x_sq, ids, bias, keep, eta, eps) -> Block:
-        w_b = tf.gather(self.w, ids)  # [K, D] or [N, k, D]
-        w_b = (normalized_rows(w_b) if self.unit else w_b) - self.origin
+        w_b = gathered_rows(self.w, ids, self.unit) - self.origin  # [K, D] or [N, k, D]
         d2 = expanded_sq_distances(x, w_b, x_sq)
         z = tf.where(keep, logits_from_sq(d2, eta, eps) + bias, -float("inf"))
         return Block(z, d2, w_b, ids)
