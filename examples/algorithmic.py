@@ -390,7 +390,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=RELEASED["dropout"], help="transformer dropout")
     p.add_argument("--test-dropout", choices=["on", "off"], default="on")
     p.add_argument(
-        "--distance", choices=["euclidean", "cosine"], default=RELEASED["distance"],
+        "--distance", choices=ht.ops.inputs.DISTANCES, default=RELEASED["distance"],
         help="the harmonic head's distance",
     )  # fmt: skip
     p.add_argument("--mlp-penalty", action="store_true", help="the table penalty acts on MLPs")

@@ -289,7 +289,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width", type=int, default=32, help="filters of the first stage")
     p.add_argument(
-        "--distance", default="euclidean", choices=["euclidean", "cosine"], help="CNN head's"
+        "--distance", default="euclidean", choices=ht.ops.inputs.DISTANCES, help="CNN head's"
     )
     p.add_argument("--pixel-epochs", type=int, default=10)
     p.add_argument("--pixel-lr", type=float, default=1e-2)

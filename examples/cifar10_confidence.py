@@ -221,7 +221,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width", type=int, default=16, help="filters of the first stage")
     p.add_argument("--eta", default=None, help="harmonic exponent, as examples/cifar10.py")
-    p.add_argument("--distance", default="euclidean", choices=["euclidean", "cosine"])
+    p.add_argument("--distance", default="euclidean", choices=ht.ops.inputs.DISTANCES)
     p.add_argument("--no-ce", action="store_true", help="the harmonic model only")
     p.add_argument("--limit", type=int, default=None, help="images per split (balanced)")
     p.add_argument("--verbose", type=int, default=1)

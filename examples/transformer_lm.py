@@ -311,7 +311,7 @@ def parse_args(argv=None):
         default=1.0,
         help="a learned exponent's rate multiplier (HarmonicLMHead(eta_rate=...))",
     )
-    p.add_argument("--distance", default="euclidean", choices=["euclidean", "cosine"])
+    p.add_argument("--distance", default="euclidean", choices=ht.ops.inputs.DISTANCES)
     _estimator_arguments(p)
     p.add_argument("--chunk-size", type=int, default=None, help="exact run's vocabulary chunk")
     p.add_argument("--val-tokens", type=int, default=24576)
