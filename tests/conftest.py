@@ -21,6 +21,15 @@ PLAIN = ht.SampledOptions(sampler="uniform", in_batch_negatives=0, center_gradie
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
+def f32_buffer_sizes(hlo: str) -> set[int]:
+    """The element counts of every float32 shape in an HLO text (how the HLO tests look for a
+    ``[N, V]`` buffer)."""
+    import re
+
+    shapes = re.findall(r"f32\[([\d,]+)\]", hlo)
+    return {int(np.prod([int(s) for s in shape.split(",") if s])) for shape in shapes}
+
+
 def maybe_jit(fn, mode: str):
     if mode == "eager":
         return fn

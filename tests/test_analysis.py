@@ -2,15 +2,13 @@
 explained variance and principal components; chunked, eagerly and under XLA, without an
 [N, V] buffer at a large V."""
 
-import re
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import harmonic_tf as ht
 
-from conftest import maybe_jit
+from conftest import f32_buffer_sizes, maybe_jit
 
 
 def _problem(rng, n=37, d=6, v=301):
@@ -98,8 +96,7 @@ def test_chunked_analysis_never_builds_tokens_by_vocab():
 
     def largest(fn):
         hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(x, w)(stage="hlo")
-        shapes = re.findall(r"f32\[([\d,]+)\]", hlo)
-        return max(int(np.prod([int(s) for s in shape.split(",")])) for shape in shapes)
+        return max(f32_buffer_sizes(hlo))
 
     assert largest(lambda a, b: ht.nearest_k(a, b, 4, chunk).distances) < n * v
     assert (

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import harmonic_tf as ht
 
-from conftest import maybe_jit
+from conftest import f32_buffer_sizes, maybe_jit
 from reference import harmax_autodiff, harmonic_logits_numpy
 
 N, D, V, ETA = 24, 6, 41, 6.0
@@ -221,11 +221,6 @@ def test_default_exponent_and_bad_distance():
         ht.HarmonicLMHead(10, distance="L2")
 
 
-def _sizes(hlo: str) -> set:
-    shapes = re.findall(r"f32\[([\d,]+)\]", hlo)
-    return {int(np.prod([int(s) for s in shape.split(",") if s])) for shape in shapes}
-
-
 @pytest.mark.parametrize("path", ["two_pass", "fused"])
 def test_chunked_step_hlo_has_no_tokens_by_vocab_buffer(path):
     n, vocab, dim = 512, 8192, 16
@@ -240,7 +235,7 @@ def test_chunked_step_hlo_has_no_tokens_by_vocab_buffer(path):
         return loss, tape.gradient(loss, [x, w])
 
     args = (tf.random.normal([n, dim]), tf.random.normal([vocab, dim]), tf.zeros([n], tf.int32))
-    sizes = _sizes(step.experimental_get_compiler_ir(*args)(stage="optimized_hlo"))
+    sizes = f32_buffer_sizes(step.experimental_get_compiler_ir(*args)(stage="optimized_hlo"))
     assert n * vocab not in sizes and n * 512 in sizes
 
 
@@ -263,7 +258,7 @@ def test_sparse_sampled_step_normalises_only_gathered_rows():
     # argument of the fused gathers).
     made = re.findall(rf"^\s*(?:ROOT )?%\S+ = f32\[{vocab},{dim}\]\S* (\w+)\(", hlo, re.M)
     assert made and set(made) == {"parameter"}, made
-    assert n * vocab not in _sizes(hlo)
+    assert n * vocab not in f32_buffer_sizes(hlo)
 
 
 def test_keras_head_fits_saves_and_reloads(tmp_path):

@@ -1,7 +1,6 @@
 """HarmonicLMHead + HarmonicLoss in real Keras workflows."""
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import tensorflow as tf
 
 import harmonic_tf as ht
 
+from conftest import f32_buffer_sizes
 from reference import harmax_numpy
 
 V, D, F = 40, 12, 8
@@ -222,8 +222,7 @@ def test_evaluate_step_hlo_has_no_tokens_by_vocab_buffer():
     step = tf.function(model.test_step, jit_compile=True)
     data = (tf.constant(xb), tf.constant(yb))
     hlo = step.experimental_get_compiler_ir(data)(stage="optimized_hlo")
-    shapes = re.findall(r"f32\[([\d,]+)\]", hlo)
-    sizes = {int(np.prod([int(s) for s in shape.split(",") if s])) for shape in shapes}
+    sizes = f32_buffer_sizes(hlo)
     assert n * vocab not in sizes
     assert n * ht.HarmonicLoss().exact.evaluation_chunk_size in sizes  # the chunks are there
     # predict does build the logits (so the check can fail).
@@ -444,8 +443,7 @@ def test_sampled_training_step_hlo_has_no_tokens_by_vocab_buffer(center_rows, va
 
     args = (tf.random.normal([n, 8]), tf.random.uniform([n], 0, vocab, tf.int32))
     hlo = step.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
-    shapes = re.findall(r"f32\[([\d,]+)\]", hlo)
-    sizes = {int(np.prod([int(s) for s in shape.split(",") if s])) for shape in shapes}
+    sizes = f32_buffer_sizes(hlo)
     assert n * vocab not in sizes
     assert (center_rows * vocab in sizes) == bool(center_rows)
     assert vocab * dim in sizes  # sanity: the HLO and the centers' update are in there
