@@ -77,6 +77,14 @@ def _candidates(ys, per_example_ids, shared_ids, in_batch_ids, log_q, correction
     return cand, mask, lq_neg, lq_true
 
 
+def first_distinct_labels(y, capacity=None, ignore_index=-100) -> np.ndarray:
+    """The in-batch block's ids: the first ``capacity`` (``None``: all) distinct labels of
+    ``y`` other than ``ignore_index``, in the order they first appear."""
+    valid = np.asarray(y).reshape(-1)
+    valid = valid[valid != ignore_index]
+    return valid[np.sort(np.unique(valid, return_index=True)[1])][:capacity]
+
+
 def sampled_reference(
     x,
     w,

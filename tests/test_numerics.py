@@ -11,7 +11,7 @@ import tensorflow as tf
 import harmonic_tf as ht
 
 from conftest import PLAIN, maybe_jit
-from reference import harmax_autodiff, log_q_numpy, sampled_reference
+from reference import first_distinct_labels, harmax_autodiff, log_q_numpy, sampled_reference
 
 N, D, V = 48, 16, 61
 ETA = 4.0 * D  # the sharpest exponent the package documents
@@ -68,8 +68,7 @@ def _reference(path, x, w, y, eta=ETA):
     same candidates); ``dw`` is ``None`` for the center rows' random estimate."""
     if path in EXACT:
         return harmax_autodiff(x, w, y, eta)
-    valid = y[y != -100]
-    first = valid[np.sort(np.unique(valid, return_index=True)[1])][:16]
+    first = first_distinct_labels(y, 16)
     per_example = path == "per_example"
     ref = sampled_reference(
         x, w, y, eta, per_example_ids=_ids(path) if per_example else None,

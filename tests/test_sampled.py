@@ -9,7 +9,7 @@ import tensorflow as tf
 import harmonic_tf as ht
 
 from conftest import PLAIN, maybe_jit
-from reference import harmax_numpy, log_q_numpy, sampled_reference
+from reference import first_distinct_labels, harmax_numpy, log_q_numpy, sampled_reference
 
 N, D, V, K = 12, 6, 29, 7
 NEGATIVES = ["shared", "per_example"]
@@ -59,9 +59,8 @@ def _reference(
     x, w, y, ids, negatives, in_batch, correction, reduction, sampler="uniform",
     distance="euclidean",
 ):  # fmt: skip
-    valid = y[y != -100]
-    distinct = valid[np.sort(np.unique(valid, return_index=True)[1])]  # first-seen order
-    in_batch_ids = None if in_batch == 0 else distinct[: None if in_batch == "all" else in_batch]
+    capacity = None if in_batch == "all" else in_batch
+    in_batch_ids = None if in_batch == 0 else first_distinct_labels(y, capacity)
     return sampled_reference(
         x,
         w,
@@ -436,10 +435,7 @@ def test_presets_match_the_float64_reference(preset):
         "prototype": ht.SampledOptions.prototype(K),
     }[preset]
     loss, gx, _ = _run_ours(x, w, y, ids, "xla", False, options, eta=2.5, seed=1)
-    valid = y[y != -100]
-    in_batch = (
-        valid[np.sort(np.unique(valid, return_index=True)[1])] if preset == "defaults" else None
-    )
+    in_batch = first_distinct_labels(y) if preset == "defaults" else None
     sampler = "uniform" if per_example else "log_uniform"
     ref = sampled_reference(
         x,
