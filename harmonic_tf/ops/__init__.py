@@ -19,6 +19,7 @@ from harmonic_tf.ops.distances import harmonic_logits
 from harmonic_tf.ops.exact import (
     DEFAULT_CHUNK_SIZE,
     DENSE_MAX_BYTES,
+    exact_matmul_flops,
     harmonic_loss,
     loss_from_logits,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "UniformSampler",
     "UnigramSampler",
     "default_eta",
+    "exact_matmul_flops",
     "explained_variance",
     "harmonic_confidence",
     "harmonic_logits",

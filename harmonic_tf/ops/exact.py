@@ -219,6 +219,12 @@ class DenseColumns:
         return _kernel.hidden_grad(c, x, self.w), _kernel.CenterGrad(dense=dense), other_l
 
 
+def exact_matmul_flops(num_tokens: int, vocab_size: int, dim: int) -> float:
+    """FLOPs of the exact loss's matmuls in one forward+backward: the 3 ``[N, V, D]`` products
+    cross-entropy needs too (the two-pass path adds a 4th, the distances again)."""
+    return 6.0 * num_tokens * vocab_size * dim
+
+
 def num_chunks_of(vocab_size: int, chunk_size: int) -> int:
     """Chunks of ``chunk_size`` rows that cover ``vocab_size`` (the last one may overlap)."""
     return -(-vocab_size // chunk_size)

@@ -119,6 +119,34 @@ class SampledOptions:
             changes.setdefault("center_control_variate", None)
         return dataclasses.replace(self, **changes)
 
+    def columns(self, num_tokens: int) -> tuple[int, int]:
+        """``(draw columns, in-batch columns)`` a token's logits hold over a batch of
+        ``num_tokens`` (the in-batch block never outgrows the batch)."""
+        inputs.check_int("num_tokens", num_tokens, 1)
+        in_batch = self.in_batch_negatives
+        in_batch = num_tokens if in_batch == "all" else min(in_batch, num_tokens)
+        return self.k, in_batch
+
+    def matmul_flops(self, num_tokens: int, vocab_size: int, dim: int) -> float:
+        """FLOPs of the estimate's matmuls in one forward+backward over ``num_tokens`` tokens:
+        3 products of the candidate columns (``6 N C D``), the center rows' distances and
+        push over all of ``V`` (``4 S V D``) and the control variate's push of every token on
+        the in-batch columns (``2 N m D``). The exact loss's is
+        :func:`~harmonic_tf.ops.exact_matmul_flops`.
+
+        Examples:
+          >>> sampled = SampledOptions().matmul_flops(2048, 3000, 128)
+          >>> print(round(sampled / ht.ops.exact_matmul_flops(2048, 3000, 128), 3))
+          0.554
+        """
+        draws, in_batch = self.columns(num_tokens)
+        flops = 6.0 * num_tokens * (draws + in_batch) * dim
+        if self.center_gradient == "rows":
+            flops += 4.0 * self.center_rows * vocab_size * dim
+        if self.center_control_variate:
+            flops += 2.0 * num_tokens * in_batch * dim
+        return flops
+
     @classmethod
     def tf_sampled_softmax(cls, k: int = 256) -> SampledOptions:
         """``tf.nn.sampled_softmax_loss``'s estimator: ``k`` shared log-uniform draws, logQ on
