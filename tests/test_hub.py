@@ -52,7 +52,9 @@ def _compiled(backbone, **loss_kwargs):
     lm = HarmonicCausalLM(backbone)
     lm.compile(
         keras.optimizers.Adam(3e-3),
-        loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=32), seed=0, **loss_kwargs),
+        loss=ht.HarmonicLoss(
+            sampled=ht.SampledOptions(k=32), seed=0, **loss_kwargs, exact_fallback=False
+        ),
         weighted_metrics=[ht.HarmonicAccuracy(), ht.HarmonicPerplexity()],
         sampler="greedy",
         jit_compile=True,
@@ -126,7 +128,7 @@ def test_cosine_head_fits_evaluates_generates_and_reloads(tmp_path):
     x, y, sw = _batches()
     lm = HarmonicCausalLM(_backbone(), distance="cosine")
     lm.compile(
-        keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=32)),
+        keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=32), exact_fallback=False),
         sampler="greedy", jit_compile=True,
     )  # fmt: skip
     evaluate = dict(sample_weight=sw, batch_size=64, verbose=0, return_dict=True)
@@ -212,7 +214,9 @@ def test_functional_model_on_a_backbone_reloads_its_nested_tie(tmp_path):
     inputs = backbone.input
     head = ht.HarmonicLMHead(tied_embedding=backbone.token_embedding, name="head")
     model = ht.HarmonicModel(inputs, head(backbone(inputs)))
-    model.compile("adam", loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=16)))
+    model.compile(
+        "adam", loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=16), exact_fallback=False)
+    )
     x, y, sw = _batches(16)
     model.fit(x, y, sample_weight=sw, epochs=1, verbose=0)
     path = str(tmp_path / "nested.keras")
@@ -241,7 +245,10 @@ def test_untied_reversible_embedding_uses_its_output_matrix():
         rtol=1e-5,
         atol=1e-4,
     )
-    model.compile(keras.optimizers.Adam(1e-2), loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8)))
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8), exact_fallback=False),
+    )
     reverse, forward = emb.reverse_embeddings.numpy().copy(), emb.embeddings.numpy().copy()
     model.fit(x, y, epochs=1, verbose=0)
     assert not np.allclose(emb.reverse_embeddings.numpy(), reverse)  # the centers moved
@@ -298,7 +305,10 @@ def test_keras_hub_loaders_build_the_harmonic_model_or_fail_loudly(tmp_path, wit
     if with_tokenizer:
         preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(_tokenizer(), sequence_length=S)
     lm = HarmonicCausalLM(_backbone(), preprocessor)
-    lm.compile(loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8), seed=4), sampler="greedy")
+    lm.compile(
+        loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8), seed=4, exact_fallback=False),
+        sampler="greedy",
+    )
     preset = str(tmp_path / "preset")
     lm.save_to_preset(preset)
     x, _, _ = _batches(4)
@@ -325,7 +335,7 @@ def test_score_takes_numpy_ids_and_clone_model_clones():
     for model in (lm, stock):
         clone = keras.models.clone_model(model)  # new weights, as Keras clones
         assert clone.predict(x, verbose=0).shape == (4, S, V)
-    lm.compile(loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8)))
+    lm.compile(loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=8), exact_fallback=False))
     assert keras.models.clone_model(lm).predict(x, verbose=0).shape == (4, S, V)
 
 
@@ -355,7 +365,9 @@ def test_reloaded_lora_model_warns_before_training_centers_saved_frozen(tmp_path
     lm = HarmonicCausalLM(_backbone())
     lm.backbone.enable_lora(4)
     assert not lm.harmonic_head.centers_trainable
-    loss = ht.HarmonicLoss(sampled=ht.SampledOptions(k=8), require_trainable_centers=False)
+    loss = ht.HarmonicLoss(
+        sampled=ht.SampledOptions(k=8), require_trainable_centers=False, exact_fallback=False
+    )
     lm.compile(keras.optimizers.Adam(1e-3), loss=loss)
     x, y, sw = _batches(8)
     with warnings.catch_warnings():
@@ -382,7 +394,9 @@ def test_lora_fine_tuning_with_frozen_centers_saves_and_loads_its_adapters(tmp_p
     assert biases
     for v in biases:
         v.trainable = False
-    loss = ht.HarmonicLoss(sampled=ht.SampledOptions(k=16), require_trainable_centers=False)
+    loss = ht.HarmonicLoss(
+        sampled=ht.SampledOptions(k=16), require_trainable_centers=False, exact_fallback=False
+    )
     lm.compile(keras.optimizers.Adam(1e-2), loss=loss, jit_compile=True)
     centers = lm.harmonic_head.centers_variable.numpy().copy()
     x, y, sw = _batches(16)

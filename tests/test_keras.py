@@ -41,7 +41,7 @@ def _model(k=None, seed=0, head_kwargs=None, **loss_kwargs):
     h = keras.layers.Dense(D, name="proj")(keras.layers.Dense(32, activation="relu")(inp))
     head = ht.HarmonicLMHead(V, name="head", **(head_kwargs or {}))
     model = ht.HarmonicModel(inp, head(h))
-    loss = ht.HarmonicLoss(sampled=_sampled(k), seed=1, **loss_kwargs)
+    loss = ht.HarmonicLoss(sampled=_sampled(k), seed=1, **loss_kwargs, exact_fallback=False)
     return model, head, loss
 
 
@@ -108,7 +108,10 @@ def test_frozen_head_fails_loudly(data):
     model, head, _ = _model(k=8)
     head.trainable = False
     model.compile(
-        "adam", loss=ht.HarmonicLoss(sampled=_sampled(8), require_trainable_centers=False)
+        "adam",
+        loss=ht.HarmonicLoss(
+            sampled=_sampled(8), require_trainable_centers=False, exact_fallback=False
+        ),
     )
     before = head.centers.numpy().copy()
     model.fit(x, y, epochs=1, verbose=0)
@@ -120,7 +123,7 @@ def test_harmonic_loss_on_a_plain_model_fails_before_the_first_step(data):
     keras.utils.set_random_seed(0)
     inp = keras.Input([F])
     model = keras.Model(inp, ht.HarmonicLMHead(V)(keras.layers.Dense(D)(inp)))
-    model.compile("adam", loss=ht.HarmonicLoss(sampled=_sampled(8)))
+    model.compile("adam", loss=ht.HarmonicLoss(sampled=_sampled(8), exact_fallback=False))
     before = [w.numpy().copy() for w in model.weights]
     with pytest.raises(ValueError, match="hidden states.*HarmonicModel"):
         model.fit(x, y, epochs=1, verbose=0)
@@ -210,7 +213,7 @@ def test_evaluate_step_hlo_has_no_tokens_by_vocab_buffer():
     model = ht.HarmonicModel(inp, ht.HarmonicLMHead(vocab)(keras.layers.Dense(dim)(inp)))
     model.compile(
         "sgd",
-        loss=ht.HarmonicLoss(sampled=True),
+        loss=ht.HarmonicLoss(sampled=True, exact_fallback=False),
         metrics=[ht.HarmonicAccuracy(), ht.HarmonicPerplexity()],
     )
     xb = np.random.default_rng(0).normal(size=(n, 8)).astype("float32")
@@ -270,7 +273,9 @@ def test_tied_embedding_trains_one_matrix_and_survives_reload(tmp_path, embeddin
     model, emb, head = _tied_lm(embedding_cls)
     assert head.centers is emb.embeddings
     assert len(model.trainable_weights) == 3  # embedding + Dense kernel and bias: no extra matrix
-    model.compile(keras.optimizers.Adam(1e-2), loss=ht.HarmonicLoss(sampled=_sampled(8)))
+    model.compile(
+        keras.optimizers.Adam(1e-2), loss=ht.HarmonicLoss(sampled=_sampled(8), exact_fallback=False)
+    )
     before = emb.embeddings.numpy().copy()
     model.fit(x, y, epochs=2, verbose=0)
     assert not np.allclose(emb.embeddings.numpy(), before)
@@ -320,7 +325,9 @@ def test_sgd_updates_only_touched_center_rows(data):
     xb, yb = x[:16], np.where(y[:16] < 20, y[:16], 0)
     model.compile(
         keras.optimizers.SGD(0.1),
-        loss=ht.HarmonicLoss(sampled=SPARSE.replace(k=4, sampler=ht.UniformSampler(V))),
+        loss=ht.HarmonicLoss(
+            sampled=SPARSE.replace(k=4, sampler=ht.UniformSampler(V)), exact_fallback=False
+        ),
         jit_compile=True,
     )
     model(xb)
@@ -404,7 +411,9 @@ def test_ignore_index_and_sample_weight(data):
     # In training too: ignored tokens give no gradient at all.
     only_ignored = np.full_like(y, -100)
     before = [w.numpy().copy() for w in model.trainable_weights]
-    model.compile(keras.optimizers.SGD(0.1), loss=ht.HarmonicLoss(sampled=_sampled(8)))
+    model.compile(
+        keras.optimizers.SGD(0.1), loss=ht.HarmonicLoss(sampled=_sampled(8), exact_fallback=False)
+    )
     model.train_on_batch(x[:32], only_ignored[:32])
     for b, w in zip(before, model.trainable_weights, strict=True):
         np.testing.assert_array_equal(b, w.numpy())
@@ -469,7 +478,7 @@ DISTRIBUTED = textwrap.dedent(
         inp = keras.Input([8]); head = ht.HarmonicLMHead(40, name="head")
         model = ht.HarmonicModel(inp, head(keras.layers.Dense(12)(inp)))
         sampled = None if k is None else ht.SampledOptions(k=k)
-        model.compile(keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=sampled, seed=3))
+        model.compile(keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=sampled, seed=3, exact_fallback=False))
         return model
     single = build(None)
     single_loss = single.evaluate(x, y, batch_size=64, verbose=0)
@@ -559,7 +568,9 @@ def test_subclassed_model_with_the_mixin_routes_its_hidden_states(data):
     x, y = data
     keras.utils.set_random_seed(0)
     model = _Subclassed()
-    model.compile(keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=_sampled(8)))
+    model.compile(
+        keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=_sampled(8), exact_fallback=False)
+    )
     before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, epochs=2, verbose=0)
     after = model.evaluate(x, y, verbose=0)

@@ -109,6 +109,10 @@ class HarmonicLoss(keras.losses.Loss):
       ignore_index: label value of tokens that contribute nothing.
       require_trainable_centers: raise if the centers would not be trained (a frozen head or
         tied embedding); set ``False`` to train against frozen centers on purpose.
+      exact_fallback: with ``sampled``, a training step whose token count is known when traced
+        runs the exact loss where the sampled one would be slower
+        (:meth:`SampledOptions.faster_than_exact`: its candidates cover most of ``V``); the
+        exact loss has no sampling noise either. ``False``: always the sampled estimate.
       **legacy: ``chunk_size``, ``evaluation_chunk_size``, ``dense_max_bytes`` (before 0.3:
         now fields of ``exact``), accepted with a ``DeprecationWarning``.
 
@@ -133,6 +137,7 @@ class HarmonicLoss(keras.losses.Loss):
         seed: int | None = None,
         ignore_index: int | None = -100,
         require_trainable_centers: bool = True,
+        exact_fallback: bool = True,
         reduction: str = "sum_over_batch_size",
         name: str = "harmonic_loss",
         dtype=None,
@@ -148,6 +153,9 @@ class HarmonicLoss(keras.losses.Loss):
         self.seed = seed
         self.ignore_index = ignore_index
         self.require_trainable_centers = require_trainable_centers
+        if not isinstance(exact_fallback, bool):
+            raise TypeError(f"`exact_fallback` must be a bool, got {exact_fallback!r}.")
+        self.exact_fallback = exact_fallback
 
     @property
     def needs_sampling_step(self) -> bool:
@@ -180,13 +188,26 @@ class HarmonicLoss(keras.losses.Loss):
             head.check_centers_for_training(self.require_trainable_centers)
         exact = self.exact
         chunk = exact.chunk_size if training else exact.evaluation_chunk_size
+        sampled = None
+        if training:
+            sampled = self.training_estimator(hidden.shape[:-1].num_elements(), *head.centers.shape)
         return loss_terms(
             hidden, head.centers, labels, **head.measure(), ignore_index=self.ignore_index,
-            weights=sample_weight,
-            sampled=self.sampled if training else None, seed=self.seed_for(step),
+            weights=sample_weight, sampled=sampled, seed=self.seed_for(step),
             chunk_size=chunk, dense_max_bytes=exact.dense_max_bytes,
             path=exact.path if training else "auto", per_token=not training,
         )  # fmt: skip
+
+    def training_estimator(
+        self, num_tokens: int | None, vocab_size: int, dim: int
+    ) -> SampledOptions | None:
+        """What a training step over ``num_tokens`` tokens (``None``: not known when traced)
+        and ``[vocab_size, dim]`` centers runs: the ``sampled`` estimator, or ``None`` for the
+        exact loss (no ``sampled``, or :attr:`exact_fallback` where it is the faster one)."""
+        sampled = self.sampled
+        if sampled is None or not self.exact_fallback or num_tokens is None:
+            return sampled
+        return sampled if sampled.faster_than_exact(num_tokens, vocab_size, dim) else None
 
     def reduce(self, terms: LossTerms) -> tf.Tensor:
         """The loss from :meth:`terms`: the total over the count of non-ignored tokens (unless
@@ -228,4 +249,5 @@ class HarmonicLoss(keras.losses.Loss):
             "seed": self.seed,
             "ignore_index": self.ignore_index,
             "require_trainable_centers": self.require_trainable_centers,
+            "exact_fallback": self.exact_fallback,
         }

@@ -10,13 +10,18 @@ from __future__ import annotations
 import dataclasses
 
 from harmonic_tf.ops import inputs
-from harmonic_tf.ops.exact import DEFAULT_CHUNK_SIZE, DENSE_MAX_BYTES, PATHS
+from harmonic_tf.ops.exact import DEFAULT_CHUNK_SIZE, DENSE_MAX_BYTES, PATHS, exact_matmul_flops
 from harmonic_tf.ops.sampling import Sampler, UnigramSampler, sampler_spec
 
 NEGATIVES = ("shared", "per_example")
 LOG_Q_CORRECTIONS = ("negatives", "all", "none")
 CENTER_GRADIENTS = ("rows", "indexed_slices", "dense")
 DEFAULT_CENTER_ROWS = 128
+# The sampled step's work besides its matmuls (drawing, the in-batch scatter over [V], gathers,
+# the dense center gradient's scatters) costs about the exact loss of this many more tokens:
+# fitted where the two losses' times cross (benchmarks/bench_crossover.py, N = 512-8192, D =
+# 128-512; docs/sampled.md, "When the exact loss is faster").
+SAMPLING_OVERHEAD_TOKENS = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +141,7 @@ class SampledOptions:
 
         Examples:
           >>> sampled = SampledOptions().matmul_flops(2048, 3000, 128)
-          >>> print(round(sampled / ht.ops.exact_matmul_flops(2048, 3000, 128), 3))
+          >>> print(round(sampled / exact_matmul_flops(2048, 3000, 128), 3))
           0.554
         """
         draws, in_batch = self.columns(num_tokens)
@@ -146,6 +151,25 @@ class SampledOptions:
         if self.center_control_variate:
             flops += 2.0 * num_tokens * in_batch * dim
         return flops
+
+    def faster_than_exact(self, num_tokens: int, vocab_size: int, dim: int) -> bool:
+        """Whether this estimate is expected to train faster than the exact loss over
+        ``num_tokens`` tokens, ``V = vocab_size`` and width ``dim``: its matmul FLOPs plus a
+        fixed overhead (the exact loss of ``SAMPLING_OVERHEAD_TOKENS`` = 128 more tokens) below
+        the exact loss's. It picks the faster loss at 30 of the 32 measured points (N = 512-8192,
+        D = 128-512, V = 500-8,000; ``benchmarks/results/crossover.md``) and one within 14% of
+        it at the other two, both at the crossover.
+
+        Examples:
+          >>> options = SampledOptions()
+          >>> print(options.faster_than_exact(2048, 3000, 128), options.faster_than_exact(2048, 1000, 128))
+          True False
+        """
+        inputs.check_int("vocab_size", vocab_size, 1)
+        inputs.check_int("dim", dim, 1)
+        overhead = exact_matmul_flops(SAMPLING_OVERHEAD_TOKENS, vocab_size, dim)
+        sampled = self.matmul_flops(num_tokens, vocab_size, dim) + overhead
+        return sampled < exact_matmul_flops(num_tokens, vocab_size, dim)
 
     @classmethod
     def tf_sampled_softmax(cls, k: int = 256) -> SampledOptions:
