@@ -64,30 +64,18 @@ def inputs(n: int, d: int, v: int):
     return x, w, y
 
 
-def _default_sampled_shape(k: int, n: int) -> tuple[int, int, int]:
-    """The package defaults' candidate columns (``k`` draws plus the in-batch block), center
-    rows, and the in-batch columns the centers' control variate pushes on (0 without it)."""
-    from harmonic_tf.ops import SampledOptions
-
-    options = SampledOptions(k=k)
-    in_batch = min(options.in_batch_negatives, n)
-    variate = in_batch if options.center_control_variate else 0
-    return k + in_batch, options.center_rows, variate
-
-
 def matmul_flops(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -> float:
     """FLOPs of the loss's matmuls: its time floor at a machine's matmul rate. The exact loss
     needs the 3 products cross-entropy does (6 N V D) on every path; the two-pass path runs a
     4th (the distances again), which shows as its time over this floor."""
+    from harmonic_tf.ops import SampledOptions, exact_matmul_flops
+
     base = name.removesuffix("_xla")
     exact = ("dense_ce", "harmonic_dense", "harmonic_chunked", "harmonic_two_pass", "matmul_rate")
     if base in exact:
-        return 6.0 * n * v * d
+        return exact_matmul_flops(n, v, d)
     if base == "sampled_default":
-        columns, rows, variate = _default_sampled_shape(k, n)
-        # The candidate block's 3 products, the center rows' distances and center gradient,
-        # and the control variate's push of every token on the in-batch columns.
-        return 6.0 * n * columns * d + 4.0 * rows * v * d + 2.0 * n * variate * d
+        return SampledOptions(k=k).matmul_flops(n, v, d)
     return 6.0 * n * k * d
 
 
@@ -102,8 +90,10 @@ def floor_bytes(name: str, n: int, d: int, v: int, k: int, chunk: int = CHUNK) -
     elif base in ("harmonic_chunked", "harmonic_two_pass"):
         block = n * min(chunk, v)
     elif base == "sampled_default":
-        columns, rows, _ = _default_sampled_shape(k, n)
-        block = n * columns + rows * v
+        from harmonic_tf.ops import SampledOptions
+
+        options = SampledOptions(k=k)
+        block = n * sum(options.columns(n)) + options.center_rows * v
     return 4 * (v * d + block)
 
 

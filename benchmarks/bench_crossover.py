@@ -5,9 +5,10 @@ loss's matmul FLOPs (``SampledOptions.matmul_flops``). ``HarmonicLoss``'s exact 
 set from where the two times cross.
 
     python benchmarks/bench_crossover.py                         # the grid below, ~10 minutes
-    python benchmarks/bench_crossover.py --points 2048x128 --vocab-sizes 1000,3000
+    python benchmarks/bench_crossover.py --points 1024x64,1024x256,4096x64,4096x256 \
+        --vocab-sizes 800,1200,1800,2500,3500,5000 --stem crossover_validation   # held out
 
-Writes crossover.json, crossover.md and crossover.png to --out.
+Writes <stem>.json, .md and .png (stem ``crossover``) to --out.
 """
 
 from __future__ import annotations
@@ -76,10 +77,14 @@ def measure(args) -> tuple[list[dict], dict]:
 
 
 def table(rows: list[dict], args) -> str:
+    command = "python benchmarks/bench_crossover.py"
+    if args.points != POINTS or args.vocab_sizes != VOCAB_SIZES:
+        command += f" --points {args.points} --vocab-sizes {args.vocab_sizes}"
+    if args.stem != "crossover":
+        command += f" --stem {args.stem}"
     lines = [
         f"Forward+backward under XLA, `ExactOptions()` against `SampledOptions()` (seed 0), "
-        f"median of {args.rounds} interleaved rounds x {args.reps} steps "
-        "(`python benchmarks/bench_crossover.py`):",
+        f"median of {args.rounds} interleaved rounds x {args.reps} steps (`{command}`):",
         "",
         "| N | D | V | exact (ms) | sampled (ms) | exact / sampled | sampled FLOP share |",
         "|---|---|---|---|---|---|---|",
@@ -122,10 +127,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=3, help="timed steps per round and loss")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--stem", default="crossover", help="the result files' name")
     args = p.parse_args(argv)
     rows, times = measure(args)
-    write_timings(args.out, "crossover", dict(vars(args), rows=rows), times, table(rows, args))
-    plot(rows, os.path.join(args.out, "crossover.png"))
+    write_timings(args.out, args.stem, dict(vars(args), rows=rows), times, table(rows, args))
+    plot(rows, os.path.join(args.out, args.stem + ".png"))
     return rows
 
 

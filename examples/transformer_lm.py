@@ -248,24 +248,31 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def speed_note(results: list[dict], args, counts: np.ndarray) -> str:
-    """Why the sampled run is slower than the exact one, when it is: its candidate columns are
-    a large share of ``V`` (it pays off where they are a small one)."""
+def estimator_note(results: list[dict], args, counts: np.ndarray) -> str:
+    """What the sampled run trained with, and why: ``HarmonicLoss`` runs the exact loss where
+    ``SampledOptions.faster_than_exact`` says sampling would be slower at this batch and V."""
     speed = {r["kind"]: r["tokens_per_second"] for r in results}
-    if not {"exact", "sampled"} <= speed.keys() or speed["sampled"] >= speed["exact"]:
+    if "sampled" not in speed:
         return ""
-    options = make_loss("sampled", None, args, counts).sampled
-    tokens = args.batch * args.seq_len
-    in_batch = {"all": tokens}.get(options.in_batch_negatives, options.in_batch_negatives)
-    columns = options.k + min(in_batch, tokens)
-    rows = f", and {options.center_rows} center rows over all of V" if options.center_rows else ""
+    loss = make_loss("sampled", None, args, counts)
+    tokens, shape = args.batch * args.seq_len, (args.vocab_size, args.d_model)
+    share = loss.sampled.matmul_flops(tokens, *shape) / ht.ops.exact_matmul_flops(tokens, *shape)
+    work = (
+        f"its matmuls are {share:.0%} of the exact loss's at {tokens:,} tokens a step and "
+        f"V = {args.vocab_size:,}"
+    )
+    if loss.training_estimator(tokens, *shape) is None:
+        return (
+            f"\nThe sampled run trained with the exact loss: {work}, too close to pay for the "
+            "sampling (HarmonicLoss's exact_fallback; docs/sampled.md, \"When the exact loss is "
+            'faster").'
+        )
+    if "exact" not in speed:
+        return ""
     return (
-        f"\nThe sampled run is slower than the exact one here ({speed['sampled']:,.0f} against "
-        f"{speed['exact']:,.0f} tokens/s): its {options.k} draws and up to {in_batch} in-batch "
-        f"labels are {columns:,} columns, {100 * columns / args.vocab_size:.0f}% of V = "
-        f"{args.vocab_size:,}{rows}, and the sampling, gathers and scatters around them cost more "
-        "than the exact loss saves. The sampled loss is for large vocabularies: 1.96x the exact "
-        "loss's training speed at V = 8,001 and 5.5x at V = 50,257 (docs/performance.md)."
+        f"\nThe sampled run trained at {speed['sampled'] / speed['exact']:.2f}x the exact run's "
+        f"tokens/s: {work}, and the transformer's own work is the same in both "
+        '(docs/sampled.md, "When the exact loss is faster").'
     )
 
 
@@ -411,7 +418,7 @@ def main(argv=None) -> list[dict]:
             for p in r["prototypes"]:
                 print(f"  ... {p['context']} -> " + ", ".join(f"{t} {d}" for t, d in p["nearest"]))
     print("\nExact validation loss at the end of training:\n" + table(results))
-    print(speed_note(results, args, counts))
+    print(estimator_note(results, args, counts))
     print(f"\nwrote {args.out}/results.json, curves.png, samples.txt")
     return results
 

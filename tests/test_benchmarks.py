@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+import harmonic_tf as ht
+
 from conftest import shared_data_path
 from reference import harmax_autodiff
 
@@ -396,3 +398,50 @@ def test_bench_gradient_error_bias_and_noise():
     # Every label of the batch is in the exact in-batch block and the draws are over the rest:
     # with 16 labels of 50 the estimate is noisy, never exact.
     assert all(r["x_noise"] > 0 and r["w_noise"] > 0 for r in rows), rows
+
+
+def test_bench_crossover_times_both_losses_at_every_point(tmp_path):
+    _run(
+        "bench_crossover.py",
+        *("--points", "64x16,128x16", "--vocab-sizes", "50,90", "--rounds", "1", "--reps", "1"),
+        *("--out", str(tmp_path)),
+    )
+    rows = json.loads((tmp_path / "crossover.json").read_text())["config"]["rows"]
+    assert [(r["tokens"], r["vocab_size"]) for r in rows] == [
+        (64, 50),
+        (64, 90),
+        (128, 50),
+        (128, 90),
+    ]
+    assert all(r["exact_ms"] > 0 and r["sampled_ms"] > 0 for r in rows)
+    assert (tmp_path / "crossover.png").stat().st_size > 0
+
+
+def test_matmul_flops_count_each_product_of_the_estimate():
+    n, v, d = 2048, 3000, 128
+    # Written out by hand: 3 products of 512 draws + 768 in-batch columns, 128 center rows'
+    # distances and push over V, the control variate's [N, 768] x [N, D] push.
+    by_hand = 6 * n * (512 + 768) * d + 4 * 128 * v * d + 2 * n * 768 * d
+    assert ht.SampledOptions().matmul_flops(n, v, d) == by_hand
+    assert ht.ops.exact_matmul_flops(n, v, d) == 6 * n * v * d
+    small = ht.SampledOptions(in_batch_negatives="all")  # the block is the batch: 100 columns
+    assert small.matmul_flops(100, v, d) == 6 * 100 * 612 * d + 4 * 128 * v * d + 2 * 100 * 100 * d
+    sparse = ht.SampledOptions.prototype(k=4)  # per-example draws only, no rows
+    assert sparse.matmul_flops(n, v, d) == 6 * n * 4 * d
+
+
+def test_faster_than_exact_picks_the_measured_faster_loss():
+    """The claim in ``SampledOptions.faster_than_exact``'s docstring, against the measured
+    crossover (``benchmarks/results/crossover.json``): right at 30 of 32 points, within 14% at
+    the two where the times cross."""
+    path = os.path.join(ROOT, "benchmarks", "results", "crossover.json")
+    rows = json.loads(open(path).read())["config"]["rows"]
+    options, misses = ht.SampledOptions(), []
+    for r in rows:
+        sampled = options.faster_than_exact(r["tokens"], r["vocab_size"], r["dim"])
+        chosen = r["sampled_ms"] if sampled else r["exact_ms"]
+        best = min(r["sampled_ms"], r["exact_ms"])
+        if chosen > best:
+            misses.append((chosen / best, r["exact_ms"] / r["sampled_ms"]))
+    assert len(rows) == 32 and len(misses) == 2, misses
+    assert all(cost < 1.14 + 5e-3 and 0.85 < speed < 1.2 for cost, speed in misses), misses

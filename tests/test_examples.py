@@ -483,19 +483,22 @@ def test_finetune_vlm_quick_on_cifar10(tmp_path):
     assert "harmonic - CE" in json.loads((out / "result.json").read_text())["table"]
 
 
-def test_the_main_job_says_why_its_sampled_run_is_slower():
-    """At the main job's V = 3,000 the sampled run's candidate columns (512 draws + 768 in-batch
-    labels) are 43% of V; the output says so when the sampled run is the slower one, and
-    nothing when it is faster."""
+def test_the_main_job_says_what_its_sampled_run_trained_with():
+    """At the main job's size (2,048 tokens a step, V = 3,000, D = 128) the sampled estimate's
+    matmuls are 55% of the exact loss's: it samples, and the output gives the speed ratio; at
+    the quick run's (512 tokens, V = 500) HarmonicLoss trains it exactly, and the output says so."""
     import transformer_lm
 
     args = transformer_lm.parse_args([])
     counts = np.ones(args.vocab_size)
-    slow = [
-        {"kind": "exact", "tokens_per_second": 33_000},
-        {"kind": "sampled", "tokens_per_second": 20_000},
+    runs = [
+        {"kind": "exact", "tokens_per_second": 35_000},
+        {"kind": "sampled", "tokens_per_second": 38_500},
     ]
-    note = transformer_lm.speed_note(slow, args, counts)
-    assert "1,280 columns, 43% of V = 3,000" in note and "128 center rows" in note
-    slow[1]["tokens_per_second"] = 40_000
-    assert transformer_lm.speed_note(slow, args, counts) == ""
+    note = transformer_lm.estimator_note(runs, args, counts)
+    assert "trained at 1.10x the exact run's tokens/s" in note
+    assert "55% of the exact loss's at 2,048 tokens a step and V = 3,000" in note
+    quick = transformer_lm.parse_args(["--quick"])
+    note = transformer_lm.estimator_note(runs, quick, np.ones(quick.vocab_size))
+    assert "The sampled run trained with the exact loss" in note and "V = 500" in note
+    assert transformer_lm.estimator_note(runs[:1], args, counts) == ""

@@ -206,6 +206,55 @@ def test_training_metrics_are_exact_or_not_shown(data, k):
         assert "perplexity" not in hist
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_exact_fallback_trains_the_exact_loss_where_sampling_is_slower(data, jit):
+    """At V = 40 the sampled step would be the slower one: the default sampled loss trains
+    with the exact loss (float64 NumPy of the step's inputs, the same update as an exact
+    model's, the exact perplexity shown); ``exact_fallback=False`` samples."""
+    x, y = data[0][:64], data[1][:64]
+    sampled = ht.SampledOptions(k=8)
+    runs = {}
+    for name, loss in {
+        "exact": ht.HarmonicLoss(),
+        "fallback": ht.HarmonicLoss(sampled=sampled, seed=1),
+        "sampled": ht.HarmonicLoss(sampled=sampled, seed=1, exact_fallback=False),
+    }.items():
+        model, head, _ = _model()
+        model.compile(
+            keras.optimizers.SGD(0.5), loss=loss, metrics=[ht.HarmonicPerplexity()],
+            jit_compile=jit,
+        )  # fmt: skip
+        hidden, centers = _hidden(model, x).numpy(), head.centers.numpy()
+        logs = model.train_on_batch(x, y, return_dict=True)
+        runs[name] = logs, head.centers.numpy()
+    reference = harmax_numpy(hidden.astype(np.float64), centers.astype(np.float64), y, eta=2 * D)
+    np.testing.assert_allclose(runs["fallback"][0]["loss"], reference, rtol=1e-5)
+    np.testing.assert_allclose(runs["fallback"][1], runs["exact"][1], rtol=1e-5, atol=1e-6)
+    assert "perplexity" in runs["fallback"][0] and "perplexity" not in runs["sampled"][0]
+    assert abs(runs["sampled"][0]["loss"] - reference) > 1e-3
+    assert np.abs(runs["sampled"][1] - runs["exact"][1]).max() > 1e-4
+
+
+def test_training_estimator_follows_tokens_and_vocabulary():
+    options = ht.SampledOptions()
+    loss = ht.HarmonicLoss(sampled=options)
+    # Decided by SampledOptions.faster_than_exact where the token count is known.
+    assert loss.training_estimator(2048, 3000, 128) is options
+    assert loss.training_estimator(2048, 1000, 128) is None
+    assert loss.training_estimator(512, 2000, 128) is None  # small batches pay the overhead
+    assert loss.training_estimator(None, 1000, 128) is options  # unknown: as asked
+    assert ht.HarmonicLoss(sampled=options, exact_fallback=False).training_estimator(
+        2048, 1000, 128
+    ) is options  # fmt: skip
+    assert ht.HarmonicLoss().training_estimator(2048, 50000, 128) is None
+    clone = ht.HarmonicLoss.from_config(
+        ht.HarmonicLoss(sampled=options, exact_fallback=False).get_config()
+    )
+    assert clone.exact_fallback is False
+    with pytest.raises(TypeError, match="`exact_fallback` must be a bool"):
+        ht.HarmonicLoss(sampled=options, exact_fallback="no")
+
+
 def test_evaluate_step_hlo_has_no_tokens_by_vocab_buffer():
     n, vocab, dim = 256, 32768, 16
     keras.utils.set_random_seed(0)

@@ -186,6 +186,21 @@ def test_keras_loss_takes_no_head_and_head_needs_units():
         ht.HarmonicLMHead(10, output_mode="argmax")
 
 
+@pytest.mark.parametrize(
+    "shape, error, pattern",
+    [
+        ((0, 1000, 64), ValueError, "`num_tokens` must be >= 1"),
+        ((64, 0, 64), ValueError, "`vocab_size` must be >= 1"),
+        ((64, 1000, 2.5), TypeError, "`dim` must be an int"),
+    ],
+)
+def test_cost_model_names_a_bad_shape(shape, error, pattern):
+    with pytest.raises(error, match=pattern):
+        ht.SampledOptions().faster_than_exact(*shape)
+    with pytest.raises(error, match=pattern):
+        ht.HarmonicLoss(sampled=True).training_estimator(*shape)
+
+
 def test_keras_loss_config_round_trip():
     options = ht.SampledOptions(k=4, sampler=ht.UnigramSampler(np.arange(1, 11)))
     exact = ht.ExactOptions(evaluation_chunk_size=64, path="two_pass")

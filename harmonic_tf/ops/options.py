@@ -144,6 +144,8 @@ class SampledOptions:
           >>> print(round(sampled / exact_matmul_flops(2048, 3000, 128), 3))
           0.554
         """
+        inputs.check_int("vocab_size", vocab_size, 1)
+        inputs.check_int("dim", dim, 1)
         draws, in_batch = self.columns(num_tokens)
         flops = 6.0 * num_tokens * (draws + in_batch) * dim
         if self.center_gradient == "rows":
@@ -165,11 +167,9 @@ class SampledOptions:
           >>> print(options.faster_than_exact(2048, 3000, 128), options.faster_than_exact(2048, 1000, 128))
           True False
         """
-        inputs.check_int("vocab_size", vocab_size, 1)
-        inputs.check_int("dim", dim, 1)
+        sampled = self.matmul_flops(num_tokens, vocab_size, dim)
         overhead = exact_matmul_flops(SAMPLING_OVERHEAD_TOKENS, vocab_size, dim)
-        sampled = self.matmul_flops(num_tokens, vocab_size, dim) + overhead
-        return sampled < exact_matmul_flops(num_tokens, vocab_size, dim)
+        return sampled + overhead < exact_matmul_flops(num_tokens, vocab_size, dim)
 
     @classmethod
     def tf_sampled_softmax(cls, k: int = 256) -> SampledOptions:
