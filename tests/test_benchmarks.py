@@ -430,11 +430,12 @@ def test_matmul_flops_count_each_product_of_the_estimate():
     assert sparse.matmul_flops(n, v, d) == 6 * n * 4 * d
 
 
-def test_faster_than_exact_picks_the_measured_faster_loss():
-    """The claim in ``SampledOptions.faster_than_exact``'s docstring, against the measured
-    crossover (``benchmarks/results/crossover.json``): right at 30 of 32 points, within 14% at
-    the two where the times cross."""
-    path = os.path.join(ROOT, "benchmarks", "results", "crossover.json")
+@pytest.mark.parametrize("stem, points", [("crossover", 32), ("crossover_validation", 24)])
+def test_faster_than_exact_picks_the_measured_faster_loss(stem, points):
+    """The claim in ``SampledOptions.faster_than_exact``'s docstring and docs/performance.md,
+    against the measured grids (``benchmarks/results/<stem>.json``, the second held out): the
+    faster loss at all but 2 points, and there at most 14% slower, where the two times cross."""
+    path = os.path.join(ROOT, "benchmarks", "results", stem + ".json")
     rows = json.loads(open(path).read())["config"]["rows"]
     options, misses = ht.SampledOptions(), []
     for r in rows:
@@ -442,6 +443,6 @@ def test_faster_than_exact_picks_the_measured_faster_loss():
         chosen = r["sampled_ms"] if sampled else r["exact_ms"]
         best = min(r["sampled_ms"], r["exact_ms"])
         if chosen > best:
-            misses.append((chosen / best, r["exact_ms"] / r["sampled_ms"]))
-    assert len(rows) == 32 and len(misses) == 2, misses
-    assert all(cost < 1.14 + 5e-3 and 0.85 < speed < 1.2 for cost, speed in misses), misses
+            misses.append(chosen / best)
+    assert len(rows) == points and len(misses) == 2, misses
+    assert all(cost < 1.145 for cost in misses), misses

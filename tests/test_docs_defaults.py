@@ -56,3 +56,19 @@ def test_default_exponents_stated_in_conventions_are_the_codes():
         r'\*\*this package, `distance="cosine"`, `eta=None`\*\* \|.*\| \*\*([\d.]+)\*\* \|', text
     )
     assert row and float(row.group(1)) == ht.default_eta(128, "cosine")
+
+
+def test_exact_fallback_stated_in_the_manual_is_the_codes():
+    """``docs/sampled.md``'s fallback example and its "samples from about V = 1,700 up", and
+    ``docs/keras.md``'s signature, against the code."""
+    text = (DOCS / "sampled.md").read_text()
+    options = ht.SampledOptions()
+    assert "options.faster_than_exact(2048, 3000, 128)  # True" in text
+    assert options.faster_than_exact(2048, 3000, 128)
+    assert "options.faster_than_exact(2048, 1000, 128)  # False" in text
+    assert not options.faster_than_exact(2048, 1000, 128)
+    stated = int(re.search(r"samples from about `V = ([\d,]+)` up", text)[1].replace(",", ""))
+    first = next(v for v in range(2, 10_000) if options.faster_than_exact(2048, v, 128))
+    assert abs(first - stated) <= 50, first
+    assert ht.HarmonicLoss().exact_fallback is True
+    assert "exact_fallback=True" in (DOCS / "keras.md").read_text()

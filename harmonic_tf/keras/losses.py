@@ -124,9 +124,13 @@ class HarmonicLoss(keras.losses.Loss):
       >>> model = HarmonicModel(inputs, HarmonicLMHead(10)(keras.layers.Dense(8)(inputs)))
       >>> model.compile("adam", loss=HarmonicLoss(sampled=SampledOptions(k=4)))
       >>> x, y = np.ones([32, 16], "float32"), np.arange(32) % 10
-      >>> history = model.fit(x, y, epochs=2, verbose=0)  # sampled loss
+      >>> history = model.fit(x, y, epochs=2, verbose=0)
       >>> print(len(history.history["loss"]), model.predict(x, verbose=0).shape)
       2 (32, 10)
+      >>> print(model.loss.training_estimator(32, 10, 8))  # 10 classes: exact is faster
+      None
+      >>> print(model.loss.training_estimator(4096, 50257, 8).k)  # a vocabulary: sampled
+      4
     """
 
     def __init__(
