@@ -72,3 +72,11 @@ def test_exact_fallback_stated_in_the_manual_is_the_codes():
     assert abs(first - stated) <= 50, first
     assert ht.HarmonicLoss().exact_fallback is True
     assert "exact_fallback=True" in (DOCS / "keras.md").read_text()
+
+
+def test_main_job_learning_rates_stated_in_the_examples_page_are_the_scripts():
+    import transformer_lm
+
+    args = transformer_lm.parse_args([])
+    assert "lr 3e-3 for every run" in (DOCS / "examples.md").read_text()
+    assert args.lr_ce == args.lr_harmonic == 3e-3

@@ -124,13 +124,19 @@ class SampledOptions:
             changes.setdefault("center_control_variate", None)
         return dataclasses.replace(self, **changes)
 
+    def in_batch_columns(self, num_tokens: int | None) -> int | None:
+        """Width of the in-batch block over a batch of ``num_tokens`` tokens (``None``: not
+        known when traced): 0 when off, never more than the batch (which holds no more
+        distinct labels), ``None`` for ``"all"`` over an unknown batch."""
+        capacity = self.in_batch_negatives
+        if capacity == "all" or num_tokens is None:
+            return num_tokens if capacity == "all" else capacity
+        return min(capacity, num_tokens)
+
     def columns(self, num_tokens: int) -> tuple[int, int]:
-        """``(draw columns, in-batch columns)`` a token's logits hold over a batch of
-        ``num_tokens`` (the in-batch block never outgrows the batch)."""
+        """``(draw columns, in-batch columns)`` of a token's logits over ``num_tokens``."""
         inputs.check_int("num_tokens", num_tokens, 1)
-        in_batch = self.in_batch_negatives
-        in_batch = num_tokens if in_batch == "all" else min(in_batch, num_tokens)
-        return self.k, in_batch
+        return self.k, self.in_batch_columns(num_tokens)
 
     def matmul_flops(self, num_tokens: int, vocab_size: int, dim: int) -> float:
         """FLOPs of the estimate's matmuls in one forward+backward over ``num_tokens`` tokens:
@@ -164,9 +170,11 @@ class SampledOptions:
         times cross, are at most 14% slower.
 
         Examples:
-          >>> options = SampledOptions()
-          >>> print(options.faster_than_exact(2048, 3000, 128), options.faster_than_exact(2048, 1000, 128))
-          True False
+          >>> options = SampledOptions()  # 2,048 tokens a step, D = 128
+          >>> print(options.faster_than_exact(2048, 3000, 128))
+          True
+          >>> print(options.faster_than_exact(2048, 1000, 128))  # V = 1,000: exact is faster
+          False
         """
         sampled = self.matmul_flops(num_tokens, vocab_size, dim)
         overhead = exact_matmul_flops(SAMPLING_OVERHEAD_TOKENS, vocab_size, dim)

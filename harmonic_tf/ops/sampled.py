@@ -110,16 +110,6 @@ def sampled_harmonic_loss(
     return inputs.finish(losses, p, reduction, also_invalid=bad, weights=weights)
 
 
-def _in_batch_capacity(in_batch_negatives, num_tokens):
-    """The capacity m of the distinct-label block: None (off), or an int or None-for-dynamic."""
-    if in_batch_negatives == 0:
-        return None
-    if in_batch_negatives == "all":
-        return num_tokens  # None when the batch size is not static: sized at run time
-    # A batch never holds more distinct labels than tokens.
-    return min(in_batch_negatives, num_tokens or in_batch_negatives) or None
-
-
 def distinct_labels(
     labels: tf.Tensor, valid: tf.Tensor, capacity: int | tf.Tensor, vocab_size: int
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -240,7 +230,7 @@ class InBatch(NamedTuple):
 def _in_batch_block(p: inputs.Prepared, options: SampledOptions) -> InBatch | None:
     if options.in_batch_negatives == 0:
         return None
-    capacity = _in_batch_capacity(options.in_batch_negatives, p.num_tokens)
+    capacity = options.in_batch_columns(p.num_tokens)
     capacity = tf.shape(p.labels)[0] if capacity is None else capacity
     valid_token = tf.logical_not(tf.logical_or(p.ignored, p.invalid))
     ids, filled = distinct_labels(p.labels, valid_token, capacity, p.vocab_size)
