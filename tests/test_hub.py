@@ -53,13 +53,27 @@ def _compiled(backbone, **loss_kwargs):
     lm.compile(
         keras.optimizers.Adam(3e-3),
         loss=ht.HarmonicLoss(
-            sampled=ht.SampledOptions(k=32), seed=0, **loss_kwargs, exact_fallback=False
+            sampled=ht.SampledOptions(k=32), seed=0, exact_fallback=False, **loss_kwargs
         ),
         weighted_metrics=[ht.HarmonicAccuracy(), ht.HarmonicPerplexity()],
         sampler="greedy",
         jit_compile=True,
     )
     return lm
+
+
+def test_default_sampled_loss_trains_exactly_where_sampling_is_slower():
+    """At V = 300 a keras-hub model's training step under the default ``exact_fallback`` is the
+    exact loss (float64 from its hidden states and tied centers), with its perplexity shown."""
+    x, y, sw = _batches(16)
+    lm = HarmonicCausalLM(_backbone())
+    loss = ht.HarmonicLoss(sampled=ht.SampledOptions(k=8), seed=0)
+    lm.compile("sgd", loss=loss, weighted_metrics=[ht.HarmonicPerplexity()], jit_compile=True)
+    centers = lm.backbone.token_embedding.embeddings.numpy()
+    ref = harmonic_logits_numpy(lm.backbone(x), centers, 2.0 * D)
+    logs = lm.train_on_batch(x, y, sample_weight=sw, return_dict=True)
+    assert loss.training_estimator(16 * S, V, D) is None and "perplexity" in logs
+    np.testing.assert_allclose(logs["loss"], weighted_loss_numpy(ref, y, sw), rtol=1e-4)
 
 
 def test_fit_evaluate_generate_reload_and_continue(tmp_path):
@@ -127,10 +141,8 @@ def test_fit_evaluate_generate_reload_and_continue(tmp_path):
 def test_cosine_head_fits_evaluates_generates_and_reloads(tmp_path):
     x, y, sw = _batches()
     lm = HarmonicCausalLM(_backbone(), distance="cosine")
-    lm.compile(
-        keras.optimizers.Adam(3e-3), loss=ht.HarmonicLoss(sampled=ht.SampledOptions(k=32), exact_fallback=False),
-        sampler="greedy", jit_compile=True,
-    )  # fmt: skip
+    sampled = ht.HarmonicLoss(sampled=ht.SampledOptions(k=32), exact_fallback=False)
+    lm.compile(keras.optimizers.Adam(3e-3), loss=sampled, sampler="greedy", jit_compile=True)
     evaluate = dict(sample_weight=sw, batch_size=64, verbose=0, return_dict=True)
     before = lm.evaluate(x, y, **evaluate)["loss"]
     lm.fit(x, y, sample_weight=sw, batch_size=16, epochs=3, verbose=0)
